@@ -1,0 +1,18 @@
+//! The Armillary agent: the zone-tree protocol core as a deterministic
+//! state machine (no I/O), and the simulator that drives thousands of them.
+
+pub mod afc;
+pub mod agent;
+pub mod config;
+pub mod message;
+pub mod path;
+pub mod row;
+pub mod sim;
+pub mod table;
+
+pub use afc::{AfcCert, AfcState, AfcStore};
+pub use agent::{Agent, Event, InstallError, Stats, Transmit};
+pub use config::Config;
+pub use message::Message;
+pub use path::ZonePath;
+pub use row::{Micros, Row};

@@ -1,0 +1,207 @@
+//! Rows (Astrolabe's MIBs): one zone's attributes as computed by one issuer at one time.
+
+use crate::afc::AfcCert;
+use crate::path::ZonePath;
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use zone_sql::{Attrs, Value};
+
+/// Time in microseconds since the Unix epoch (the simulator starts at 0).
+pub type Micros = u64;
+
+/// Attributes that every agent writes itself; applications and AFCs may not set them.
+pub const RESERVED: &[&str] = &[
+    "name",
+    "nmembers",
+    "depth",
+    "contacts",
+    "servers",
+    "nreporting",
+    "nchildren",
+    "oldest_input",
+    "afc_errors",
+];
+
+/// Attributes left out of a row's content hash: they move on every refresh
+/// and would otherwise make each heartbeat look like a change.
+const VOLATILE: &[&str] = &["oldest_input"];
+
+/// One row of a zone table, as issued and signed by one agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// The zone this row describes (its name in the parent table is the last component).
+    pub zone: ZonePath,
+    /// The agent that computed the row (its leaf path).
+    pub issuer: ZonePath,
+    /// The issuer's clock when it computed the row.
+    pub issued: Micros,
+    pub attrs: Attrs,
+    /// AFCs carried by this row (those installed in the parent zone, and those on their way up).
+    pub afcs: Vec<Arc<AfcCert>>,
+    /// The issuer's signature over everything above (empty in insecure mode).
+    pub signature: Vec<u8>,
+    #[serde(skip)]
+    cache: RowCache,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct RowCache {
+    content: u64,
+    issuer: u64,
+    encoded_len: usize,
+}
+
+impl Row {
+    /// Builds a row and computes its cached hashes and size.
+    pub fn new(
+        zone: ZonePath,
+        issuer: ZonePath,
+        issued: Micros,
+        attrs: Attrs,
+        afcs: Vec<Arc<AfcCert>>,
+    ) -> Row {
+        Row {
+            zone,
+            issuer,
+            issued,
+            attrs,
+            afcs,
+            signature: Vec::new(),
+            cache: RowCache::default(),
+        }
+        .sealed()
+    }
+
+    /// Recomputes the cached fields; called after decoding a row from the wire.
+    pub fn sealed(mut self) -> Row {
+        self.cache = RowCache {
+            content: content_hash(&self.attrs, &self.afcs),
+            issuer: stable_hash(self.issuer.as_str()),
+            encoded_len: self.compute_encoded_len(),
+        };
+        self
+    }
+
+    /// A hash of what the row says (attributes and carried AFC versions), not who said it or when.
+    pub fn content_hash(&self) -> u64 {
+        self.cache.content
+    }
+
+    /// The issuer's hash, the tie-breaker between rows issued at the same time.
+    pub fn issuer_hash(&self) -> u64 {
+        self.cache.issuer
+    }
+
+    /// The version order: later issue time wins, then the larger issuer hash.
+    pub fn version(&self) -> (Micros, u64) {
+        (self.issued, self.cache.issuer)
+    }
+
+    /// Encoded size in bytes (cached).
+    pub fn encoded_len(&self) -> usize {
+        self.cache.encoded_len
+    }
+
+    /// The child name of this row in its parent table.
+    pub fn name(&self) -> &str {
+        self.zone.name()
+    }
+
+    pub fn get(&self, attr: &str) -> Option<&Value> {
+        self.attrs.get(attr)
+    }
+
+    /// Contact addresses of the zone's representatives.
+    pub fn contacts(&self) -> &[Arc<str>] {
+        match self.attrs.get("contacts") {
+            Some(Value::List(l)) => l,
+            _ => &[],
+        }
+    }
+
+    /// The bytes an issuer signs: everything but the signature.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&(
+            &self.zone,
+            &self.issuer,
+            self.issued,
+            &self.attrs,
+            &self.afcs,
+        ))
+        .unwrap_or_default()
+    }
+
+    fn compute_encoded_len(&self) -> usize {
+        // Varint-encoded lengths are approximated by one or two bytes each; the
+        // message codec's test checks this stays an upper bound.
+        3 + self.zone.as_str().len()
+            + 3
+            + self.issuer.as_str().len()
+            + 10
+            + self.attrs.encoded_len()
+            + 2
+            + self.afcs.iter().map(|a| a.encoded_len()).sum::<usize>()
+            + 2
+            + self.signature.len()
+    }
+}
+
+/// Hash of a row's content, stable across processes and runs.
+fn content_hash(attrs: &Attrs, afcs: &[Arc<AfcCert>]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for (n, v) in attrs.iter() {
+        if VOLATILE.contains(&&**n) {
+            continue;
+        }
+        n.hash(&mut h);
+        hash_value(v, &mut h);
+    }
+    for a in afcs {
+        a.scope.hash(&mut h);
+        a.name.hash(&mut h);
+        a.issued.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn hash_value(v: &Value, h: &mut impl Hasher) {
+    std::mem::discriminant(v).hash(h);
+    match v {
+        Value::Null => {}
+        Value::Bool(b) => b.hash(h),
+        Value::Int(i) | Value::Time(i) | Value::Duration(i) => i.hash(h),
+        Value::Float(f) => f.to_bits().hash(h),
+        Value::Str(s) => s.hash(h),
+        Value::List(l) => l.hash(h),
+    }
+}
+
+/// A hash of a string that is the same in every process (SipHash with fixed keys).
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_ignores_volatile_attributes_and_metadata() {
+        let z = ZonePath::parse("/a/b").unwrap();
+        let i = ZonePath::parse("/a/b/h1").unwrap();
+        let mut a = Attrs::new();
+        a.set("load", 1.5);
+        a.set("oldest_input", Value::Time(5));
+        let r1 = Row::new(z.clone(), i.clone(), 10, a.clone(), vec![]);
+        a.set("oldest_input", Value::Time(9));
+        let r2 = Row::new(z.clone(), i.clone(), 20, a.clone(), vec![]);
+        assert_eq!(r1.content_hash(), r2.content_hash());
+        a.set("load", 2.0);
+        let r3 = Row::new(z, i, 20, a, vec![]);
+        assert_ne!(r1.content_hash(), r3.content_hash());
+        assert!(r2.version() > r1.version());
+    }
+}

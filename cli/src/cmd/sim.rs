@@ -1,0 +1,173 @@
+//! `armillary sim`: the deterministic simulator.
+
+use crate::output::{CliError, CliResult, print_json};
+use armillary_agent::sim::{self, Report, Scenario};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Most children per zone.
+    #[arg(long, default_value_t = 16)]
+    branching: usize,
+    /// Representatives per zone.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Probability that each message is lost.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Fraction of agents that crash, each at a random round.
+    #[arg(long, default_value_t = 0.0)]
+    crash: f64,
+    /// Rounds to simulate (1 simulated second each).
+    #[arg(long, default_value_t = 40)]
+    rounds: u64,
+    /// Seed of every random choice: the same seed gives the same result.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Eager push of changed rows (off: periodic gossip alone, as Astrolabe measured it).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    push: OnOff,
+    /// Round at whose start one attribute changes at a random leaf.
+    #[arg(long, default_value_t = 5)]
+    change_round: u64,
+    /// Round at whose start a new AFC is installed at the root.
+    #[arg(long, default_value_t = 7)]
+    afc_round: u64,
+    /// One-way network latency range in milliseconds, "MIN-MAX".
+    #[arg(long, default_value = "5-50")]
+    latency_ms: String,
+    /// Start from empty tables (agents join through seeds) instead of a settled tree.
+    #[arg(long)]
+    cold: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: SimArgs) -> CliResult {
+    if a.agents < 2 {
+        return Err(CliError::usage("--agents must be at least 2"));
+    }
+    if a.branching < 2 {
+        return Err(CliError::usage("--branching must be at least 2"));
+    }
+    if a.reps < 1 || a.reps > zone_sql::MAX_FIRST_N {
+        return Err(CliError::usage(format!(
+            "--reps must be between 1 and {}",
+            zone_sql::MAX_FIRST_N
+        )));
+    }
+    for (name, v) in [("--loss", a.loss), ("--crash", a.crash)] {
+        if !(0.0..1.0).contains(&v) {
+            return Err(CliError::usage(format!("{name} must be in [0, 1)")));
+        }
+    }
+    if a.rounds == 0 {
+        return Err(CliError::usage("--rounds must be at least 1"));
+    }
+    let latency = parse_latency(&a.latency_ms)?;
+    let scenario = Scenario {
+        agents: a.agents,
+        branching: a.branching,
+        reps: a.reps,
+        loss: a.loss,
+        crash: a.crash,
+        rounds: a.rounds,
+        seed: a.seed,
+        push: matches!(a.push, OnOff::On),
+        latency,
+        change_round: a.change_round,
+        afc_round: a.afc_round,
+        cold: a.cold,
+    };
+    let bar = ProgressBar::new(a.rounds);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} simulating {pos}/{len} rounds [{bar:30}] {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = sim::run(&scenario, |r, _| bar.set_position(r));
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&report)
+    } else {
+        print_human(&report);
+        Ok(())
+    }
+}
+
+fn parse_latency(s: &str) -> Result<(u64, u64), CliError> {
+    let bad = || {
+        CliError::usage(format!(
+            "--latency-ms wants MIN-MAX in milliseconds, got {s:?}"
+        ))
+    };
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u64 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u64 = hi.trim().parse().map_err(|_| bad())?;
+    if lo > hi || hi > 60_000 {
+        return Err(bad());
+    }
+    Ok((lo * 1000, hi * 1000))
+}
+
+fn print_human(r: &Report) {
+    let q = |q: &Option<sim::scenario::Quantiles>| match q {
+        Some(q) => format!("p50 {}  p99 {}  max {}", q.p50, q.p99, q.max),
+        None => "never".to_string(),
+    };
+    println!(
+        "{} agents, {} levels, branching {}, {} reps, loss {}, crash {}, push {}, seed {}",
+        r.agents,
+        r.levels,
+        r.branching,
+        r.reps,
+        r.loss,
+        r.crash,
+        if r.push { "on" } else { "off" },
+        r.seed
+    );
+    println!(
+        "  change reached root rows   {} rounds",
+        q(&r.rounds_to_converge)
+    );
+    println!(
+        "  new AFC evaluated          {} rounds",
+        q(&r.afc_rounds_to_converge)
+    );
+    println!(
+        "  messages / agent / round   mean {:.2}  max {:.2}",
+        r.msgs_per_agent_round.mean, r.msgs_per_agent_round.max
+    );
+    println!(
+        "  bytes / agent / round      mean {:.0}  max {:.0}  (push: mean {:.0})",
+        r.bytes_per_agent_round.mean,
+        r.bytes_per_agent_round.max,
+        r.push_bytes_per_agent_round.mean
+    );
+    println!(
+        "  live agents                {} of {} ({} unconverged)",
+        r.live_agents,
+        r.agents,
+        r.unconverged.max(r.afc_unconverged)
+    );
+    println!(
+        "  cost                       {:.1} s wall, {:.0} MiB peak, {:.0} agent-rounds/s",
+        r.wall_s, r.peak_rss_mb, r.agent_rounds_per_sec
+    );
+    println!(
+        "  converged                  {}",
+        if r.converged { "yes" } else { "NO" }
+    );
+}
