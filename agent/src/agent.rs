@@ -13,7 +13,7 @@ use crate::row::{Micros, RESERVED, Row, stable_hash};
 use crate::table::{Offer, ZoneTable};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use zone_sql::{Attrs, Program, Value};
 
@@ -88,6 +88,8 @@ struct Level {
     is_rep: bool,
     /// This agent is the first representative (the one that pushes).
     is_primary: bool,
+    /// The zone's failure timeout, from its membership at the last evaluation.
+    fail_timeout: Micros,
     /// Contacts of this zone seen in other issuers' rows but absent from the
     /// table: members to meet, so that separately started groups merge.
     hints: Vec<Arc<str>>,
@@ -138,6 +140,7 @@ impl Agent {
                 evaluated_key: None,
                 is_rep: true,
                 is_primary: true,
+                fail_timeout: cfg.fail_timeout(1),
                 hints: Vec::new(),
                 lost: Vec::new(),
             })
@@ -400,11 +403,7 @@ impl Agent {
     }
 
     fn fail_timeout(&self, level: usize) -> Micros {
-        let members = match self.levels[level].computed.get("nmembers") {
-            Some(Value::Int(n)) => (*n).max(1) as u64,
-            _ => self.levels[level].table.len().max(1) as u64,
-        };
-        self.cfg.fail_timeout(members)
+        self.levels[level].fail_timeout
     }
 
     fn expire(&mut self, now: Micros) {
@@ -451,19 +450,20 @@ impl Agent {
             if i == 0 || !self.levels[i].is_rep {
                 continue;
             }
-            let row = Row::new(
-                self.zones[i].clone(),
-                self.cfg.leaf.clone(),
-                self.issue_time(now),
-                self.with_oldest_input(i),
-                self.carried_afcs(i - 1),
-            );
+            let carried = self.carried_afcs(i - 1);
+            let content = crate::row::content_hash(&self.levels[i].computed, &carried);
             let refresh = self.fail_timeout(i - 1) / 4;
             let held = self.levels[i - 1].table.get(self.zones[i].name());
-            let content_changed = held.is_none_or(|h| h.content_hash() != row.content_hash());
+            let content_changed = held.is_none_or(|h| h.content_hash() != content);
             let due = held.is_none_or(|h| now.saturating_sub(h.issued) >= refresh);
             if content_changed || due {
-                let row = Arc::new(row);
+                let row = Arc::new(Row::new(
+                    self.zones[i].clone(),
+                    self.cfg.leaf.clone(),
+                    self.issue_time(now),
+                    self.with_oldest_input(i),
+                    carried,
+                ));
                 self.levels[i - 1].table.offer(row.clone(), usize::MAX);
                 if content_changed && self.levels[i].is_primary {
                     originated.push((i - 1, row));
@@ -588,7 +588,12 @@ impl Agent {
             ),
             _ => (true, true),
         };
+        let members = match out.get("nmembers") {
+            Some(Value::Int(n)) => (*n).max(1) as u64,
+            _ => nchildren.max(1) as u64,
+        };
         let level = &mut self.levels[i];
+        level.fail_timeout = self.cfg.fail_timeout(members);
         level.evaluated_key = Some(key);
         level.is_rep = is_rep;
         level.is_primary = is_primary;
@@ -641,9 +646,7 @@ impl Agent {
 
     fn accept(&mut self, now: Micros, row: Arc<Row>) -> Accept {
         let depth = row.zone.depth();
-        if depth == 0
-            || depth > self.levels.len()
-            || row.zone.common_depth(&self.cfg.leaf) < depth - 1
+        if depth == 0 || depth > self.levels.len() || !row.zone.is_child_of(&self.zones[depth - 1])
         {
             self.reject("row outside this agent's path");
             return Accept::Rejected;
@@ -663,11 +666,6 @@ impl Agent {
         if now.saturating_sub(row.issued) > self.fail_timeout(t) {
             return Accept::Stale;
         }
-        if let Some(held) = self.levels[t].table.get(row.name())
-            && held.version() == row.version()
-        {
-            return Accept::Same;
-        }
         if depth < self.levels.len() && row.zone == self.zones[depth] && row.issuer != self.cfg.leaf
         {
             self.note_hints(depth, &row);
@@ -677,6 +675,7 @@ impl Agent {
             .offer(row.clone(), self.cfg.max_children)
         {
             Offer::Stale => Accept::Stale,
+            Offer::Same => Accept::Same,
             Offer::Full => {
                 self.reject("zone table full");
                 Accept::Rejected
@@ -699,6 +698,11 @@ impl Agent {
     /// Remembers contacts of our own zone `i` that its table does not show.
     fn note_hints(&mut self, i: usize, row: &Row) {
         let level = &mut self.levels[i];
+        if let Some(Value::List(mine)) = level.computed.get("contacts")
+            && **mine == *row.contacts()
+        {
+            return;
+        }
         for c in row.contacts() {
             if *c == self.cfg.addr || level.hints.contains(c) {
                 continue;
@@ -776,13 +780,15 @@ impl Agent {
                 partners.push((a, leaf_level));
             }
         }
-        let mut merged: HashMap<Arc<str>, usize> = HashMap::new();
+        // One exchange per partner, covering the deepest table asked for it.
+        partners.sort();
+        let mut merged: Vec<(Arc<str>, usize)> = Vec::with_capacity(partners.len());
         for (a, d) in partners {
-            let e = merged.entry(a).or_insert(d);
-            *e = (*e).max(d);
+            match merged.last_mut() {
+                Some((b, e)) if *b == a => *e = (*e).max(d),
+                _ => merged.push((a, d)),
+            }
         }
-        let mut merged: Vec<(Arc<str>, usize)> = merged.into_iter().collect();
-        merged.sort();
         for (to, depth) in merged {
             let digest = self.digest(depth);
             self.stats.syns_sent += 1;
@@ -825,7 +831,7 @@ impl Agent {
             for r in level.table.rows() {
                 out.push(DigestEntry {
                     depth: t as u8,
-                    name: Arc::from(r.name()),
+                    name: r.name_arc().clone(),
                     issued: r.issued,
                     issuer_hash: r.issuer_hash(),
                 });
@@ -858,44 +864,77 @@ impl Agent {
         let Some(max_t) = self.shared_depth(&sender, asked as usize) else {
             return;
         };
-        let mut theirs: HashMap<(u8, &str), (Micros, u64)> = HashMap::new();
-        for e in &digest {
-            if (e.depth as usize) <= max_t {
-                theirs.insert((e.depth, &e.name), e.version());
-            }
+        // Digests list entries by table, then child name, as tables hold them;
+        // a peer that sends them otherwise gets them sorted here.
+        let mut digest = digest;
+        let in_order = |a: &DigestEntry, b: &DigestEntry| {
+            a.depth < b.depth
+                || (a.depth == b.depth && crate::table::cmp_names(&a.name, &b.name).is_le())
+        };
+        if !digest.is_sorted_by(in_order) {
+            digest.sort_by(|a, b| (a.depth, &a.name).cmp(&(b.depth, &b.name)));
         }
-        // Rows they lack (priority 0) or hold older (priority 1), upper tables first.
+        // Rows they lack (priority 0) or hold older (priority 1), upper tables
+        // first; and the rows we want from them.
         let mut offer: Vec<(u8, usize, Arc<Row>)> = Vec::new();
+        let mut wanted = Vec::new();
+        let leaf_level = self.levels.len() - 1;
+        let sender_table = sender.depth() - 1;
+        let mut k = 0;
         for t in 0..=max_t {
-            for r in self.levels[t].table.rows() {
-                if r.zone == sender {
-                    continue;
+            while k < digest.len() && (digest[k].depth as usize) < t {
+                k += 1;
+            }
+            let begin = k;
+            while k < digest.len() && digest[k].depth as usize == t {
+                k += 1;
+            }
+            let theirs = &digest[begin..k];
+            let fail = self.fail_timeout(t);
+            let rows = self.levels[t].table.rows();
+            let (mut a, mut b) = (0, 0);
+            while a < rows.len() || b < theirs.len() {
+                let order = match (rows.get(a), theirs.get(b)) {
+                    (Some(r), Some(e)) => crate::table::cmp_names(r.name(), &e.name),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    _ => std::cmp::Ordering::Greater,
+                };
+                let (mine, their) = match order {
+                    std::cmp::Ordering::Less => (rows.get(a), None),
+                    std::cmp::Ordering::Greater => (None, theirs.get(b)),
+                    std::cmp::Ordering::Equal => (rows.get(a), theirs.get(b)),
+                };
+                if mine.is_some() {
+                    a += 1;
                 }
-                match theirs.get(&(t as u8, r.name())) {
-                    None => offer.push((0, t, r.clone())),
-                    Some(v) if *v < r.version() => offer.push((1, t, r.clone())),
+                if their.is_some() {
+                    b += 1;
+                }
+                match (mine, their) {
+                    (Some(r), None) if t != sender_table || r.zone != sender => {
+                        offer.push((0, t, r.clone()))
+                    }
+                    (Some(r), Some(e))
+                        if e.version() < r.version() && (t != sender_table || r.zone != sender) =>
+                    {
+                        offer.push((1, t, r.clone()))
+                    }
+                    (m, Some(e)) => {
+                        let newer = m.is_none_or(|r| r.version() < e.version());
+                        let own = t == leaf_level && *e.name == *self.cfg.leaf.name();
+                        let fresh = now.saturating_sub(e.issued) <= fail;
+                        if newer && !own && fresh {
+                            wanted.push(Wanted {
+                                depth: e.depth,
+                                name: e.name.clone(),
+                            });
+                        }
+                    }
                     _ => {}
                 }
             }
         }
         offer.sort_by_key(|(p, t, _)| (*p, *t));
-        let mut wanted = Vec::new();
-        for e in &digest {
-            let t = e.depth as usize;
-            if t > max_t || now.saturating_sub(e.issued) > self.fail_timeout(t) {
-                continue;
-            }
-            if t == self.levels.len() - 1 && *e.name == *self.cfg.leaf.name() {
-                continue;
-            }
-            let mine = self.levels[t].table.get(&e.name).map(|r| r.version());
-            if mine.is_none_or(|m| m < e.version()) {
-                wanted.push(Wanted {
-                    depth: e.depth,
-                    name: e.name.clone(),
-                });
-            }
-        }
         let rows = self.fill(offer.into_iter().map(|(_, _, r)| r));
         self.send(
             from.clone(),

@@ -140,6 +140,16 @@ impl ZonePath {
         ZonePath::parse(&text)
     }
 
+    /// True when `self` is a direct child of `parent`.
+    pub fn is_child_of(&self, parent: &ZonePath) -> bool {
+        let (me, p) = (self.0.as_bytes(), parent.0.as_bytes());
+        let start = if parent.is_root() { 1 } else { p.len() + 1 };
+        me.len() > start
+            && me.starts_with(p)
+            && me[start - 1] == b'/'
+            && !me[start..].contains(&b'/')
+    }
+
     /// True when `self` is `other` or one of its ancestors.
     pub fn contains(&self, other: &ZonePath) -> bool {
         self.is_root()
@@ -234,6 +244,11 @@ mod tests {
         assert!(ZonePath::root().contains(&p("/x/y")));
         assert_eq!(p("/a/b/c").common_depth(&p("/a/b/d")), 2);
         assert_eq!(p("/a/b/c").common_depth(&p("/x")), 0);
+        assert!(p("/a/b").is_child_of(&p("/a")));
+        assert!(p("/a").is_child_of(&ZonePath::root()));
+        assert!(!p("/a/b/c").is_child_of(&p("/a")));
+        assert!(!p("/ab").is_child_of(&p("/a")));
+        assert!(!p("/a").is_child_of(&p("/a")));
     }
 
     #[test]

@@ -23,9 +23,10 @@ pub const RESERVED: &[&str] = &[
     "afc_errors",
 ];
 
-/// Attributes left out of a row's content hash: they move on every refresh
-/// and would otherwise make each heartbeat look like a change.
-const VOLATILE: &[&str] = &["oldest_input"];
+/// Attributes left out of a row's content hash: they move with the timing of
+/// refreshes, differ slightly between representatives, and would otherwise
+/// make every refresh look like a change worth re-aggregating and pushing.
+const VOLATILE: &[&str] = &["nreporting", "oldest_input"];
 
 /// One row of a zone table, as issued and signed by one agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,11 +46,14 @@ pub struct Row {
     cache: RowCache,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct RowCache {
     content: u64,
     issuer: u64,
     encoded_len: usize,
+    /// The child name, shared by every digest that names this row.
+    name: Arc<str>,
+    contacts: Option<Arc<[Arc<str>]>>,
 }
 
 impl Row {
@@ -79,6 +83,11 @@ impl Row {
             content: content_hash(&self.attrs, &self.afcs),
             issuer: stable_hash(self.issuer.as_str()),
             encoded_len: self.compute_encoded_len(),
+            name: Arc::from(self.zone.name()),
+            contacts: match self.attrs.get("contacts") {
+                Some(Value::List(l)) => Some(l.clone()),
+                _ => None,
+            },
         };
         self
     }
@@ -105,7 +114,12 @@ impl Row {
 
     /// The child name of this row in its parent table.
     pub fn name(&self) -> &str {
-        self.zone.name()
+        &self.cache.name
+    }
+
+    /// The child name as a shared string.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.cache.name
     }
 
     pub fn get(&self, attr: &str) -> Option<&Value> {
@@ -114,10 +128,7 @@ impl Row {
 
     /// Contact addresses of the zone's representatives.
     pub fn contacts(&self) -> &[Arc<str>] {
-        match self.attrs.get("contacts") {
-            Some(Value::List(l)) => l,
-            _ => &[],
-        }
+        self.cache.contacts.as_deref().unwrap_or(&[])
     }
 
     /// The bytes an issuer signs: everything but the signature.
@@ -148,7 +159,7 @@ impl Row {
 }
 
 /// Hash of a row's content, stable across processes and runs.
-fn content_hash(attrs: &Attrs, afcs: &[Arc<AfcCert>]) -> u64 {
+pub fn content_hash(attrs: &Attrs, afcs: &[Arc<AfcCert>]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     for (n, v) in attrs.iter() {
         if VOLATILE.contains(&&**n) {

@@ -14,14 +14,69 @@ pub(crate) enum Column {
     Int {
         vals: Vec<i64>,
         valid: Option<Vec<bool>>,
+        stats: Stats<i64, i128>,
     },
     /// Floats, ints promoted to floats, and nulls.
     Float {
         vals: Vec<f64>,
         valid: Option<Vec<bool>>,
+        stats: Stats<f64, f64>,
     },
     /// Anything else, boxed.
     Any(Vec<Value>),
+}
+
+/// Whole-column aggregates of a numeric column, computed once when the
+/// frame is built so that unfiltered MIN/MAX/SUM/COUNT/AVG cost nothing per
+/// evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Stats<T, S> {
+    /// Non-null values.
+    pub count: u64,
+    pub sum: S,
+    /// Meaningful only when `count > 0`.
+    pub min: T,
+    pub max: T,
+}
+
+fn int_stats(vals: &[i64], valid: Option<&[bool]>) -> Stats<i64, i128> {
+    let mut st = Stats {
+        count: 0,
+        sum: 0i128,
+        min: i64::MAX,
+        max: i64::MIN,
+    };
+    for (i, &x) in vals.iter().enumerate() {
+        if valid.is_none_or(|v| v.get(i).copied().unwrap_or(false)) {
+            st.count += 1;
+            st.sum += x as i128;
+            st.min = st.min.min(x);
+            st.max = st.max.max(x);
+        }
+    }
+    st
+}
+
+fn float_stats(vals: &[f64], valid: Option<&[bool]>) -> Stats<f64, f64> {
+    let mut st = Stats {
+        count: 0,
+        sum: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+    for (i, &x) in vals.iter().enumerate() {
+        if valid.is_none_or(|v| v.get(i).copied().unwrap_or(false)) {
+            st.count += 1;
+            st.sum += x;
+            if x < st.min {
+                st.min = x;
+            }
+            if x > st.max {
+                st.max = x;
+            }
+        }
+    }
+    st
 }
 
 impl Column {
@@ -29,14 +84,14 @@ impl Column {
     #[inline]
     pub(crate) fn get(&self, row: usize) -> Value {
         match self {
-            Column::Int { vals, valid } => {
+            Column::Int { vals, valid, .. } => {
                 if valid.as_ref().is_none_or(|v| v[row]) {
                     Value::Int(vals[row])
                 } else {
                     Value::Null
                 }
             }
-            Column::Float { vals, valid } => {
+            Column::Float { vals, valid, .. } => {
                 if valid.as_ref().is_none_or(|v| v[row]) {
                     Value::Float(vals[row])
                 } else {
@@ -119,9 +174,16 @@ fn merge_names(names: &mut Vec<Name>, row: &Attrs) {
 }
 
 /// Calls `f(column_index, value)` for every entry of `row`, given the sorted
-/// union of names (a superset of the row's names).
+/// union of names (a superset of the row's names). `aligned` rows have
+/// exactly the union's names, so no name needs comparing.
 #[inline]
-fn for_each_cell(names: &[Name], row: &Attrs, mut f: impl FnMut(usize, &Value)) {
+fn for_each_cell(names: &[Name], row: &Attrs, aligned: bool, mut f: impl FnMut(usize, &Value)) {
+    if aligned {
+        for (c, (_, v)) in row.entries().iter().enumerate() {
+            f(c, v);
+        }
+        return;
+    }
     let mut c = 0;
     for (n, v) in row.entries() {
         while c < names.len() && !same_name(&names[c], n) {
@@ -139,18 +201,28 @@ impl Frame {
         let rows: Vec<&Attrs> = rows.into_iter().collect();
         let len = rows.len();
 
+        // The union of names. Rows usually share one set of names; a row
+        // equal to the union at the end is "aligned" and its cells need no
+        // name lookups below.
         let mut names: Vec<Name> = Vec::new();
+        let mut version = 0u32;
+        let mut matched: Vec<Option<u32>> = Vec::with_capacity(len);
         for r in &rows {
             let same =
                 r.len() == names.len() && names.iter().zip(r.names()).all(|(a, b)| same_name(a, b));
             if !same {
                 merge_names(&mut names, r);
+                version += 1;
             }
+            // After a merge the row's names are a subset of the union, so
+            // equal sizes mean equal sets.
+            matched.push((r.len() == names.len()).then_some(version));
         }
+        let aligned: Vec<bool> = matched.iter().map(|m| *m == Some(version)).collect();
 
         let mut kinds = vec![Kind::Empty; names.len()];
-        for r in &rows {
-            for_each_cell(&names, r, |c, v| kinds[c] = kinds[c].with(v));
+        for (r, &al) in rows.iter().zip(&aligned) {
+            for_each_cell(&names, r, al, |c, v| kinds[c] = kinds[c].with(v));
         }
 
         let mut columns: Vec<Column> = kinds
@@ -159,31 +231,33 @@ impl Frame {
                 Kind::Int => Column::Int {
                     vals: vec![0; len],
                     valid: Some(vec![false; len]),
+                    stats: int_stats(&[], None),
                 },
                 Kind::Float => Column::Float {
                     vals: vec![0.0; len],
                     valid: Some(vec![false; len]),
+                    stats: float_stats(&[], None),
                 },
                 Kind::Empty | Kind::Any => Column::Any(vec![Value::Null; len]),
             })
             .collect();
 
-        for (i, r) in rows.iter().enumerate() {
-            for_each_cell(&names, r, |c, v| match (&mut columns[c], v) {
+        for (i, (r, &al)) in rows.iter().zip(&aligned).enumerate() {
+            for_each_cell(&names, r, al, |c, v| match (&mut columns[c], v) {
                 (_, Value::Null) => {}
-                (Column::Int { vals, valid }, Value::Int(x)) => {
+                (Column::Int { vals, valid, .. }, Value::Int(x)) => {
                     vals[i] = *x;
                     if let Some(valid) = valid {
                         valid[i] = true;
                     }
                 }
-                (Column::Float { vals, valid }, Value::Int(x)) => {
+                (Column::Float { vals, valid, .. }, Value::Int(x)) => {
                     vals[i] = *x as f64;
                     if let Some(valid) = valid {
                         valid[i] = true;
                     }
                 }
-                (Column::Float { vals, valid }, Value::Float(x)) => {
+                (Column::Float { vals, valid, .. }, Value::Float(x)) => {
                     vals[i] = *x;
                     if let Some(valid) = valid {
                         valid[i] = true;
@@ -197,10 +271,20 @@ impl Frame {
         }
 
         for col in &mut columns {
-            if let Column::Int { valid, .. } | Column::Float { valid, .. } = col
-                && valid.as_ref().is_some_and(|v| v.iter().all(|b| *b))
-            {
-                *valid = None;
+            match col {
+                Column::Int { vals, valid, stats } => {
+                    if valid.as_ref().is_some_and(|v| v.iter().all(|b| *b)) {
+                        *valid = None;
+                    }
+                    *stats = int_stats(vals, valid.as_deref());
+                }
+                Column::Float { vals, valid, stats } => {
+                    if valid.as_ref().is_some_and(|v| v.iter().all(|b| *b)) {
+                        *valid = None;
+                    }
+                    *stats = float_stats(vals, valid.as_deref());
+                }
+                Column::Any(_) => {}
             }
         }
 

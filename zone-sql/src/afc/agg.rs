@@ -1,8 +1,9 @@
 //! Aggregate functions over the selected child rows: typed tight loops when
 //! the argument is a bare numeric column, a generic accumulator otherwise.
 
+use super::MAX_FIRST_N;
 use super::expr::{Env, Fault, Node, compare, for_each_item};
-use crate::frame::Column;
+use crate::frame::{Column, Stats};
 use crate::value::{Name, Value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -132,12 +133,22 @@ pub(crate) fn eval_agg(
     {
         match cols.get(*c).copied().flatten() {
             None => return Ok(empty_result(spec.kind)),
-            Some(Column::Int { vals, valid }) => {
+            Some(Column::Int { vals, valid, stats }) => {
+                if let Sel::All(_) = sel
+                    && let Some(v) = int_from_stats(spec.kind, stats)?
+                {
+                    return Ok(v);
+                }
                 if let Some(v) = int_fast(spec.kind, vals, valid.as_deref(), sel)? {
                     return Ok(v);
                 }
             }
-            Some(Column::Float { vals, valid }) => {
+            Some(Column::Float { vals, valid, stats }) => {
+                if let Sel::All(_) = sel
+                    && let Some(v) = float_from_stats(spec.kind, stats)
+                {
+                    return Ok(v);
+                }
                 if let Some(v) = float_fast(spec.kind, vals, valid.as_deref(), sel) {
                     return Ok(v);
                 }
@@ -159,11 +170,7 @@ pub(crate) fn eval_agg(
     {
         for k in 0..sel.len() {
             match vals.get(sel.get(k)) {
-                Some(v) if !v.is_null() => {
-                    if !acc.push(v)? {
-                        break;
-                    }
-                }
+                Some(v) if !v.is_null() && !acc.push(v)? => break,
                 _ => {}
             }
         }
@@ -189,6 +196,32 @@ fn empty_result(kind: AggKind) -> Value {
         AggKind::First(_) | AggKind::Random(_) => Value::List(Arc::from(Vec::new())),
         _ => Value::Null,
     }
+}
+
+/// An aggregate over a whole int column, from the frame's precomputed stats.
+fn int_from_stats(kind: AggKind, st: &Stats<i64, i128>) -> Result<Option<Value>, AggFault> {
+    Ok(Some(match kind {
+        AggKind::Count => Value::Int(st.count as i64),
+        AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg if st.count == 0 => Value::Null,
+        AggKind::Sum => Value::Int(i64::try_from(st.sum).map_err(|_| AggFault::Overflow)?),
+        AggKind::Min => Value::Int(st.min),
+        AggKind::Max => Value::Int(st.max),
+        AggKind::Avg => Value::Float(st.sum as f64 / st.count as f64),
+        _ => return Ok(None),
+    }))
+}
+
+/// An aggregate over a whole float column, from the frame's precomputed stats.
+fn float_from_stats(kind: AggKind, st: &Stats<f64, f64>) -> Option<Value> {
+    Some(match kind {
+        AggKind::Count => Value::Int(st.count as i64),
+        AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg if st.count == 0 => Value::Null,
+        AggKind::Sum => Value::Float(st.sum),
+        AggKind::Min => Value::Float(st.min),
+        AggKind::Max => Value::Float(st.max),
+        AggKind::Avg => Value::Float(st.sum / st.count as f64),
+        _ => return None,
+    })
 }
 
 /// Folds `f` over the valid values of a numeric column in the selection.
@@ -321,6 +354,31 @@ fn weighted_avg(spec: &AggSpec, cols: &[Option<&Column>], sel: Sel<'_>) -> Resul
     })
 }
 
+/// Up to `MAX_FIRST_N` list items, kept inline so FIRST allocates only its
+/// result.
+#[derive(Default)]
+struct Items {
+    buf: [Option<Arc<str>>; MAX_FIRST_N],
+    len: usize,
+}
+
+impl Items {
+    fn push(&mut self, s: Arc<str>) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = Some(s);
+            self.len += 1;
+        }
+    }
+
+    fn take_all(&mut self) -> Arc<[Arc<str>]> {
+        self.buf
+            .iter_mut()
+            .take(self.len)
+            .map(|o| o.take().unwrap_or_else(|| Arc::from("")))
+            .collect()
+    }
+}
+
 /// The running state of a generic aggregate.
 enum Acc {
     Count(i64),
@@ -348,7 +406,7 @@ enum Acc {
     },
     First {
         n: usize,
-        items: Vec<Arc<str>>,
+        items: Items,
     },
     Random {
         n: usize,
@@ -374,8 +432,8 @@ impl Acc {
                 state: Value::Null,
             },
             AggKind::First(n) => Acc::First {
-                n,
-                items: Vec::with_capacity(n),
+                n: n.min(MAX_FIRST_N),
+                items: Items::default(),
             },
             AggKind::Random(n) => Acc::Random {
                 n,
@@ -470,9 +528,9 @@ impl Acc {
                 let limit = *n;
                 for_each_item(v, |s| {
                     items.push(s);
-                    items.len() < limit
+                    items.len < limit
                 });
-                return Ok(items.len() < limit);
+                return Ok(items.len < limit);
             }
             Acc::Random {
                 n,
@@ -520,7 +578,8 @@ impl Acc {
             }
             Acc::AvgDuration { sum, n } => Value::Duration((sum / n.max(1)) as i64),
             Acc::Bits { state, .. } => state,
-            Acc::First { items, .. } | Acc::Random { items, .. } => Value::List(items.into()),
+            Acc::First { mut items, .. } => Value::List(items.take_all()),
+            Acc::Random { items, .. } => Value::List(items.into()),
         })
     }
 }

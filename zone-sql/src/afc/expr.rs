@@ -613,7 +613,7 @@ pub(crate) fn cast(v: Value, to: CastTo) -> R<Value> {
         (CastTo::Int, Int(i)) => Ok(Int(i)),
         (CastTo::Int, Float(x)) => {
             let t = x.trunc();
-            if t.is_finite() && t >= -9.223_372_036_854_775e18 && t < 9.223_372_036_854_775e18 {
+            if (-9.223_372_036_854_775e18..9.223_372_036_854_775e18).contains(&t) {
                 Ok(Int(t as i64))
             } else {
                 Err(Fault::Overflow("CAST"))

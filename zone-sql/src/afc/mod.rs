@@ -73,6 +73,8 @@ struct Inner {
 
 /// Stack room for resolved columns before falling back to the heap.
 const INLINE_COLS: usize = 16;
+/// Stack room for aggregate results before falling back to the heap.
+const INLINE_AGGS: usize = 16;
 
 impl Program {
     /// Parses, validates and compiles an AFC; done once per AFC text.
@@ -203,10 +205,27 @@ impl Program {
             None => Sel::All(n),
         };
 
-        let mut results: Vec<Value> = Vec::with_capacity(inner.aggs.len());
-        for (i, spec) in inner.aggs.iter().enumerate() {
-            let v = agg::eval_agg(spec, i, cols, sel, seed).map_err(|f| agg_error(spec, f))?;
-            results.push(v);
+        if inner.aggs.len() <= INLINE_AGGS {
+            let mut buf: [Value; INLINE_AGGS] = Default::default();
+            self.aggregate(cols, sel, seed, &mut buf[..inner.aggs.len()])
+        } else {
+            let mut buf = vec![Value::Null; inner.aggs.len()];
+            self.aggregate(cols, sel, seed, &mut buf)
+        }
+    }
+
+    /// Runs the aggregates into `results` (one slot each), then builds the
+    /// output row from them.
+    fn aggregate(
+        &self,
+        cols: &[Option<&Column>],
+        sel: Sel<'_>,
+        seed: u64,
+        results: &mut [Value],
+    ) -> Result<Attrs, EvalError> {
+        let inner = &*self.inner;
+        for (i, (spec, slot)) in inner.aggs.iter().zip(results.iter_mut()).enumerate() {
+            *slot = agg::eval_agg(spec, i, cols, sel, seed).map_err(|f| agg_error(spec, f))?;
         }
 
         let mut entries = Vec::with_capacity(inner.exprs.len());
@@ -214,7 +233,7 @@ impl Program {
             let v = match &inner.exprs[i] {
                 Node::Agg(k) => results.get_mut(*k).map(std::mem::take).unwrap_or_default(),
                 e => e
-                    .eval(&OutEnv { aggs: &results })
+                    .eval(&OutEnv { aggs: results })
                     .map_err(|f| scalar_error(&inner.outputs[i], f))?,
             };
             entries.push((inner.outputs[i].clone(), v));
