@@ -24,7 +24,6 @@ pub struct ZoneTable {
     pub zone: ZonePath,
     rows: Vec<Arc<Row>>,
     content_version: u64,
-    frame: Option<(u64, Arc<Frame>)>,
 }
 
 impl ZoneTable {
@@ -33,7 +32,6 @@ impl ZoneTable {
             zone,
             rows: Vec::new(),
             content_version: 0,
-            frame: None,
         }
     }
 
@@ -110,16 +108,11 @@ impl ZoneTable {
         dropped
     }
 
-    /// A columnar view of the rows, rebuilt only when the content changed.
-    pub fn frame(&mut self) -> Arc<Frame> {
-        if let Some((v, f)) = &self.frame
-            && *v == self.content_version
-        {
-            return f.clone();
-        }
-        let f = Arc::new(Frame::from_rows(self.rows.iter().map(|r| &r.attrs)));
-        self.frame = Some((self.content_version, f.clone()));
-        f
+    /// A columnar view of the rows for evaluation. Not cached: the agent
+    /// evaluates only when the content moved, and 100,000 simulated agents
+    /// holding a frame per table would cost gigabytes.
+    pub fn frame(&self) -> Frame {
+        Frame::from_rows(self.rows.iter().map(|r| &r.attrs))
     }
 }
 

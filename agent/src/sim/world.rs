@@ -9,8 +9,9 @@ use crate::path::ZonePath;
 use crate::row::Micros;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use zone_sql::Attrs;
 
@@ -86,7 +87,7 @@ pub struct World {
     agents: Vec<Option<Agent>>,
     durable: Vec<Durable>,
     scheduled: Vec<Micros>,
-    index: HashMap<Arc<str>, u32>,
+    index: FxHashMap<Arc<str>, u32>,
     rng: SmallRng,
     net: NetConfig,
     partitions: Vec<(ZonePath, ZonePath)>,
