@@ -437,12 +437,25 @@ impl Agent {
         let leaf_level = self.levels.len() - 1;
         if self.leaf_dirty {
             self.leaf_dirty = false;
-            let row = Arc::new(self.leaf_row(now));
-            if let Offer::Accepted { content_changed } =
-                self.levels[leaf_level].table.offer(row.clone(), usize::MAX)
-                && content_changed
-            {
-                originated.push((leaf_level, row));
+            let (attrs, afcs) = self.leaf_content();
+            let refresh = self.fail_timeout(leaf_level) / 4;
+            let held = self.levels[leaf_level].table.get(self.cfg.leaf.name());
+            let content_changed =
+                held.is_none_or(|h| h.content_hash() != crate::row::content_hash(&attrs, &afcs));
+            let due = held.is_none_or(|h| now.saturating_sub(h.issued) >= refresh);
+            if content_changed || due {
+                let issued = if now > self.last_issued {
+                    now
+                } else {
+                    self.last_issued + 1
+                };
+                self.last_issued = issued;
+                let leaf = self.cfg.leaf.clone();
+                let row = Arc::new(Row::new(leaf.clone(), leaf, issued, attrs, afcs));
+                self.levels[leaf_level].table.offer(row.clone(), usize::MAX);
+                if content_changed {
+                    originated.push((leaf_level, row));
+                }
             }
         }
         for i in (0..self.levels.len()).rev() {
@@ -480,7 +493,9 @@ impl Agent {
         self.last_issued
     }
 
-    fn leaf_row(&mut self, now: Micros) -> Row {
+    /// What this agent's own leaf row says: sensors, application attributes,
+    /// the standard attributes, and the AFCs it carries.
+    fn leaf_content(&self) -> (Attrs, Vec<Arc<AfcCert>>) {
         let mut attrs = self.sensors.clone();
         for (n, v) in self.local.iter() {
             attrs.set(n.clone(), v.clone());
@@ -494,19 +509,7 @@ impl Agent {
         if let Some(api) = &self.cfg.api_addr {
             attrs.set("servers", Value::list([api.clone()]));
         }
-        let issued = if now > self.last_issued {
-            now
-        } else {
-            self.last_issued + 1
-        };
-        self.last_issued = issued;
-        Row::new(
-            self.cfg.leaf.clone(),
-            self.cfg.leaf.clone(),
-            issued,
-            attrs,
-            self.carried_afcs(self.levels.len() - 1),
-        )
+        (attrs, self.carried_afcs(self.levels.len() - 1))
     }
 
     /// Evaluates zone `i`'s row from its table, unless nothing it depends on moved.

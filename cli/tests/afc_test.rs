@@ -12,7 +12,11 @@ fn run(args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("the binary starts");
     // The binary may exit before reading (a bad query is refused first).
-    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes());
     child.wait_with_output().expect("the binary finishes")
 }
 
