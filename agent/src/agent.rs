@@ -515,13 +515,9 @@ impl Agent {
     /// Evaluates zone `i`'s row from its table, unless nothing it depends on moved.
     fn evaluate(&mut self, now: Micros, i: usize) {
         let half_fail = self.fail_timeout(i) / 2;
+        let since = (now + 1).saturating_sub(half_fail);
+        let nreporting = self.levels[i].table.fresh_count(since) as i64;
         let level = &self.levels[i];
-        let nreporting = level
-            .table
-            .rows()
-            .iter()
-            .filter(|r| now.saturating_sub(r.issued) < half_fail)
-            .count() as i64;
         let key = (
             level.table.content_version(),
             self.afcs.version(),
@@ -612,7 +608,7 @@ impl Agent {
 
     fn with_oldest_input(&self, i: usize) -> Attrs {
         let mut attrs = self.levels[i].computed.clone();
-        if let Some(oldest) = self.levels[i].table.rows().iter().map(|r| r.issued).min() {
+        if let Some(oldest) = self.levels[i].table.oldest_issued() {
             attrs.set("oldest_input", Value::Time(oldest as i64));
         }
         attrs
@@ -648,13 +644,14 @@ impl Agent {
     // ----- accepting rows ------------------------------------------------
 
     fn accept(&mut self, now: Micros, row: Arc<Row>) -> Accept {
-        let depth = row.zone.depth();
+        let depth = row.depth();
         if depth == 0 || depth > self.levels.len() || !row.zone.is_child_of(&self.zones[depth - 1])
         {
             self.reject("row outside this agent's path");
             return Accept::Rejected;
         }
-        if row.zone == self.cfg.leaf {
+        // The parent matches (checked above), so comparing names suffices.
+        if depth == self.levels.len() && row.name() == self.cfg.leaf.name() {
             return Accept::Stale;
         }
         if !row.zone.contains(&row.issuer) {
@@ -669,7 +666,9 @@ impl Agent {
         if now.saturating_sub(row.issued) > self.fail_timeout(t) {
             return Accept::Stale;
         }
-        if depth < self.levels.len() && row.zone == self.zones[depth] && row.issuer != self.cfg.leaf
+        if depth < self.levels.len()
+            && row.name() == self.zones[depth].name()
+            && row.issuer != self.cfg.leaf
         {
             self.note_hints(depth, &row);
         }
@@ -998,7 +997,7 @@ impl Agent {
         }
         let mut forward = Vec::new();
         for r in rows {
-            let t = r.zone.depth().saturating_sub(1);
+            let t = r.depth().saturating_sub(1);
             match self.accept(now, r.clone()) {
                 Accept::Accepted { .. } | Accept::Same if t < target.depth() => {
                     forward.push((t, r))

@@ -53,6 +53,7 @@ struct RowCache {
     encoded_len: usize,
     /// The child name, shared by every digest that names this row.
     name: Arc<str>,
+    depth: usize,
     contacts: Option<Arc<[Arc<str>]>>,
 }
 
@@ -84,6 +85,7 @@ impl Row {
             issuer: stable_hash(self.issuer.as_str()),
             encoded_len: self.compute_encoded_len(),
             name: Arc::from(self.zone.name()),
+            depth: self.zone.depth(),
             contacts: match self.attrs.get("contacts") {
                 Some(Value::List(l)) => Some(l.clone()),
                 _ => None,
@@ -115,6 +117,11 @@ impl Row {
     /// The child name of this row in its parent table.
     pub fn name(&self) -> &str {
         &self.cache.name
+    }
+
+    /// The depth of the zone this row describes (its table is one above).
+    pub fn depth(&self) -> usize {
+        self.cache.depth
     }
 
     /// The child name as a shared string.

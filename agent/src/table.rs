@@ -24,6 +24,9 @@ pub struct ZoneTable {
     pub zone: ZonePath,
     rows: Vec<Arc<Row>>,
     content_version: u64,
+    /// No row was issued before this (a lower bound): lets the per-round
+    /// expiry and freshness checks skip touching every row.
+    oldest: Micros,
 }
 
 impl ZoneTable {
@@ -32,6 +35,7 @@ impl ZoneTable {
             zone,
             rows: Vec::new(),
             content_version: 0,
+            oldest: Micros::MAX,
         }
     }
 
@@ -63,6 +67,15 @@ impl ZoneTable {
 
     /// Keeps `row` if it is newer than the held version of its child.
     pub fn offer(&mut self, row: Arc<Row>, max_rows: usize) -> Offer {
+        let issued = row.issued;
+        let offer = self.place(row, max_rows);
+        if matches!(offer, Offer::Accepted { .. }) {
+            self.oldest = self.oldest.min(issued);
+        }
+        offer
+    }
+
+    fn place(&mut self, row: Arc<Row>, max_rows: usize) -> Offer {
         match self.find(row.name()) {
             Ok(i) => {
                 let held = &self.rows[i];
@@ -94,6 +107,9 @@ impl ZoneTable {
 
     /// Drops rows issued before `cutoff`, except the child named `keep`; returns the dropped rows.
     pub fn expire(&mut self, cutoff: Micros, keep: &str) -> Vec<Arc<Row>> {
+        if self.oldest >= cutoff {
+            return Vec::new();
+        }
         let mut dropped = Vec::new();
         self.rows.retain(|r| {
             let stale = r.issued < cutoff && r.name() != keep;
@@ -105,7 +121,22 @@ impl ZoneTable {
         if !dropped.is_empty() {
             self.content_version += 1;
         }
+        self.oldest = self.rows.iter().map(|r| r.issued).min().unwrap_or(Micros::MAX);
         dropped
+    }
+
+    /// How many rows were issued at or after `since`.
+    pub fn fresh_count(&mut self, since: Micros) -> usize {
+        if self.oldest >= since {
+            return self.rows.len();
+        }
+        self.oldest = self.rows.iter().map(|r| r.issued).min().unwrap_or(Micros::MAX);
+        self.rows.iter().filter(|r| r.issued >= since).count()
+    }
+
+    /// The earliest issue time among the rows.
+    pub fn oldest_issued(&self) -> Option<Micros> {
+        self.rows.iter().map(|r| r.issued).min()
     }
 
     /// A columnar view of the rows for evaluation. Not cached: the agent

@@ -33,8 +33,12 @@ impl Default for NetConfig {
     }
 }
 
+/// What falls due: a wake-up, or the delivery of the message parked at a
+/// slot of the in-flight list (heap entries stay small: sifting is the
+/// simulator's innermost loop).
+#[derive(Clone, Copy)]
 enum Due {
-    Deliver { to: u32, from: u32, msg: Message },
+    Deliver { slot: u32 },
     Wake { agent: u32 },
 }
 
@@ -42,6 +46,12 @@ struct Scheduled {
     at: Micros,
     seq: u64,
     due: Due,
+}
+
+struct InFlight {
+    to: u32,
+    from: u32,
+    msg: Message,
 }
 
 impl PartialEq for Scheduled {
@@ -84,6 +94,8 @@ pub struct World {
     now: Micros,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    in_flight: Vec<Option<InFlight>>,
+    free_slots: Vec<u32>,
     agents: Vec<Option<Agent>>,
     durable: Vec<Durable>,
     scheduled: Vec<Micros>,
@@ -120,6 +132,8 @@ impl World {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            in_flight: Vec::new(),
+            free_slots: Vec::new(),
             scheduled: vec![Micros::MAX; agents.len()],
             agents,
             durable,
@@ -248,7 +262,10 @@ impl World {
                     }
                     self.drain(agent);
                 }
-                Due::Deliver { to, from, msg } => {
+                Due::Deliver { slot } => {
+                    let InFlight { to, from, msg } =
+                        self.in_flight[slot as usize].take().expect("parked message");
+                    self.free_slots.push(slot);
                     let from_addr = self.durable[from as usize].cfg.addr.clone();
                     match self.agents[to as usize].as_mut() {
                         Some(a) => a.handle_message(ev.at, &from_addr, msg),
@@ -312,14 +329,22 @@ impl World {
             } else {
                 lo
             };
-            self.push(
-                self.now + delay,
-                Due::Deliver {
-                    to,
-                    from: i,
-                    msg: t.msg,
-                },
-            );
+            let parked = Some(InFlight {
+                to,
+                from: i,
+                msg: t.msg,
+            });
+            let slot = match self.free_slots.pop() {
+                Some(s) => {
+                    self.in_flight[s as usize] = parked;
+                    s
+                }
+                None => {
+                    self.in_flight.push(parked);
+                    (self.in_flight.len() - 1) as u32
+                }
+            };
+            self.push(self.now + delay, Due::Deliver { slot });
         }
         while self.agents[i as usize]
             .as_mut()
