@@ -263,8 +263,9 @@ impl World {
                     self.drain(agent);
                 }
                 Due::Deliver { slot } => {
-                    let InFlight { to, from, msg } =
-                        self.in_flight[slot as usize].take().expect("parked message");
+                    let InFlight { to, from, msg } = self.in_flight[slot as usize]
+                        .take()
+                        .expect("parked message");
                     self.free_slots.push(slot);
                     let from_addr = self.durable[from as usize].cfg.addr.clone();
                     match self.agents[to as usize].as_mut() {
@@ -385,7 +386,12 @@ impl World {
         // Zone at depth d (a row in the table at depth d-1), bottom-up.
         for d in (1..=depth).rev() {
             self.now += 1;
+            let parents = groups(&leaves, d - 1);
+            let mut p = 0;
             for (start, _) in groups(&leaves, d) {
+                while parents[p].1 <= start {
+                    p += 1;
+                }
                 let zone = leaves[start].ancestor(d);
                 if d < depth {
                     self.settle(start);
@@ -396,7 +402,7 @@ impl World {
                 else {
                     continue;
                 };
-                let (ps, pe) = group_of(&leaves, start, d - 1);
+                let (ps, pe) = parents[p];
                 for j in ps..pe {
                     if j != start
                         && let Some(a) = self.agents[j].as_mut()
@@ -425,27 +431,27 @@ impl World {
 
 /// Contiguous index ranges of agents sharing their ancestor at depth `d`.
 fn groups(leaves: &[ZonePath], d: usize) -> Vec<(usize, usize)> {
+    let prefix = |l: &ZonePath| -> usize {
+        if d == 0 {
+            return 0;
+        }
+        l.as_str()
+            .match_indices('/')
+            .nth(d)
+            .map(|(i, _)| i)
+            .unwrap_or(l.as_str().len())
+    };
     let mut out = Vec::new();
     let mut start = 0;
-    for i in 1..=leaves.len() {
-        if i == leaves.len() || leaves[i].ancestor(d) != leaves[start].ancestor(d) {
+    let mut key = &leaves[0].as_str()[..prefix(&leaves[0])];
+    for (i, l) in leaves.iter().enumerate().skip(1) {
+        let k = &l.as_str()[..prefix(l)];
+        if k != key {
             out.push((start, i));
             start = i;
+            key = k;
         }
     }
+    out.push((start, leaves.len()));
     out
-}
-
-/// The range of agents sharing agent `i`'s ancestor at depth `d`.
-fn group_of(leaves: &[ZonePath], i: usize, d: usize) -> (usize, usize) {
-    let z = leaves[i].ancestor(d);
-    let mut s = i;
-    while s > 0 && z.contains(&leaves[s - 1]) {
-        s -= 1;
-    }
-    let mut e = i + 1;
-    while e < leaves.len() && z.contains(&leaves[e]) {
-        e += 1;
-    }
-    (s, e)
 }
