@@ -579,7 +579,7 @@ impl Agent {
             }
             out.set("afc_errors", Value::list(errors));
         }
-        let hash = Row::new(zone.clone(), zone.clone(), 0, out.clone(), vec![]).content_hash();
+        let hash = crate::row::content_hash(&out, &[]);
         let (is_rep, is_primary) = match out.get("contacts") {
             Some(Value::List(l)) => (
                 l.contains(&self.cfg.addr),
@@ -596,12 +596,13 @@ impl Agent {
         level.evaluated_key = Some(key);
         level.is_rep = is_rep;
         level.is_primary = is_primary;
-        if hash != level.computed_hash {
+        if hash != level.computed_hash && self.cfg.events {
             level.computed_hash = hash;
             level.computed = out.clone();
             self.events
                 .push_back(Event::ZoneChanged { zone, attrs: out });
         } else {
+            level.computed_hash = hash;
             level.computed = out;
         }
     }

@@ -38,6 +38,9 @@ pub struct Config {
     pub tombstone_keep: Micros,
     /// Seed of the agent's random choices.
     pub rng_seed: u64,
+    /// Report zone changes as events (the simulator, which has no
+    /// subscribers, turns this off).
+    pub events: bool,
 }
 
 impl Config {
@@ -60,6 +63,7 @@ impl Config {
             max_children: 1024,
             tombstone_keep: 24 * 3600 * 1_000_000,
             rng_seed: 0,
+            events: true,
         }
     }
 

@@ -129,6 +129,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             c.round = round;
             c.reps = s.reps;
             c.push = s.push;
+            c.events = false;
             c.rng_seed = s.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64;
             // An operator's seed list: an agent nearby and one anywhere.
             let near = (i / s.branching) * s.branching + rng.random_range(0..s.branching);
