@@ -438,11 +438,9 @@ impl Agent {
         if self.leaf_dirty {
             self.leaf_dirty = false;
             let (attrs, afcs) = self.leaf_content();
-            let refresh = self.fail_timeout(leaf_level) / 4;
-            let held = self.levels[leaf_level].table.get(self.cfg.leaf.name());
-            let content_changed =
-                held.is_none_or(|h| h.content_hash() != crate::row::content_hash(&attrs, &afcs));
-            let due = held.is_none_or(|h| now.saturating_sub(h.issued) >= refresh);
+            let content = crate::row::content_hash(&attrs, &afcs);
+            let (content_changed, due) =
+                self.issue_needed(now, leaf_level, self.cfg.leaf.name(), content);
             if content_changed || due {
                 let issued = if now > self.last_issued {
                     now
@@ -465,10 +463,8 @@ impl Agent {
             }
             let carried = self.carried_afcs(i - 1);
             let content = crate::row::content_hash(&self.levels[i].computed, &carried);
-            let refresh = self.fail_timeout(i - 1) / 4;
-            let held = self.levels[i - 1].table.get(self.zones[i].name());
-            let content_changed = held.is_none_or(|h| h.content_hash() != content);
-            let due = held.is_none_or(|h| now.saturating_sub(h.issued) >= refresh);
+            let (content_changed, due) =
+                self.issue_needed(now, i - 1, self.zones[i].name(), content);
             if content_changed || due {
                 let row = Arc::new(Row::new(
                     self.zones[i].clone(),
@@ -486,6 +482,18 @@ impl Agent {
         if self.cfg.push && !originated.is_empty() {
             self.push_down(originated);
         }
+    }
+
+    /// Whether this agent should issue a new row for child `name` of table
+    /// `t` whose content hashes to `content`: (its content changed, the held
+    /// version is due for its refresh at a quarter of the failure timeout).
+    fn issue_needed(&self, now: Micros, t: usize, name: &str, content: u64) -> (bool, bool) {
+        let refresh = self.fail_timeout(t) / 4;
+        let held = self.levels[t].table.get(name);
+        (
+            held.is_none_or(|h| h.content_hash() != content),
+            held.is_none_or(|h| now.saturating_sub(h.issued) >= refresh),
+        )
     }
 
     fn issue_time(&mut self, now: Micros) -> Micros {
@@ -596,15 +604,15 @@ impl Agent {
         level.evaluated_key = Some(key);
         level.is_rep = is_rep;
         level.is_primary = is_primary;
-        if hash != level.computed_hash && self.cfg.events {
-            level.computed_hash = hash;
-            level.computed = out.clone();
-            self.events
-                .push_back(Event::ZoneChanged { zone, attrs: out });
-        } else {
-            level.computed_hash = hash;
-            level.computed = out;
+        let changed = hash != level.computed_hash;
+        level.computed_hash = hash;
+        if changed && self.cfg.events {
+            self.events.push_back(Event::ZoneChanged {
+                zone,
+                attrs: out.clone(),
+            });
         }
+        level.computed = out;
     }
 
     fn with_oldest_input(&self, i: usize) -> Attrs {
@@ -897,15 +905,14 @@ impl Agent {
             let rows = self.levels[t].table.rows();
             let (mut a, mut b) = (0, 0);
             while a < rows.len() || b < theirs.len() {
-                let order = match (rows.get(a), theirs.get(b)) {
-                    (Some(r), Some(e)) => crate::table::cmp_names(r.name(), &e.name),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    _ => std::cmp::Ordering::Greater,
-                };
-                let (mine, their) = match order {
-                    std::cmp::Ordering::Less => (rows.get(a), None),
-                    std::cmp::Ordering::Greater => (None, theirs.get(b)),
-                    std::cmp::Ordering::Equal => (rows.get(a), theirs.get(b)),
+                // Step through both name-sorted lists together.
+                let (mine, their) = match (rows.get(a), theirs.get(b)) {
+                    (Some(r), Some(e)) => match crate::table::cmp_names(r.name(), &e.name) {
+                        std::cmp::Ordering::Less => (Some(r), None),
+                        std::cmp::Ordering::Greater => (None, Some(e)),
+                        std::cmp::Ordering::Equal => (Some(r), Some(e)),
+                    },
+                    either => either,
                 };
                 if mine.is_some() {
                     a += 1;

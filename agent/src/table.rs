@@ -121,12 +121,7 @@ impl ZoneTable {
         if !dropped.is_empty() {
             self.content_version += 1;
         }
-        self.oldest = self
-            .rows
-            .iter()
-            .map(|r| r.issued)
-            .min()
-            .unwrap_or(Micros::MAX);
+        self.oldest = self.oldest_issued().unwrap_or(Micros::MAX);
         dropped
     }
 
@@ -135,12 +130,7 @@ impl ZoneTable {
         if self.oldest >= since {
             return self.rows.len();
         }
-        self.oldest = self
-            .rows
-            .iter()
-            .map(|r| r.issued)
-            .min()
-            .unwrap_or(Micros::MAX);
+        self.oldest = self.oldest_issued().unwrap_or(Micros::MAX);
         self.rows.iter().filter(|r| r.issued >= since).count()
     }
 
