@@ -6,6 +6,7 @@
 
 use crate::path::ZonePath;
 use crate::row::{Micros, RESERVED};
+use crate::security::Certificate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +28,18 @@ pub struct AfcCert {
     pub expires: Option<Micros>,
     /// A tombstone: the AFC of this name and scope is removed.
     pub removed: bool,
-    /// Who signed it (an authority or client name; `insecure` without keys).
+    /// Who signed it: the subject of `cert` (an authority's zone or a
+    /// client's name); `insecure` without keys.
     pub signer: Arc<str>,
+    /// The signer's ed25519 signature over [`AfcCert::signing_bytes`].
     pub signature: Vec<u8>,
+    /// The signer's certificate and its chain (None in insecure mode).
+    #[serde(default)]
+    pub cert: Option<Arc<Certificate>>,
 }
+
+/// Separates AFC signatures from every other kind of signed bytes.
+const AFC_TAG: &str = "armillary-afc-v1";
 
 impl AfcCert {
     /// An unsigned AFC, as `armillary dev` and the simulator install them.
@@ -44,6 +53,7 @@ impl AfcCert {
             removed: false,
             signer: "insecure".into(),
             signature: Vec::new(),
+            cert: None,
         }
     }
 
@@ -68,6 +78,8 @@ impl AfcCert {
             + self.signer.len()
             + 2
             + self.signature.len()
+            + 1
+            + self.cert.as_ref().map_or(0, |c| c.encoded_len())
     }
 
     /// The identity of an AFC across versions.
@@ -75,9 +87,11 @@ impl AfcCert {
         (self.scope.clone(), self.name.clone())
     }
 
-    /// The bytes a signer signs: everything but the signature.
+    /// The bytes a signer signs: everything but the signature and the
+    /// certificate (which the signature is checked against).
     pub fn signing_bytes(&self) -> Vec<u8> {
         postcard::to_allocvec(&(
+            AFC_TAG,
             &self.scope,
             &self.name,
             &self.sql,

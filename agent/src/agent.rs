@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::message::{DigestEntry, Message, Wanted, validate_afc};
 use crate::path::ZonePath;
 use crate::row::{Micros, RESERVED, Row, stable_hash};
+use crate::security::Security;
 use crate::table::{Offer, ZoneTable};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -123,6 +124,8 @@ pub struct Agent {
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Signing and verification; None in insecure mode (and the simulator).
+    security: Option<Arc<Security>>,
 }
 
 impl Agent {
@@ -165,6 +168,7 @@ impl Agent {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            security: None,
             cfg,
         }
     }
@@ -222,6 +226,11 @@ impl Agent {
             return true;
         }
         self.level_of(zone).is_some_and(|i| self.levels[i].is_rep)
+    }
+
+    /// The security layer, when on.
+    pub fn security(&self) -> Option<&Arc<Security>> {
+        self.security.as_ref()
     }
 
     fn level_of(&self, zone: &ZonePath) -> Option<usize> {
@@ -286,12 +295,28 @@ impl Agent {
         had
     }
 
-    /// Installs (or replaces) an AFC whose scope contains this agent.
+    /// Turns security on (rows this agent issues are signed; rows and AFCs
+    /// it receives must verify) or off (the default: the simulator and
+    /// `--insecure`). Rows already issued are re-issued, signed or not, at
+    /// the next flush. The identity should be an agent certificate for this
+    /// agent's leaf zone ([`Security::for_agent`] checks this).
+    pub fn set_security(&mut self, security: Option<Arc<Security>>) {
+        self.security = security;
+        self.mark_leaf_dirty();
+    }
+
+    /// Installs (or replaces) an AFC whose scope contains this agent. With
+    /// security on, it must be signed by an authority over its scope or a
+    /// client allowed it, with a certificate valid now.
     pub fn install_afc(&mut self, now: Micros, cert: AfcCert) -> Result<(), InstallError> {
         if !cert.scope.contains(&self.cfg.leaf) {
             return Err(InstallError::OutOfScope(cert.scope));
         }
         validate_afc(&cert).map_err(InstallError::Rejected)?;
+        if let Some(sec) = &self.security {
+            sec.verify_new_afc(&cert, now)
+                .map_err(|r| InstallError::Rejected(r.to_string()))?;
+        }
         let (state, _) = crate::afc::compile(&cert);
         if let AfcState::Rejected(why) = state {
             return Err(InstallError::Rejected(why));
@@ -301,13 +326,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Removes an AFC by installing its tombstone.
+    /// Removes an AFC by installing its tombstone. With security on, the
+    /// tombstone must be signed: give it to [`Agent::install_afc`] instead.
     pub fn remove_afc(
         &mut self,
         now: Micros,
         scope: &ZonePath,
         name: &str,
     ) -> Result<(), InstallError> {
+        if self.security.is_some() {
+            return Err(InstallError::Rejected(
+                "unsigned: with security on, a removal is a tombstone signed by a client or authority; install the signed tombstone".into(),
+            ));
+        }
         let held = self
             .afcs
             .get(scope, name)
@@ -325,6 +356,12 @@ impl Agent {
 
     /// Offers a signed AFC (or tombstone) as a client sent it.
     pub fn offer_afc(&mut self, now: Micros, cert: Arc<AfcCert>) -> bool {
+        if let Some(sec) = &self.security
+            && let Err(r) = sec.verify_new_afc(&cert, now)
+        {
+            self.reject(r.reason());
+            return false;
+        }
         let changed = self.afcs.offer(cert);
         if changed {
             self.afcs_changed(now);
@@ -332,9 +369,17 @@ impl Agent {
         changed
     }
 
-    /// Restores durable state after a restart: AFCs and application attributes.
+    /// Restores durable state after a restart: AFCs and application
+    /// attributes. With security on, AFCs that do not verify (as at their
+    /// issue time) are dropped and counted.
     pub fn restore(&mut self, afcs: impl IntoIterator<Item = Arc<AfcCert>>, local: Attrs) {
         for a in afcs {
+            if let Some(sec) = &self.security
+                && let Err(r) = sec.verify_afc(&a, a.issued)
+            {
+                *self.stats.rejected.entry(r.reason()).or_default() += 1;
+                continue;
+            }
             self.afcs.offer(a);
         }
         self.local = local;
@@ -449,7 +494,7 @@ impl Agent {
                 };
                 self.last_issued = issued;
                 let leaf = self.cfg.leaf.clone();
-                let row = Arc::new(Row::new(leaf.clone(), leaf, issued, attrs, afcs));
+                let row = self.signed(Row::new(leaf.clone(), leaf, issued, attrs, afcs));
                 self.levels[leaf_level].table.offer(row.clone(), usize::MAX);
                 if content_changed {
                     originated.push((leaf_level, row));
@@ -466,13 +511,14 @@ impl Agent {
             let (content_changed, due) =
                 self.issue_needed(now, i - 1, self.zones[i].name(), content);
             if content_changed || due {
-                let row = Arc::new(Row::new(
+                let row = Row::new(
                     self.zones[i].clone(),
                     self.cfg.leaf.clone(),
                     self.issue_time(now),
                     self.with_oldest_input(i),
                     carried,
-                ));
+                );
+                let row = self.signed(row);
                 self.levels[i - 1].table.offer(row.clone(), usize::MAX);
                 if content_changed && self.levels[i].is_primary {
                     originated.push((i - 1, row));
@@ -490,10 +536,22 @@ impl Agent {
     fn issue_needed(&self, now: Micros, t: usize, name: &str, content: u64) -> (bool, bool) {
         let refresh = self.fail_timeout(t) / 4;
         let held = self.levels[t].table.get(name);
+        // A held row signed otherwise than security now asks is due at once.
+        let secure = self.security.is_some();
         (
             held.is_none_or(|h| h.content_hash() != content),
-            held.is_none_or(|h| now.saturating_sub(h.issued) >= refresh),
+            held.is_none_or(|h| {
+                now.saturating_sub(h.issued) >= refresh || h.cert.is_some() != secure
+            }),
         )
+    }
+
+    /// Signs a row this agent issues, when security is on.
+    fn signed(&self, mut row: Row) -> Arc<Row> {
+        if let Some(sec) = &self.security {
+            sec.sign_row(&mut row);
+        }
+        Arc::new(row)
     }
 
     fn issue_time(&mut self, now: Micros) -> Micros {
@@ -675,6 +733,11 @@ impl Agent {
         if now.saturating_sub(row.issued) > self.fail_timeout(t) {
             return Accept::Stale;
         }
+        if self.security.is_some()
+            && let Some(early) = self.verify_row(now, t, &row)
+        {
+            return early;
+        }
         if depth < self.levels.len()
             && row.name() == self.zones[depth].name()
             && row.issuer != self.cfg.leaf
@@ -698,10 +761,31 @@ impl Agent {
                     lost.retain(|(c, _)| !row.contacts().contains(c));
                 }
                 if content_changed {
-                    self.adopt_afcs(&row);
+                    self.adopt_afcs(now, &row);
                     self.schedule_flush(now);
                 }
                 Accept::Accepted { content_changed }
+            }
+        }
+    }
+
+    /// With security on: settles a row that is not newer than the held
+    /// version without verifying it, and verifies the rest. Returns the
+    /// outcome when the row goes no further.
+    fn verify_row(&mut self, now: Micros, t: usize, row: &Row) -> Option<Accept> {
+        if let Some(held) = self.levels[t].table.get(row.name()) {
+            match row.version().cmp(&held.version()) {
+                std::cmp::Ordering::Less => return Some(Accept::Stale),
+                std::cmp::Ordering::Equal => return Some(Accept::Same),
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        let sec = self.security.as_ref()?;
+        match sec.verify_row(row, now) {
+            Ok(()) => None,
+            Err(r) => {
+                self.reject(r.reason());
+                Some(Accept::Rejected)
             }
         }
     }
@@ -726,10 +810,17 @@ impl Agent {
         }
     }
 
-    fn adopt_afcs(&mut self, row: &Row) {
+    fn adopt_afcs(&mut self, now: Micros, row: &Row) {
         let mut changed = false;
         for a in &row.afcs {
             if a.scope.contains(&self.cfg.leaf) {
+                // Rows were verified with their AFCs: this is a cache hit.
+                if let Some(sec) = &self.security
+                    && let Err(r) = sec.verify_afc(a, now)
+                {
+                    *self.stats.rejected.entry(r.reason()).or_default() += 1;
+                    continue;
+                }
                 changed |= self.afcs.offer(a.clone());
             }
         }
@@ -1007,7 +1098,14 @@ impl Agent {
         for r in rows {
             let t = r.depth().saturating_sub(1);
             match self.accept(now, r.clone()) {
-                Accept::Accepted { .. } | Accept::Same if t < target.depth() => {
+                Accept::Accepted { .. } if t < target.depth() => forward.push((t, r)),
+                Accept::Same if t < target.depth() => {
+                    // With security on, a row of the held version was not
+                    // verified: pass on the held copy, which was.
+                    let r = match &self.security {
+                        Some(_) => self.levels[t].table.get(r.name()).cloned().unwrap_or(r),
+                        None => r,
+                    };
                     forward.push((t, r))
                 }
                 _ => {}

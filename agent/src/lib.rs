@@ -3,10 +3,14 @@
 
 pub mod afc;
 pub mod agent;
+pub mod api;
 pub mod config;
+pub mod fsutil;
 pub mod message;
+pub mod node;
 pub mod path;
 pub mod row;
+pub mod security;
 pub mod sim;
 pub mod table;
 

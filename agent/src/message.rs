@@ -22,6 +22,8 @@ pub const MAX_AFCS_PER_ROW: usize = 64;
 pub const MAX_ITEMS: usize = 4096;
 /// Longest string value or list in a row.
 pub const MAX_LIST_LEN: usize = 64;
+/// Longest signature accepted (ed25519 signatures are 64 bytes).
+pub const MAX_SIGNATURE: usize = 128;
 
 /// One gossip message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +210,13 @@ pub fn validate_row(r: &Row) -> Result<(), String> {
             return Err(format!("attribute {n} is NaN"));
         }
     }
+    if r.signature.len() > MAX_SIGNATURE {
+        return Err(format!("row signature of {} bytes", r.signature.len()));
+    }
+    if let Some(c) = &r.cert {
+        c.check_bounds()
+            .map_err(|e| format!("row certificate: {e}"))?;
+    }
     if r.afcs.len() > MAX_AFCS_PER_ROW {
         return Err(format!("{} AFCs in one row", r.afcs.len()));
     }
@@ -229,8 +238,12 @@ pub fn validate_afc(a: &AfcCert) -> Result<(), String> {
     if a.sql.len() > MAX_AFC_TEXT {
         return Err(format!("AFC text of {} bytes", a.sql.len()));
     }
-    if a.signer.len() > 256 || a.signature.len() > 128 {
+    if a.signer.len() > 256 || a.signature.len() > MAX_SIGNATURE {
         return Err("oversized AFC signature".into());
+    }
+    if let Some(c) = &a.cert {
+        c.check_bounds()
+            .map_err(|e| format!("certificate of AFC {}: {e}", a.name))?;
     }
     Ok(())
 }

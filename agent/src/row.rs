@@ -2,6 +2,7 @@
 
 use crate::afc::AfcCert;
 use crate::path::ZonePath;
+use crate::security::Certificate;
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub const RESERVED: &[&str] = &[
 /// make every refresh look like a change worth re-aggregating and pushing.
 const VOLATILE: &[&str] = &["nreporting", "oldest_input"];
 
+/// Separates row signatures from every other kind of signed bytes.
+const ROW_TAG: &str = "armillary-row-v1";
+
 /// One row of a zone table, as issued and signed by one agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
@@ -40,8 +44,12 @@ pub struct Row {
     pub attrs: Attrs,
     /// AFCs carried by this row (those installed in the parent zone, and those on their way up).
     pub afcs: Vec<Arc<AfcCert>>,
-    /// The issuer's signature over everything above (empty in insecure mode).
+    /// The issuer's signature over [`Row::signing_bytes`] (empty in insecure mode).
     pub signature: Vec<u8>,
+    /// The issuer's agent certificate and its chain, so that any receiver
+    /// can check the signature (None in insecure mode and in the simulator).
+    #[serde(default)]
+    pub cert: Option<Arc<Certificate>>,
     #[serde(skip)]
     cache: RowCache,
 }
@@ -73,6 +81,7 @@ impl Row {
             attrs,
             afcs,
             signature: Vec::new(),
+            cert: None,
             cache: RowCache::default(),
         }
         .sealed()
@@ -138,14 +147,29 @@ impl Row {
         self.cache.contacts.as_deref().unwrap_or(&[])
     }
 
-    /// The bytes an issuer signs: everything but the signature.
+    /// Attaches the issuer's certificate and signature (keeps the cached size right).
+    pub fn set_signature(&mut self, cert: Option<Arc<Certificate>>, signature: Vec<u8>) {
+        self.cert = cert;
+        self.signature = signature;
+        self.cache.encoded_len = self.compute_encoded_len();
+    }
+
+    /// The bytes an issuer signs: everything but the signature and the
+    /// certificate (which the signature is checked against). Carried AFCs
+    /// enter by identity and signature; each AFC's signature covers the rest.
     pub fn signing_bytes(&self) -> Vec<u8> {
+        let afcs: Vec<_> = self
+            .afcs
+            .iter()
+            .map(|a| (&a.scope, &*a.name, a.issued, a.removed, &a.signature))
+            .collect();
         postcard::to_allocvec(&(
+            ROW_TAG,
             &self.zone,
             &self.issuer,
             self.issued,
             &self.attrs,
-            &self.afcs,
+            afcs,
         ))
         .unwrap_or_default()
     }
@@ -162,6 +186,8 @@ impl Row {
             + self.afcs.iter().map(|a| a.encoded_len()).sum::<usize>()
             + 2
             + self.signature.len()
+            + 1
+            + self.cert.as_ref().map_or(0, |c| c.encoded_len())
     }
 }
 

@@ -292,3 +292,122 @@ fn cold_start_joins_through_seeds() {
     let r = sim::run(&s, |_, _| {});
     assert!(r.converged, "{r:?}");
 }
+
+/// A report without the figures that measure the machine rather than the run.
+fn outcome(r: &sim::Report) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    let o = v.as_object_mut().unwrap();
+    for k in ["peak_rss_mb", "wall_s", "agent_rounds_per_sec", "threads"] {
+        assert!(o.remove(k).is_some(), "report lacks {k}");
+    }
+    v
+}
+
+#[test]
+fn thread_count_does_not_change_the_result() {
+    let mut s = scenario(700, 8);
+    // Long latency: windows large enough to be shared between threads.
+    s.latency = (40_000, 90_000);
+    s.loss = 0.1;
+    s.crash = 0.05;
+    s.push = false;
+    s.rounds = 30;
+    s.threads = 1;
+    let one = sim::run(&s, |_, _| {});
+    assert_eq!(one.threads, 1);
+    for threads in [2, 3] {
+        s.threads = threads;
+        let many = sim::run(&s, |_, _| {});
+        assert_eq!(many.threads, threads);
+        assert_eq!(outcome(&one), outcome(&many), "{threads} threads");
+    }
+    // With push, and from a cold start.
+    let mut s = scenario(300, 6);
+    s.cold = true;
+    s.rounds = 25;
+    s.change_round = 15;
+    s.afc_round = 15;
+    s.threads = 1;
+    let one = sim::run(&s, |_, _| {});
+    s.threads = 2;
+    assert_eq!(outcome(&one), outcome(&sim::run(&s, |_, _| {})));
+}
+
+/// Every agent's counters and root row after a run with crashes, a restart,
+/// a partition and an attribute change.
+fn world_trace(threads: usize, latency: (u64, u64)) -> (Vec<String>, u64, u64) {
+    let n = 150;
+    let leaves = tree::balanced(n, 5);
+    let configs = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut c = Config::new(l.clone(), l.as_arc().clone());
+            c.push = i % 2 == 0;
+            c.rng_seed = 11 ^ (i as u64 * 7919);
+            c.seeds = vec![leaves[(i + 1) % n].as_arc().clone()];
+            c
+        })
+        .collect();
+    let mut w = World::new(
+        configs,
+        NetConfig {
+            loss: 0.05,
+            latency,
+        },
+        11,
+    );
+    w.set_threads(threads);
+    // Share even the smallest windows between threads.
+    w.set_parallel_min_events(0);
+    assert_eq!(w.threads(), threads);
+    for i in 0..n {
+        let sensors: Attrs = [("load", Value::Float(i as f64 % 5.0))]
+            .into_iter()
+            .collect();
+        w.set_sensors(i, sensors);
+    }
+    w.warm_start();
+    run_rounds(&mut w, 3);
+    w.crash(17);
+    w.crash(90);
+    w.partition(leaves[0].ancestor(1), leaves[n - 1].ancestor(1));
+    w.with_agent(33, |a, now| {
+        a.set_attr(now, "probe", Value::Int(7)).unwrap()
+    });
+    // Stop between round boundaries too.
+    w.run_until(w.now() + 2_345_678);
+    w.restart(17);
+    run_rounds(&mut w, 4);
+    w.heal();
+    run_rounds(&mut w, 5);
+    let per_agent = (0..n)
+        .map(|i| match w.agent(i) {
+            Some(a) => format!("{:?} {:?}", a.stats(), a.root_row()),
+            None => "dead".to_string(),
+        })
+        .collect();
+    (per_agent, w.net_stats.sent, w.net_stats.lost)
+}
+
+#[test]
+fn world_runs_the_same_on_any_number_of_threads() {
+    for latency in [(5_000, 50_000), (0, 20_000), (30_000, 30_000)] {
+        let one = world_trace(1, latency);
+        assert!(one.1 > 0 && one.2 > 0, "{latency:?}");
+        for threads in [2, 4] {
+            let many = world_trace(threads, latency);
+            assert_eq!(
+                one.1, many.1,
+                "{latency:?} {threads} threads: messages sent"
+            );
+            assert_eq!(
+                one.2, many.2,
+                "{latency:?} {threads} threads: messages lost"
+            );
+            for (i, (a, b)) in one.0.iter().zip(&many.0).enumerate() {
+                assert_eq!(a, b, "{latency:?} {threads} threads: agent {i}");
+            }
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 mod cmd;
 mod output;
+mod runtime;
 
 use clap::{Parser, Subcommand};
 
@@ -21,18 +22,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one agent: gossip over QUIC and the HTTP API.
+    Agent(cmd::agent::AgentArgs),
+    /// Run a local demo system of many agents in one process (insecure).
+    Dev(cmd::dev::DevArgs),
     /// Run the deterministic simulator: many agents in one process.
     Sim(cmd::sim::SimArgs),
     /// Aggregation function certificates (AFCs).
     #[command(subcommand)]
     Afc(cmd::afc::AfcCommand),
+    /// Keys and certificates: authorities, agents, clients.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Dev(args) => cmd::dev::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Afc(c) => cmd::afc::run(c),
+        Command::Keys(c) => cmd::keys::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,9 @@ pub struct Scenario {
     pub afc_round: u64,
     /// Start from an empty state, agents joining through seeds, instead of a settled one.
     pub cold: bool,
+    /// Threads that run the agents (0: as many as the machine offers). The
+    /// result does not depend on it.
+    pub threads: usize,
 }
 
 impl Default for Scenario {
@@ -58,6 +61,7 @@ impl Default for Scenario {
             change_round: 5,
             afc_round: 7,
             cold: false,
+            threads: 0,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Report {
     pub messages_lost: u64,
     pub peak_rss_mb: f64,
     pub wall_s: f64,
+    /// Threads the simulator ran on.
+    pub threads: usize,
     pub agent_rounds_per_sec: f64,
     pub converged: bool,
 }
@@ -150,6 +156,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         },
         s.seed,
     );
+    world.set_threads(s.threads);
     let stats_afc = Arc::new(AfcCert::new(ZonePath::root(), "stats", STATS_AFC, 0));
     for i in 0..n {
         let load: f64 = rng.random_range(0.0..4.0);
@@ -282,6 +289,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         messages_lost: world.net_stats.lost,
         peak_rss_mb: peak_rss_mb(),
         wall_s,
+        threads: world.threads(),
         agent_rounds_per_sec: (n as f64 * s.rounds as f64) / wall_s.max(1e-9),
     }
 }

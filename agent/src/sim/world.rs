@@ -1,6 +1,22 @@
 //! A deterministic world of agents: simulated time, latency, loss,
 //! partitions, crashes and restarts, all driven by one seeded generator.
+//!
+//! # Time windows
+//!
+//! No message arrives sooner than the network's minimum latency `L` after it
+//! was sent, so within a window `[kL, (k+1)L)` of simulated time every
+//! delivery was already scheduled when the window began, and no agent can
+//! affect another inside it. The world therefore runs window by window: it
+//! takes every event due in the window, hands each agent its own events in
+//! `(time, sequence)` order (its own timers fire between them, in time
+//! order, as they would one event at a time), runs the agents on several
+//! threads, and then, on one thread and in agent order, passes the messages
+//! they sent through the seeded network (loss, latency, partitions) and
+//! schedules the next events. What an agent does depends only on its own
+//! events, and the merge order only on agent indices, so a seed gives the
+//! same run whatever the number of threads.
 
+use super::pool::Pool;
 use crate::afc::AfcCert;
 use crate::agent::{Agent, Stats};
 use crate::config::Config;
@@ -10,8 +26,7 @@ use crate::row::Micros;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use zone_sql::Attrs;
 
@@ -33,42 +48,18 @@ impl Default for NetConfig {
     }
 }
 
-/// What falls due: a wake-up, or the delivery of the message parked at a
-/// slot of the in-flight list (heap entries stay small: sifting is the
-/// simulator's innermost loop).
-#[derive(Clone, Copy)]
+/// What falls due for an agent: a wake-up, or a message's delivery.
 enum Due {
-    Deliver { slot: u32 },
-    Wake { agent: u32 },
+    Deliver { from: u32, msg: Message },
+    Wake,
 }
 
+/// One scheduled event; `seq` orders events of one agent due at one time.
 struct Scheduled {
     at: Micros,
     seq: u64,
-    due: Due,
-}
-
-struct InFlight {
     to: u32,
-    from: u32,
-    msg: Message,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
+    due: Due,
 }
 
 /// Messages and bytes counted by the network.
@@ -89,32 +80,99 @@ struct Durable {
     sensors: Attrs,
 }
 
+/// What every worker reads: the address book.
+struct Directory {
+    index: FxHashMap<Arc<str>, u32>,
+    addrs: Vec<Arc<str>>,
+}
+
+/// A message an agent sent during a window, before the network saw it.
+struct Sent {
+    from: u32,
+    at: Micros,
+    /// The addressee's index, if the address is known.
+    to: Option<u32>,
+    msg: Message,
+}
+
+/// One agent's share of a window: the agent itself (moved out of the world
+/// while it runs) and how many of the chunk's deliveries are its own.
+struct Task {
+    id: u32,
+    agent: Agent,
+    /// Time of its first event in the window.
+    start: Micros,
+    deliveries: usize,
+}
+
+struct Delivery {
+    at: Micros,
+    from: u32,
+    msg: Message,
+}
+
+/// A run of consecutive agents processed by one thread; its output is
+/// merged in agent order, so how a window is cut into chunks changes nothing.
+#[derive(Default)]
+struct Chunk {
+    /// Window end (exclusive): timers due before it fire inside the window.
+    end: Micros,
+    tasks: Vec<Task>,
+    deliveries: Vec<Delivery>,
+    sent: Vec<Sent>,
+    events: usize,
+}
+
+/// Windows with fewer events than this run on the calling thread alone
+/// (handing them to other threads would cost more than it saves).
+const PARALLEL_MIN_EVENTS: usize = 64;
+/// Chunks per thread in a window (so that a slow chunk does not leave the
+/// other threads idle at the end of the window).
+const CHUNKS_PER_THREAD: usize = 8;
+
 /// Many agents in one process, one clock, one seeded generator.
 pub struct World {
     now: Micros,
     seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    in_flight: Vec<Option<InFlight>>,
-    free_slots: Vec<u32>,
+    /// Events by window: bucket `k` holds those due in `[k * width, (k+1) * width)`.
+    buckets: BTreeMap<u64, Vec<Scheduled>>,
+    spare_buckets: Vec<Vec<Scheduled>>,
+    spare_chunks: Vec<Chunk>,
+    /// Window length: the minimum latency (at least 1 µs).
+    width: Micros,
     agents: Vec<Option<Agent>>,
     durable: Vec<Durable>,
+    /// Time of each agent's pending wake-up (MAX: none).
     scheduled: Vec<Micros>,
-    index: FxHashMap<Arc<str>, u32>,
+    dir: Arc<Directory>,
     rng: SmallRng,
     net: NetConfig,
     partitions: Vec<(ZonePath, ZonePath)>,
     pub net_stats: NetStats,
     restarts: u64,
+    threads: usize,
+    parallel_min_events: usize,
+    pool: Option<Pool<Chunk>>,
+}
+
+/// The number of threads the machine offers.
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl World {
-    /// A world of agents with the given configurations; addresses must be unique.
+    /// A world of agents with the given configurations; addresses must be
+    /// unique. It runs on as many threads as the machine offers
+    /// ([`World::set_threads`] changes that; results do not depend on it).
     pub fn new(configs: Vec<Config>, net: NetConfig, seed: u64) -> World {
         let index = configs
             .iter()
             .enumerate()
             .map(|(i, c)| (c.addr.clone(), i as u32))
             .collect();
+        let addrs = configs.iter().map(|c| c.addr.clone()).collect();
         let durable = configs
             .iter()
             .map(|c| Durable {
@@ -131,23 +189,56 @@ impl World {
         let mut w = World {
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
-            in_flight: Vec::new(),
-            free_slots: Vec::new(),
+            buckets: BTreeMap::new(),
+            spare_buckets: Vec::new(),
+            spare_chunks: Vec::new(),
+            width: net.latency.0.max(1),
             scheduled: vec![Micros::MAX; agents.len()],
             agents,
             durable,
-            index,
+            dir: Arc::new(Directory { index, addrs }),
             rng: SmallRng::seed_from_u64(seed ^ 0x5157_0001),
             net,
             partitions: Vec::new(),
             net_stats: NetStats::default(),
             restarts: 0,
+            threads: 1,
+            parallel_min_events: PARALLEL_MIN_EVENTS,
+            pool: None,
         };
+        w.set_threads(0);
         for i in 0..w.agents.len() {
             w.reschedule(i as u32);
         }
         w
+    }
+
+    /// Runs the agents on `n` threads (0: as many as the machine offers).
+    /// The results are the same for every `n`.
+    pub fn set_threads(&mut self, n: usize) {
+        let n = if n == 0 { available_threads() } else { n };
+        if n == self.threads && (n == 1 || self.pool.is_some()) {
+            return;
+        }
+        self.threads = n;
+        self.pool = None;
+        if n > 1 {
+            let dir = self.dir.clone();
+            self.pool = Some(Pool::new(
+                n - 1,
+                Arc::new(move |c: &mut Chunk| run_chunk(c, &dir)),
+            ));
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Windows with fewer events than this run on one thread (tests lower
+    /// it to exercise the threads on small worlds).
+    pub fn set_parallel_min_events(&mut self, n: usize) {
+        self.parallel_min_events = n;
     }
 
     pub fn now(&self) -> Micros {
@@ -187,7 +278,7 @@ impl World {
     }
 
     pub fn index_of(&self, addr: &str) -> Option<usize> {
-        self.index.get(addr).map(|i| *i as usize)
+        self.dir.index.get(addr).map(|i| *i as usize)
     }
 
     pub fn restarts(&self) -> u64 {
@@ -243,52 +334,167 @@ impl World {
         self.agents[i].as_ref().map(|a| a.stats())
     }
 
-    /// Runs every event due up to and including `until`.
+    /// Runs every event due up to and including `until`, window by window.
     pub fn run_until(&mut self, until: Micros) {
-        while let Some(Reverse(top)) = self.queue.peek() {
-            if top.at > until {
+        let mut window: Vec<Scheduled> = self.spare_buckets.pop().unwrap_or_default();
+        while let Some(mut entry) = self.buckets.first_entry() {
+            let k = *entry.key();
+            let start = k.saturating_mul(self.width);
+            if start > until {
                 break;
             }
-            let Reverse(ev) = self.queue.pop().expect("peeked");
-            self.now = ev.at;
-            match ev.due {
-                Due::Wake { agent } => {
-                    if self.scheduled[agent as usize] != ev.at {
-                        continue;
+            let bucket_end = start.saturating_add(self.width);
+            let end = bucket_end.min(until.saturating_add(1));
+            if end < bucket_end {
+                // The window stops at `until`: leave later events for the next call.
+                let bucket = entry.get_mut();
+                let mut j = 0;
+                while j < bucket.len() {
+                    if bucket[j].at < end {
+                        window.push(bucket.swap_remove(j));
+                    } else {
+                        j += 1;
                     }
-                    self.scheduled[agent as usize] = Micros::MAX;
-                    if let Some(a) = self.agents[agent as usize].as_mut() {
-                        a.handle_timeout(ev.at);
-                    }
-                    self.drain(agent);
                 }
-                Due::Deliver { slot } => {
-                    let InFlight { to, from, msg } = self.in_flight[slot as usize]
-                        .take()
-                        .expect("parked message");
-                    self.free_slots.push(slot);
-                    let from_addr = self.durable[from as usize].cfg.addr.clone();
-                    match self.agents[to as usize].as_mut() {
-                        Some(a) => a.handle_message(ev.at, &from_addr, msg),
-                        None => {
-                            self.net_stats.to_dead += 1;
-                            continue;
-                        }
-                    }
-                    self.drain(to);
+                if bucket.is_empty() {
+                    self.spare_buckets.push(entry.remove());
                 }
+                if window.is_empty() {
+                    break;
+                }
+            } else {
+                window.append(entry.get_mut());
+                self.spare_buckets.push(entry.remove());
             }
+            self.run_window(&mut window, end);
+            self.now = self.now.max(end - 1);
         }
+        self.spare_buckets.push(window);
         self.now = self.now.max(until);
     }
 
-    fn push(&mut self, at: Micros, due: Due) {
+    /// Runs the events of one window (all due before `end`), then merges.
+    fn run_window(&mut self, events: &mut Vec<Scheduled>, end: Micros) {
+        events.sort_unstable_by_key(|e| (e.to, e.at, e.seq));
+        let parallel = self.threads > 1 && events.len() >= self.parallel_min_events;
+        let target = if parallel {
+            events.len().div_ceil(self.threads * CHUNKS_PER_THREAD)
+        } else {
+            usize::MAX
+        };
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut chunk = self.take_chunk(end);
+        let mut cur: Option<(u32, Option<Micros>, usize)> = None;
+        for ev in events.drain(..) {
+            if cur.is_some_and(|(id, _, _)| id != ev.to) {
+                let (id, start, n) = cur.take().expect("some");
+                self.add_task(&mut chunk, id, start, n);
+                if chunk.events >= target {
+                    chunks.push(std::mem::replace(&mut chunk, self.take_chunk(end)));
+                }
+            }
+            let (_, start, n) = cur.get_or_insert((ev.to, None, 0));
+            let to = ev.to as usize;
+            match ev.due {
+                Due::Wake => {
+                    if self.scheduled[to] == ev.at {
+                        self.scheduled[to] = Micros::MAX;
+                        start.get_or_insert(ev.at);
+                    }
+                }
+                Due::Deliver { from, msg } => {
+                    if self.agents[to].is_some() {
+                        chunk.deliveries.push(Delivery {
+                            at: ev.at,
+                            from,
+                            msg,
+                        });
+                        *n += 1;
+                        start.get_or_insert(ev.at);
+                    } else {
+                        self.net_stats.to_dead += 1;
+                    }
+                }
+            }
+        }
+        if let Some((id, start, n)) = cur {
+            self.add_task(&mut chunk, id, start, n);
+        }
+        chunks.push(chunk);
+        chunks.retain(|c| !c.tasks.is_empty() || !c.deliveries.is_empty());
+
+        let chunks = match &self.pool {
+            Some(pool) if parallel && chunks.len() > 1 => pool.run_all(chunks),
+            _ => {
+                for c in chunks.iter_mut() {
+                    run_chunk(c, &self.dir);
+                }
+                chunks
+            }
+        };
+
+        // Merge in agent order: first the network, then the agents' timers.
+        let mut chunks = chunks;
+        for c in chunks.iter_mut() {
+            for s in c.sent.drain(..) {
+                self.send(s.from, s.at, s.to, s.msg);
+            }
+        }
+        for mut c in chunks {
+            for t in c.tasks.drain(..) {
+                let at = t.agent.poll_timeout().max(end);
+                self.agents[t.id as usize] = Some(t.agent);
+                self.arm(t.id, at);
+            }
+            c.events = 0;
+            self.spare_chunks.push(c);
+        }
+    }
+
+    fn take_chunk(&mut self, end: Micros) -> Chunk {
+        let mut c = self.spare_chunks.pop().unwrap_or_default();
+        c.end = end;
+        c
+    }
+
+    /// Moves agent `id` into the chunk with its last `deliveries` deliveries,
+    /// if it is alive and has something to do.
+    fn add_task(&mut self, chunk: &mut Chunk, id: u32, start: Option<Micros>, deliveries: usize) {
+        let Some(start) = start else { return };
+        let Some(agent) = self.agents[id as usize].take() else {
+            return;
+        };
+        chunk.events += deliveries + 1;
+        chunk.tasks.push(Task {
+            id,
+            agent,
+            start,
+            deliveries,
+        });
+    }
+
+    fn schedule(&mut self, at: Micros, to: u32, due: Due) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
+        let ev = Scheduled {
             at,
             seq: self.seq,
+            to,
             due,
-        }));
+        };
+        let k = at / self.width;
+        let spare = &mut self.spare_buckets;
+        self.buckets
+            .entry(k)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(ev);
+    }
+
+    /// Sets agent `i`'s wake-up to `at` unless an earlier one is pending.
+    fn arm(&mut self, i: u32, at: Micros) {
+        if at < self.scheduled[i as usize] {
+            self.scheduled[i as usize] = at;
+            self.schedule(at, i, Due::Wake);
+        }
     }
 
     fn reschedule(&mut self, i: u32) {
@@ -296,13 +502,35 @@ impl World {
             return;
         };
         let at = a.poll_timeout().max(self.now);
-        if at < self.scheduled[i as usize] {
-            self.scheduled[i as usize] = at;
-            self.push(at, Due::Wake { agent: i });
-        }
+        self.arm(i, at);
     }
 
-    /// Moves an agent's outgoing messages onto the network and re-arms its timer.
+    /// Passes one message through the network: loss, partitions, latency.
+    fn send(&mut self, from: u32, at: Micros, to: Option<u32>, msg: Message) {
+        self.net_stats.sent += 1;
+        let Some(to) = to else {
+            self.net_stats.to_dead += 1;
+            return;
+        };
+        if self.net.loss > 0.0 && self.rng.random::<f64>() < self.net.loss {
+            self.net_stats.lost += 1;
+            return;
+        }
+        if self.blocked(from as usize, to as usize) {
+            self.net_stats.partitioned += 1;
+            return;
+        }
+        let (lo, hi) = self.net.latency;
+        let delay = if hi > lo {
+            self.rng.random_range(lo..=hi)
+        } else {
+            lo
+        };
+        self.schedule(at + delay, to, Due::Deliver { from, msg });
+    }
+
+    /// Moves an agent's outgoing messages onto the network and re-arms its
+    /// timer (outside windows: set-up and scenario steps).
     fn drain(&mut self, i: u32) {
         loop {
             let Some(t) = self.agents[i as usize]
@@ -311,41 +539,8 @@ impl World {
             else {
                 break;
             };
-            self.net_stats.sent += 1;
-            let Some(&to) = self.index.get(&t.to) else {
-                self.net_stats.to_dead += 1;
-                continue;
-            };
-            if self.net.loss > 0.0 && self.rng.random::<f64>() < self.net.loss {
-                self.net_stats.lost += 1;
-                continue;
-            }
-            if self.blocked(i as usize, to as usize) {
-                self.net_stats.partitioned += 1;
-                continue;
-            }
-            let (lo, hi) = self.net.latency;
-            let delay = if hi > lo {
-                self.rng.random_range(lo..=hi)
-            } else {
-                lo
-            };
-            let parked = Some(InFlight {
-                to,
-                from: i,
-                msg: t.msg,
-            });
-            let slot = match self.free_slots.pop() {
-                Some(s) => {
-                    self.in_flight[s as usize] = parked;
-                    s
-                }
-                None => {
-                    self.in_flight.push(parked);
-                    (self.in_flight.len() - 1) as u32
-                }
-            };
-            self.push(self.now + delay, Due::Deliver { slot });
+            let to = self.dir.index.get(&t.to).copied();
+            self.send(i, self.now, to, t.msg);
         }
         while self.agents[i as usize]
             .as_mut()
@@ -364,6 +559,57 @@ impl World {
             .iter()
             .any(|(x, y)| (x.contains(la) && y.contains(lb)) || (x.contains(lb) && y.contains(la)))
     }
+}
+
+/// Runs each agent of a chunk through its events of the window, in time
+/// order, firing its timers between them, and collects what it sends.
+fn run_chunk(c: &mut Chunk, dir: &Directory) {
+    let last = c.end - 1;
+    let mut deliveries = c.deliveries.drain(..);
+    for t in c.tasks.iter_mut() {
+        let (a, id) = (&mut t.agent, t.id);
+        let mut now = t.start;
+        for d in deliveries.by_ref().take(t.deliveries) {
+            fire_timers(a, id, &mut now, d.at, dir, &mut c.sent);
+            now = d.at;
+            a.handle_message(now, &dir.addrs[d.from as usize], d.msg);
+            collect(a, id, now, dir, &mut c.sent);
+        }
+        fire_timers(a, id, &mut now, last, dir, &mut c.sent);
+    }
+}
+
+/// Fires the agent's timers due at or before `upto`.
+fn fire_timers(
+    a: &mut Agent,
+    id: u32,
+    now: &mut Micros,
+    upto: Micros,
+    dir: &Directory,
+    sent: &mut Vec<Sent>,
+) {
+    loop {
+        let due = a.poll_timeout();
+        if due > upto {
+            return;
+        }
+        *now = due.max(*now);
+        a.handle_timeout(*now);
+        collect(a, id, *now, dir, sent);
+    }
+}
+
+/// Takes what the agent wants sent (and drops its events: nobody listens).
+fn collect(a: &mut Agent, id: u32, at: Micros, dir: &Directory, sent: &mut Vec<Sent>) {
+    while let Some(t) = a.poll_transmit() {
+        sent.push(Sent {
+            from: id,
+            at,
+            to: dir.index.get(&t.to).copied(),
+            msg: t.msg,
+        });
+    }
+    while a.poll_event().is_some() {}
 }
 
 impl World {

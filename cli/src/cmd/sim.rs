@@ -49,6 +49,9 @@ pub struct SimArgs {
     /// Start from empty tables (agents join through seeds) instead of a settled tree.
     #[arg(long)]
     cold: bool,
+    /// Threads that run the agents (0: one per core). The result does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -89,6 +92,7 @@ pub fn run(a: SimArgs) -> CliResult {
         change_round: a.change_round,
         afc_round: a.afc_round,
         cold: a.cold,
+        threads: a.threads,
     };
     let bar = ProgressBar::new(a.rounds);
     bar.set_style(
@@ -163,8 +167,8 @@ fn print_human(r: &Report) {
         r.unconverged.max(r.afc_unconverged)
     );
     println!(
-        "  cost                       {:.1} s wall, {:.0} MiB peak, {:.0} agent-rounds/s",
-        r.wall_s, r.peak_rss_mb, r.agent_rounds_per_sec
+        "  cost                       {:.1} s wall, {:.0} MiB peak, {:.0} agent-rounds/s, {} threads",
+        r.wall_s, r.peak_rss_mb, r.agent_rounds_per_sec, r.threads
     );
     println!(
         "  converged                  {}",

@@ -1,0 +1,109 @@
+//! API errors: a status and a message that says what to do, sent as
+//! `{"error": "..."}`.
+
+use crate::agent::InstallError;
+use crate::node::NodeError;
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// A failed request.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        let status = match &e {
+            NodeError::UnknownZone { .. } => StatusCode::NOT_FOUND,
+            NodeError::Install(i) => match i {
+                InstallError::NotFound { .. } => StatusCode::NOT_FOUND,
+                InstallError::OutOfScope(_) | InstallError::Rejected(_) => StatusCode::BAD_REQUEST,
+                // Kinds added later (signatures, permissions) refuse the caller.
+                #[allow(unreachable_patterns)]
+                _ => StatusCode::FORBIDDEN,
+            },
+            NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NodeError::Unsigned(_) => StatusCode::FORBIDDEN,
+            NodeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                status,
+                format!(
+                    "the request body is larger than {} KiB; send less",
+                    super::MAX_BODY / 1024
+                ),
+            );
+        }
+        ApiError::new(status, format!("could not read the request body: {r}"))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::bad_request(format!("bad query string: {}", r.body_text()))
+    }
+}
+
+/// Parses a JSON request body.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "the request body is empty; send {what}"
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not {what}: {e}")))
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint {}; see GET /v1/status, /v1/zones, /v1/zone, /v1/afcs, /v1/attrs, /v1/watch, POST /v1/query, GET /metrics",
+            uri.path()
+        ),
+    )
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}", uri.path()),
+    )
+}

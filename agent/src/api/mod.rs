@@ -1,0 +1,113 @@
+//! The agent's local HTTP API: JSON over HTTP/1.1 for operators, the CLI and
+//! dashboards. Every handler goes through a [`NodeHandle`]; nothing here
+//! touches the protocol core directly.
+//!
+//! Errors are `{"error": "..."}` with a fitting status. In insecure mode every
+//! response carries `x-armillary-insecure: true`.
+
+mod afcs;
+mod error;
+mod metrics;
+mod tables;
+mod watch;
+
+pub use error::ApiError;
+
+use crate::node::NodeHandle;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use axum::routing::{get, put};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, watch as signal};
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Ad-hoc queries running at once; more wait their turn.
+const QUERY_SLOTS: usize = 2;
+
+/// The header that marks an agent without keys.
+pub const INSECURE_HEADER: &str = "x-armillary-insecure";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub handle: NodeHandle,
+    /// Turns true when the server shuts down, ending open event streams.
+    pub closing: signal::Receiver<bool>,
+    pub query_slots: Arc<Semaphore>,
+}
+
+impl ApiState {
+    /// Resolves when the server is shutting down (never, without `serve`).
+    pub async fn closed(mut closing: signal::Receiver<bool>) {
+        if closing.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The API's routes, served over `handle`.
+pub fn router(handle: NodeHandle) -> Router {
+    let (_, closing) = signal::channel(false);
+    build(handle, closing)
+}
+
+fn build(handle: NodeHandle, closing: signal::Receiver<bool>) -> Router {
+    let insecure = handle.info().insecure;
+    let state = ApiState {
+        handle,
+        closing,
+        query_slots: Arc::new(Semaphore::new(QUERY_SLOTS)),
+    };
+    Router::new()
+        .route("/v1/status", get(tables::status))
+        .route("/v1/zones", get(tables::zones))
+        .route("/v1/zone", get(tables::zone))
+        .route("/v1/query", axum::routing::post(tables::query))
+        .route(
+            "/v1/afcs",
+            get(afcs::list).post(afcs::install).delete(afcs::remove),
+        )
+        .route("/v1/attrs", get(tables::attrs))
+        .route(
+            "/v1/attrs/{name}",
+            put(tables::set_attr).delete(tables::unset_attr),
+        )
+        .route("/v1/watch", get(watch::watch))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(
+            move |mut res: Response| async move {
+                if insecure {
+                    res.headers_mut().insert(
+                        HeaderName::from_static(INSECURE_HEADER),
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                res
+            },
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; open event
+/// streams are ended then, so shutdown does not wait on watchers.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: NodeHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (closing_tx, closing) = signal::channel(false);
+    let app = build(handle, closing);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        })
+        .await
+}

@@ -1,0 +1,310 @@
+//! The state a node's task owns: the protocol core and what surrounds it
+//! (durable store, counters, change fan-out). Handle calls run here.
+
+use super::handle::{AfcView, Change, NodeError, RowView, Status};
+use super::store::Store;
+use super::transport::NetCounters;
+use crate::afc::{AfcCert, AfcState};
+use crate::agent::{Agent, Event, InstallError};
+use crate::path::ZonePath;
+use crate::row::Micros;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+use zone_sql::adhoc::NamedTable;
+use zone_sql::{Attrs, Value};
+
+/// Wall-clock time in microseconds since the Unix epoch.
+pub fn now_micros() -> Micros {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
+}
+
+/// The node's own state, touched only by its task.
+pub struct NodeCore {
+    pub agent: Agent,
+    pub(super) store: Option<Store>,
+    pub(super) changes: broadcast::Sender<Change>,
+    pub(super) net: Arc<NetCounters>,
+    pub(super) insecure: bool,
+    pub(super) identity: Option<String>,
+    pub(super) gossip_addr: String,
+    /// Content fingerprint per table, to report table changes.
+    table_marks: Vec<u64>,
+    /// The durable state last written (AFC-set version, local attrs).
+    saved: (u64, Attrs),
+}
+
+impl NodeCore {
+    pub(super) fn new(
+        agent: Agent,
+        store: Option<Store>,
+        changes: broadcast::Sender<Change>,
+        net: Arc<NetCounters>,
+        insecure: bool,
+        identity: Option<String>,
+        gossip_addr: String,
+    ) -> NodeCore {
+        let saved = (agent.afcs().version(), agent.local_attrs().clone());
+        let levels = agent.zones().len();
+        NodeCore {
+            agent,
+            store,
+            changes,
+            net,
+            insecure,
+            identity,
+            gossip_addr,
+            table_marks: vec![0; levels],
+            saved,
+        }
+    }
+
+    fn check_zone(&self, zone: &ZonePath) -> Result<(), NodeError> {
+        if self.agent.zones().contains(zone) {
+            Ok(())
+        } else {
+            Err(NodeError::UnknownZone {
+                zone: zone.clone(),
+                known: self
+                    .agent
+                    .zones()
+                    .iter()
+                    .map(|z| z.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let s = self.agent.stats();
+        let mut counters = BTreeMap::new();
+        for (k, v) in [
+            ("msgs_sent", s.msgs_sent),
+            ("bytes_sent", s.bytes_sent),
+            ("exchanges_started", s.syns_sent),
+            ("push_msgs_sent", s.push_msgs_sent),
+            ("push_bytes_sent", s.push_bytes_sent),
+            ("msgs_received", s.msgs_received),
+            ("rows_accepted", s.rows_accepted),
+            ("evaluations", s.evaluations),
+        ] {
+            counters.insert(k.to_string(), v);
+        }
+        self.net.add_counters(&mut counters);
+        let mut rejected: BTreeMap<String, u64> = s
+            .rejected
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        self.net.add_rejected(&mut rejected);
+        Status {
+            leaf: self.agent.leaf().clone(),
+            gossip_addr: self.gossip_addr.clone(),
+            insecure: self.insecure,
+            identity: self.identity.clone(),
+            zones: self.agent.zones().to_vec(),
+            round: self.agent.round(),
+            now: now_micros(),
+            counters,
+            rejected,
+        }
+    }
+
+    pub(super) fn table(&self, zone: &ZonePath) -> Result<Vec<RowView>, NodeError> {
+        self.check_zone(zone)?;
+        Ok(self
+            .agent
+            .table(zone)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| RowView {
+                name: r.name().to_string(),
+                issuer: r.issuer.clone(),
+                issued: r.issued,
+                attrs: r.attrs.clone(),
+            })
+            .collect())
+    }
+
+    pub(super) fn zone_row(&self, zone: &ZonePath) -> Result<Attrs, NodeError> {
+        if zone == self.agent.leaf() {
+            return Ok(self
+                .agent
+                .row_of(zone)
+                .map(|r| r.attrs.clone())
+                .unwrap_or_default());
+        }
+        self.check_zone(zone)?;
+        Ok(self.agent.zone_row(zone).cloned().unwrap_or_default())
+    }
+
+    pub(super) fn named_tables(&self) -> Vec<NamedTable> {
+        self.agent
+            .zones()
+            .iter()
+            .map(|z| NamedTable {
+                name: z.as_str().to_string(),
+                rows: self
+                    .agent
+                    .table(z)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| (r.name().to_string(), r.attrs.clone()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub(super) fn afcs(&self, zone: Option<&ZonePath>) -> Vec<AfcView> {
+        self.agent
+            .afcs()
+            .iter()
+            .filter(|a| zone.is_none_or(|z| a.cert.scope == *z))
+            .map(|a| AfcView {
+                cert: a.cert.clone(),
+                state: a.state.label(),
+                reason: match &a.state {
+                    AfcState::Rejected(why) => Some(why.clone()),
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
+    fn check_signed(&self, cert: &AfcCert) -> Result<(), NodeError> {
+        if !self.insecure && cert.signature.is_empty() {
+            return Err(NodeError::Unsigned(
+                "sign the AFC with a client or authority key (`--key DIR`)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn install_afc(&mut self, cert: AfcCert) -> Result<(), NodeError> {
+        self.check_signed(&cert)?;
+        let now = now_micros();
+        self.agent.install_afc(now, cert)?;
+        self.after_input();
+        Ok(())
+    }
+
+    pub(super) fn remove_afc(
+        &mut self,
+        scope: ZonePath,
+        name: &str,
+        signed: Option<AfcCert>,
+    ) -> Result<(), NodeError> {
+        let now = now_micros();
+        let held = self
+            .agent
+            .afcs()
+            .get(&scope, name)
+            .is_some_and(|a| a.state != AfcState::Removed);
+        if !held {
+            return Err(InstallError::NotFound {
+                scope,
+                name: name.to_string(),
+            }
+            .into());
+        }
+        match signed {
+            Some(t) => {
+                if !t.removed || t.scope != scope || *t.name != *name {
+                    return Err(NodeError::BadRequest(format!(
+                        "the signed removal must be a tombstone for {name} in {scope}"
+                    )));
+                }
+                self.check_signed(&t)?;
+                self.agent.install_afc(now, t)?;
+            }
+            None => {
+                self.check_signed(&AfcCert::tombstone(scope.clone(), name, now))?;
+                self.agent.remove_afc(now, &scope, name)?;
+            }
+        }
+        self.after_input();
+        Ok(())
+    }
+
+    pub(super) fn set_attr(&mut self, name: &str, value: Value) -> Result<(), NodeError> {
+        self.agent
+            .set_attr(now_micros(), name, value)
+            .map_err(NodeError::BadRequest)?;
+        self.after_input();
+        Ok(())
+    }
+
+    pub(super) fn unset_attr(&mut self, name: &str) -> Result<bool, NodeError> {
+        let had = self.agent.unset_attr(now_micros(), name);
+        self.after_input();
+        Ok(had)
+    }
+
+    /// Saves durable state if it changed; the store writes atomically.
+    fn persist(&mut self) {
+        let version = self.agent.afcs().version();
+        if self.saved.0 == version && self.saved.1 == *self.agent.local_attrs() {
+            return;
+        }
+        let Some(store) = &self.store else {
+            return;
+        };
+        let afcs: Vec<Arc<AfcCert>> = self
+            .agent
+            .afcs()
+            .iter()
+            .filter(|a| !matches!(a.state, AfcState::Rejected(_)))
+            .map(|a| a.cert.clone())
+            .collect();
+        match store.save_state(&afcs, self.agent.local_attrs()) {
+            Ok(()) => self.saved = (version, self.agent.local_attrs().clone()),
+            Err(e) => tracing::error!(error = %e, "could not save the agent's state"),
+        }
+    }
+
+    /// Drains the core's events into subscribers, reports table changes and
+    /// saves durable state; called after every input.
+    pub(super) fn after_input(&mut self) {
+        let now = now_micros();
+        while let Some(ev) = self.agent.poll_event() {
+            let change = match ev {
+                Event::ZoneChanged { zone, attrs } => Change::Row {
+                    zone,
+                    attrs,
+                    time: now,
+                },
+                Event::AfcsChanged => Change::Afcs { time: now },
+                Event::RowExpired { zone, child } => {
+                    tracing::info!(%zone, %child, "child row timed out");
+                    continue;
+                }
+            };
+            let _ = self.changes.send(change);
+        }
+        if self.changes.receiver_count() > 0 {
+            for (i, zone) in self.agent.zones().iter().enumerate() {
+                let mark = self
+                    .agent
+                    .table(zone)
+                    .unwrap_or_default()
+                    .iter()
+                    .fold(0u64, |h, r| {
+                        h.rotate_left(7) ^ r.content_hash() ^ crate::row::stable_hash(r.name())
+                    });
+                if self.table_marks[i] != mark {
+                    self.table_marks[i] = mark;
+                    let _ = self.changes.send(Change::Table {
+                        zone: zone.clone(),
+                        time: now,
+                    });
+                }
+            }
+        }
+        self.persist();
+    }
+}

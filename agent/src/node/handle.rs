@@ -1,0 +1,189 @@
+//! The handle through which the API, the CLI's in-process commands and tests
+//! talk to a running node. Every call runs on the node's own task, between
+//! protocol steps, so the protocol core needs no locks.
+
+use super::core::NodeCore;
+use crate::afc::AfcCert;
+use crate::agent::InstallError;
+use crate::path::ZonePath;
+use crate::row::Micros;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use zone_sql::adhoc::NamedTable;
+use zone_sql::{Attrs, Value};
+
+/// Why a request to a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("zone {zone} is not on this agent's path; this agent holds the tables of {known}")]
+    UnknownZone { zone: ZonePath, known: String },
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("this agent runs with keys: {0}")]
+    Unsigned(String),
+    #[error("the agent has stopped")]
+    Stopped,
+    #[error("could not save the agent's state: {0}")]
+    Store(#[from] super::store::StoreError),
+}
+
+/// A change a subscriber may want to hear about.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// The agent's evaluation of `zone`'s aggregate row changed.
+    Row {
+        zone: ZonePath,
+        #[serde(serialize_with = "ser_attrs")]
+        attrs: Attrs,
+        time: Micros,
+    },
+    /// The content of `zone`'s child table changed (a row changed, arrived or left).
+    Table { zone: ZonePath, time: Micros },
+    /// The set of AFCs changed.
+    Afcs { time: Micros },
+}
+
+fn ser_attrs<S: serde::Serializer>(a: &Attrs, s: S) -> Result<S::Ok, S::Error> {
+    zone_sql::json::attrs_to_json(a).serialize(s)
+}
+
+/// One row of a zone table as the API shows it.
+#[derive(Debug, Clone)]
+pub struct RowView {
+    pub name: String,
+    pub issuer: ZonePath,
+    pub issued: Micros,
+    pub attrs: Attrs,
+}
+
+/// One AFC and what the agent made of it.
+#[derive(Debug, Clone)]
+pub struct AfcView {
+    pub cert: Arc<AfcCert>,
+    pub state: &'static str,
+    pub reason: Option<String>,
+}
+
+/// What a node is and how it is doing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub leaf: ZonePath,
+    pub gossip_addr: String,
+    pub insecure: bool,
+    pub identity: Option<String>,
+    pub zones: Vec<ZonePath>,
+    pub round: u64,
+    pub now: Micros,
+    pub counters: BTreeMap<String, u64>,
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// Fixed facts about a node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub leaf: ZonePath,
+    pub gossip_addr: SocketAddr,
+    pub insecure: bool,
+}
+
+type Job = Box<dyn FnOnce(&mut NodeCore) + Send>;
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(super) jobs: mpsc::Sender<Job>,
+    pub(super) changes: broadcast::Sender<Change>,
+    pub(super) info: Arc<NodeInfo>,
+}
+
+impl NodeHandle {
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// Runs `f` on the node's task and returns its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodeCore) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |core| {
+            let _ = tx.send(f(core));
+        });
+        self.jobs.send(job).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.call(|c| c.status()).await
+    }
+
+    /// The zones whose tables this agent holds, root first.
+    pub async fn zones(&self) -> Result<Vec<ZonePath>, NodeError> {
+        self.call(|c| c.agent.zones().to_vec()).await
+    }
+
+    /// The child table of `zone`.
+    pub async fn table(&self, zone: ZonePath) -> Result<Vec<RowView>, NodeError> {
+        self.call(move |c| c.table(&zone)).await?
+    }
+
+    /// This agent's evaluation of `zone`'s aggregate row.
+    pub async fn zone_row(&self, zone: ZonePath) -> Result<Attrs, NodeError> {
+        self.call(move |c| c.zone_row(&zone)).await?
+    }
+
+    /// Every table the agent holds, for ad-hoc SQL.
+    pub async fn tables(&self) -> Result<Vec<NamedTable>, NodeError> {
+        self.call(|c| c.named_tables()).await
+    }
+
+    /// The AFCs this agent knows, optionally only those scoped at `zone`.
+    pub async fn afcs(&self, zone: Option<ZonePath>) -> Result<Vec<AfcView>, NodeError> {
+        self.call(move |c| c.afcs(zone.as_ref())).await
+    }
+
+    /// Installs an AFC (or, when `cert.removed`, a removal). In secure mode
+    /// the certificate must be signed by a key allowed in its scope.
+    pub async fn install_afc(&self, cert: AfcCert) -> Result<(), NodeError> {
+        self.call(move |c| c.install_afc(cert)).await?
+    }
+
+    /// Removes an AFC. In secure mode `signed` must be a signed tombstone;
+    /// in insecure mode the agent makes the tombstone itself.
+    pub async fn remove_afc(
+        &self,
+        scope: ZonePath,
+        name: String,
+        signed: Option<AfcCert>,
+    ) -> Result<(), NodeError> {
+        self.call(move |c| c.remove_afc(scope, &name, signed))
+            .await?
+    }
+
+    /// The attributes applications set on this agent.
+    pub async fn local_attrs(&self) -> Result<Attrs, NodeError> {
+        self.call(|c| c.agent.local_attrs().clone()).await
+    }
+
+    pub async fn set_attr(&self, name: String, value: Value) -> Result<(), NodeError> {
+        self.call(move |c| c.set_attr(&name, value)).await?
+    }
+
+    /// Removes an application attribute; false when it was not set.
+    pub async fn unset_attr(&self, name: String) -> Result<bool, NodeError> {
+        self.call(move |c| c.unset_attr(&name)).await?
+    }
+
+    /// Changes from now on. A subscriber that falls behind loses the oldest
+    /// changes and is told how many (tokio's broadcast `Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,211 @@
+//! The networked agent: tokio drives the sans-IO protocol core, QUIC
+//! carries its messages, the data directory keeps what must survive a
+//! restart, and a [`NodeHandle`] serves the API.
+
+pub mod auth;
+mod core;
+mod handle;
+pub mod sensors;
+pub mod store;
+mod tls;
+pub mod transport;
+
+pub use self::core::{NodeCore, now_micros};
+pub use handle::{AfcView, Change, NodeError, NodeHandle, NodeInfo, RowView, Status};
+pub use store::{Store, StoreError};
+pub use transport::{NetCounters, PeerAuth, Transport, TransportError};
+
+use crate::agent::Agent;
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+use zone_sql::Attrs;
+
+/// Messages waiting for the protocol core before new ones are dropped.
+const INBOUND_QUEUE: usize = 4096;
+/// Handle calls waiting for the node's task.
+const JOB_QUEUE: usize = 256;
+/// Changes a slow subscriber may fall behind before it loses the oldest.
+const CHANGE_BUFFER: usize = 1024;
+
+/// How to run one node.
+pub struct NodeConfig {
+    /// The protocol settings. `addr` is filled in from the bound address
+    /// when empty.
+    pub core: Config,
+    /// The UDP address QUIC listens on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The data directory; `None` keeps nothing across restarts (tests, `dev`).
+    pub data_dir: Option<PathBuf>,
+    /// How peers are authenticated; `None` is insecure mode.
+    pub auth: Option<Arc<dyn PeerAuth>>,
+    /// The name this node proves on connections (its certificate's subject).
+    pub identity: Option<String>,
+    /// Sensor readings for the leaf row (shared by the nodes of a process).
+    pub sensors: Option<watch::Receiver<Attrs>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A running node.
+pub struct Node {
+    handle: NodeHandle,
+    transport: Arc<Transport>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Binds the transport, restores saved state and starts the protocol.
+    /// `prepare` may adjust the core before it runs (security, restored state).
+    pub async fn start(
+        cfg: NodeConfig,
+        prepare: impl FnOnce(&mut Agent),
+    ) -> Result<Node, StartError> {
+        let counters = Arc::new(NetCounters::default());
+        let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
+        let transport = Arc::new(Transport::bind(
+            cfg.listen,
+            cfg.auth.clone(),
+            in_tx,
+            counters.clone(),
+            crate::message::MAX_MESSAGE_BYTES,
+        )?);
+        let local = transport.local_addr();
+        let mut core_cfg = cfg.core;
+        if core_cfg.addr.is_empty() {
+            core_cfg.addr = local.to_string().into();
+        }
+        if core_cfg.rng_seed == 0 {
+            core_cfg.rng_seed = rand::random();
+        }
+        let store = match &cfg.data_dir {
+            Some(d) => Some(Store::open(d, &core_cfg.leaf)?),
+            None => None,
+        };
+        let gossip_addr = core_cfg.addr.to_string();
+        let leaf = core_cfg.leaf.clone();
+        let mut agent = Agent::new(core_cfg, now_micros());
+        if let Some(s) = &store {
+            let saved = s.load_state()?;
+            tracing::info!(
+                afcs = saved.afcs.len(),
+                attrs = saved.attrs.len(),
+                "restored saved state"
+            );
+            agent.restore(saved.afcs, saved.attrs);
+        }
+        prepare(&mut agent);
+        let (jobs_tx, mut jobs_rx) =
+            mpsc::channel::<Box<dyn FnOnce(&mut NodeCore) + Send>>(JOB_QUEUE);
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let insecure = cfg.auth.is_none();
+        let handle = NodeHandle {
+            jobs: jobs_tx,
+            changes: changes.clone(),
+            info: Arc::new(NodeInfo {
+                leaf,
+                gossip_addr: local,
+                insecure,
+            }),
+        };
+        let mut core = NodeCore::new(
+            agent,
+            store,
+            changes,
+            counters,
+            insecure,
+            cfg.identity,
+            gossip_addr,
+        );
+        let (stop, mut stopped) = watch::channel(false);
+        let mut sensors = cfg.sensors;
+        let tp = transport.clone();
+        let task = tokio::spawn(async move {
+            if let Some(s) = &mut sensors {
+                core.agent.set_sensors(s.borrow_and_update().clone());
+            }
+            loop {
+                let due = core.agent.poll_timeout();
+                let wait = Duration::from_micros(due.saturating_sub(now_micros()));
+                tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    Some(job) = jobs_rx.recv() => job(&mut core),
+                    Some(m) = in_rx.recv() => {
+                        core.agent.handle_message(now_micros(), &m.from, m.msg);
+                        // Drain what else has arrived before sending replies.
+                        while let Ok(m) = in_rx.try_recv() {
+                            core.agent.handle_message(now_micros(), &m.from, m.msg);
+                        }
+                    }
+                    _ = tokio::time::sleep(wait) => core.agent.handle_timeout(now_micros()),
+                    Ok(()) = async {
+                        match &mut sensors {
+                            Some(s) => s.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let reading = sensors.as_mut().map(|s| s.borrow_and_update().clone());
+                        if let Some(r) = reading {
+                            core.agent.set_sensors(r);
+                        }
+                    }
+                }
+                let now = now_micros();
+                if core.agent.poll_timeout() <= now {
+                    core.agent.handle_timeout(now);
+                }
+                while let Some(t) = core.agent.poll_transmit() {
+                    tp.send(&t.to, &t.msg);
+                }
+                core.after_input();
+            }
+            core.after_input();
+            tracing::info!("agent stopped");
+        });
+        Ok(Node {
+            handle,
+            transport,
+            stop,
+            task,
+        })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The address QUIC is bound to.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// The transport, for fault injection in tests.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Stops the protocol, saves state and closes connections.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.transport.close().await;
+    }
+
+    /// Stops at once without a goodbye, as a crash would (state already
+    /// saved stays; nothing more is written).
+    pub fn kill(self) {
+        self.task.abort();
+        self.transport.shutdown_now();
+    }
+}

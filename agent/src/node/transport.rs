@@ -1,0 +1,411 @@
+//! Gossip over QUIC: one endpoint per agent, one connection per peer reused
+//! for every message, one unidirectional stream per message.
+//!
+//! Nothing here grows without bound: each peer has a short send queue
+//! (a full queue drops the message, which gossip repairs next round), the
+//! inbound queue to the protocol core is bounded the same way, messages are
+//! read up to the size limit, and QUIC flow control bounds what a peer may
+//! send before we read it.
+
+use super::tls;
+use crate::message::Message;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 64;
+/// A peer task with nothing to send for this long closes.
+const PEER_IDLE: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_HELLO: usize = 16 * 1024;
+const HELLO_LABEL: &[u8] = b"EXPORTER-armillary-hello";
+
+/// Proves who we are on a connection, and checks who the peer is.
+///
+/// Each side signs the TLS session's exported keying material for its own
+/// role, so a hello cannot be replayed on another connection or reflected.
+pub trait PeerAuth: Send + Sync + 'static {
+    /// Our hello for a connection whose binding (for our role) is `binding`.
+    fn hello(&self, binding: &[u8]) -> Vec<u8>;
+    /// Checks the peer's hello against the binding of its role; returns its name.
+    fn check(&self, hello: &[u8], binding: &[u8]) -> Result<String, &'static str>;
+}
+
+/// A message from the network, decoded and bounded.
+pub struct Inbound {
+    pub from: Arc<str>,
+    pub msg: Message,
+}
+
+/// Counters of the transport, exported with the core's.
+#[derive(Default)]
+pub struct NetCounters {
+    pub sent: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub received: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub send_dropped: AtomicU64,
+    pub send_failed: AtomicU64,
+    pub connects: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl NetCounters {
+    pub fn reject(&self, reason: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .expect("counter lock")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    pub fn add_counters(&self, out: &mut BTreeMap<String, u64>) {
+        for (k, v) in [
+            ("net_msgs_sent", &self.sent),
+            ("net_bytes_sent", &self.sent_bytes),
+            ("net_msgs_received", &self.received),
+            ("net_bytes_received", &self.received_bytes),
+            ("net_send_dropped", &self.send_dropped),
+            ("net_send_failed", &self.send_failed),
+            ("net_connects", &self.connects),
+        ] {
+            out.insert(k.to_string(), v.load(Ordering::Relaxed));
+        }
+    }
+
+    pub fn add_rejected(&self, out: &mut BTreeMap<String, u64>) {
+        for (k, v) in self.rejected.lock().expect("counter lock").iter() {
+            *out.entry(k.to_string()).or_default() += v;
+        }
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {err}; is another agent using it?")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        err: std::io::Error,
+    },
+}
+
+struct Shared {
+    endpoint: quinn::Endpoint,
+    counters: Arc<NetCounters>,
+    auth: Option<Arc<dyn PeerAuth>>,
+    inbound: mpsc::Sender<Inbound>,
+    max_message: usize,
+    /// Peers we refuse to talk to (fault injection for partition tests).
+    blocked: RwLock<HashSet<SocketAddr>>,
+}
+
+impl Shared {
+    fn is_blocked(&self, a: &SocketAddr) -> bool {
+        let b = self.blocked.read().expect("blocked lock");
+        !b.is_empty() && b.contains(a)
+    }
+}
+
+/// The QUIC endpoint of one agent.
+pub struct Transport {
+    shared: Arc<Shared>,
+    peers: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl Transport {
+    /// Binds `listen` and starts accepting; decoded messages go to `inbound`.
+    pub fn bind(
+        listen: SocketAddr,
+        auth: Option<Arc<dyn PeerAuth>>,
+        inbound: mpsc::Sender<Inbound>,
+        counters: Arc<NetCounters>,
+        max_message: usize,
+    ) -> Result<Transport, TransportError> {
+        let (server, client) = tls::configs()?;
+        let mut endpoint = quinn::Endpoint::server(server, listen)
+            .map_err(|err| TransportError::Bind { addr: listen, err })?;
+        endpoint.set_default_client_config(client);
+        let shared = Arc::new(Shared {
+            endpoint,
+            counters,
+            auth,
+            inbound,
+            max_message,
+            blocked: RwLock::new(HashSet::new()),
+        });
+        let accept_task = tokio::spawn(accept_loop(shared.clone()));
+        Ok(Transport {
+            shared,
+            peers: Mutex::new(HashMap::new()),
+            accept_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared
+            .endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    /// Queues `msg` for the agent at `to`; drops it when that peer's queue is full.
+    pub fn send(&self, to: &str, msg: &Message) {
+        let Ok(addr) = to.parse::<SocketAddr>() else {
+            self.shared.counters.reject("bad_contact_address");
+            return;
+        };
+        if self.shared.is_blocked(&addr) {
+            self.shared
+                .counters
+                .send_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let bytes = msg.encode();
+        let mut peers = self.peers.lock().expect("peers lock");
+        let tx = match peers.get(&addr) {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                tokio::spawn(peer_task(self.shared.clone(), addr, rx));
+                peers.insert(addr, tx.clone());
+                tx
+            }
+        };
+        drop(peers);
+        if tx.try_send(bytes).is_err() {
+            self.shared
+                .counters
+                .send_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refuses all traffic to and from these addresses until [`Transport::unblock_all`].
+    pub fn block(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        self.shared
+            .blocked
+            .write()
+            .expect("blocked lock")
+            .extend(addrs);
+    }
+
+    pub fn unblock_all(&self) {
+        self.shared.blocked.write().expect("blocked lock").clear();
+    }
+
+    /// Drops every connection at once, without waiting (a crash, in tests).
+    pub fn shutdown_now(&self) {
+        self.accept_task.abort();
+        self.peers.lock().expect("peers lock").clear();
+        self.shared.endpoint.close(0u32.into(), b"gone");
+    }
+
+    /// Closes every connection and waits briefly for peers to hear it.
+    pub async fn close(&self) {
+        self.accept_task.abort();
+        self.peers.lock().expect("peers lock").clear();
+        self.shared.endpoint.close(0u32.into(), b"shutdown");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+fn binding(conn: &quinn::Connection, role: &[u8]) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, HELLO_LABEL, role)
+        .ok()
+        .map(|_| out)
+}
+
+/// Sends queued messages to one peer over one reused connection.
+async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut conn: Option<quinn::Connection> = None;
+    loop {
+        let bytes = match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
+            Ok(Some(b)) => b,
+            _ => break,
+        };
+        if conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match connect(&shared, addr).await {
+                Ok(c) => conn = Some(c),
+                Err(reason) => {
+                    tracing::debug!(%addr, reason, "cannot reach peer");
+                    shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_ref().expect("connected above");
+        let len = bytes.len() as u64;
+        let sent = async {
+            let mut s = c.open_uni().await.ok()?;
+            s.write_all(&bytes).await.ok()?;
+            s.finish().ok()
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, sent).await {
+            Ok(Some(())) => {
+                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                shared.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            _ => {
+                shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        c.close(0u32.into(), b"idle");
+    }
+}
+
+async fn connect(shared: &Shared, addr: SocketAddr) -> Result<quinn::Connection, &'static str> {
+    let connecting = shared
+        .endpoint
+        .connect(addr, tls::SERVER_NAME)
+        .map_err(|_| "bad address")?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| "connect timed out")?
+        .map_err(|_| "connect failed")?;
+    shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+    if let Some(auth) = &shared.auth {
+        let hello = async {
+            let ours = binding(&conn, b"client").ok_or("no keying material")?;
+            let theirs = binding(&conn, b"server").ok_or("no keying material")?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "hello failed")?;
+            send.write_all(&auth.hello(&ours))
+                .await
+                .map_err(|_| "hello failed")?;
+            let _ = send.finish();
+            let reply = recv.read_to_end(MAX_HELLO).await.map_err(|_| "bad hello")?;
+            auth.check(&reply, &theirs)
+        };
+        match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+            Ok(Ok(peer)) => tracing::debug!(%addr, %peer, "authenticated peer"),
+            Ok(Err(reason)) => {
+                shared.counters.reject(reason_label(reason));
+                conn.close(1u32.into(), b"unauthenticated");
+                return Err(reason);
+            }
+            Err(_) => {
+                shared.counters.reject("hello_timeout");
+                conn.close(1u32.into(), b"unauthenticated");
+                return Err("hello timed out");
+            }
+        }
+    }
+    Ok(conn)
+}
+
+/// Metric labels for authentication failures.
+fn reason_label(reason: &'static str) -> &'static str {
+    match reason {
+        "bad hello" | "hello failed" | "no keying material" => "bad_hello",
+        other => other,
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        if shared.is_blocked(&incoming.remote_address()) {
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(serve_connection(shared.clone(), incoming));
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
+        return;
+    };
+    let from: Arc<str> = conn.remote_address().to_string().into();
+    if let Some(auth) = &shared.auth {
+        let hello = async {
+            let theirs = binding(&conn, b"client").ok_or("no keying material")?;
+            let ours = binding(&conn, b"server").ok_or("no keying material")?;
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| "hello failed")?;
+            let got = recv.read_to_end(MAX_HELLO).await.map_err(|_| "bad hello")?;
+            let peer = auth.check(&got, &theirs)?;
+            send.write_all(&auth.hello(&ours))
+                .await
+                .map_err(|_| "hello failed")?;
+            let _ = send.finish();
+            Ok::<_, &'static str>(peer)
+        };
+        match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+            Ok(Ok(peer)) => tracing::debug!(%from, %peer, "authenticated peer"),
+            Ok(Err(reason)) => {
+                tracing::warn!(%from, reason, "refused an unauthenticated peer");
+                shared.counters.reject(reason_label(reason));
+                conn.close(1u32.into(), b"unauthenticated");
+                return;
+            }
+            Err(_) => {
+                shared.counters.reject("hello_timeout");
+                conn.close(1u32.into(), b"unauthenticated");
+                return;
+            }
+        }
+    }
+    let remote = conn.remote_address();
+    loop {
+        let Ok(mut stream) = conn.accept_uni().await else {
+            return;
+        };
+        if shared.is_blocked(&remote) {
+            conn.close(2u32.into(), b"blocked");
+            return;
+        }
+        let bytes =
+            match tokio::time::timeout(CONNECT_TIMEOUT, stream.read_to_end(shared.max_message))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(quinn::ReadToEndError::TooLong)) => {
+                    shared.counters.reject("oversized_message");
+                    let _ = stream.stop(3u32.into());
+                    continue;
+                }
+                _ => {
+                    shared.counters.reject("truncated_message");
+                    continue;
+                }
+            };
+        shared.counters.received.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .received_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        match Message::decode(&bytes) {
+            Ok(msg) => {
+                let inbound = Inbound {
+                    from: from.clone(),
+                    msg,
+                };
+                if shared.inbound.try_send(inbound).is_err() {
+                    shared.counters.reject("inbound_queue_full");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "malformed message");
+                shared.counters.reject("malformed_message");
+            }
+        }
+    }
+}

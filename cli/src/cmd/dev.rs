@@ -1,0 +1,119 @@
+//! `armillary dev`: a local system of many agents in one process, each with
+//! its own QUIC endpoint on loopback, in insecure mode, with one API.
+
+use crate::output::{CliError, CliResult};
+use crate::runtime;
+use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
+use armillary_agent::node::{Node, NodeConfig};
+use armillary_agent::sim::tree;
+use armillary_agent::{Config, ZonePath};
+use clap::Args;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 16)]
+    agents: usize,
+    /// Most children per zone (16 agents with 4: two levels of four).
+    #[arg(long, default_value_t = 4)]
+    branching: usize,
+    /// Address of the HTTP API (served by the first agent).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    /// Gossip round length.
+    #[arg(long, default_value = "1s")]
+    round: humantime::Duration,
+}
+
+pub fn run(a: DevArgs) -> CliResult {
+    if a.agents == 0 || a.agents > 4096 {
+        return Err(CliError::usage("--agents must be between 1 and 4096"));
+    }
+    runtime::init_logging(true);
+    runtime::tokio()?.block_on(dev(a))
+}
+
+async fn dev(a: DevArgs) -> CliResult {
+    let listener = tokio::net::TcpListener::bind(a.api).await.map_err(|e| {
+        CliError::failed(format!(
+            "cannot serve the API on {}: {e}; pick another address with --api",
+            a.api
+        ))
+    })?;
+    let leaves = tree::balanced(a.agents, a.branching);
+    let sensors = Sensors::spawn(DEFAULT_INTERVAL);
+    let mut nodes: Vec<Node> = Vec::with_capacity(leaves.len());
+    let mut seeds: Vec<Arc<str>> = Vec::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let mut core = Config::new(leaf.clone(), "");
+        core.round = a.round.as_micros() as u64;
+        core.seeds = seeds.clone();
+        if i == 0 {
+            core.api_addr = Some(a.api.to_string().into());
+        }
+        let node = Node::start(
+            NodeConfig {
+                core,
+                listen: "127.0.0.1:0".parse().expect("valid address"),
+                data_dir: None,
+                auth: None,
+                identity: None,
+                sensors: Some(sensors.clone()),
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| CliError::failed(format!("agent {leaf}: {e}")))?;
+        // The first few agents are everyone's seeds.
+        if seeds.len() < 3 {
+            seeds.push(node.gossip_addr().to_string().into());
+        }
+        nodes.push(node);
+    }
+    let first = nodes[0].handle();
+    print_intro(&a, &leaves);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(armillary_agent::api::serve(listener, first, async move {
+        let _ = stop_rx.await;
+    }));
+    runtime::wait_for_signal().await;
+    eprintln!("stopping {} agents...", nodes.len());
+    let _ = stop_tx.send(());
+    let _ = api.await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+fn print_intro(a: &DevArgs, leaves: &[ZonePath]) {
+    let levels = tree::levels(leaves);
+    let api = a.api;
+    let env = if api.to_string() == "127.0.0.1:8080" {
+        String::new()
+    } else {
+        format!("export ARMILLARY_API={api}\n  ")
+    };
+    println!(
+        "Armillary dev system: {} agents, {} levels, gossip every {}, INSECURE (no keys).
+API of {} on http://{api}/v1/status
+
+Try:
+  {env}armillary zones                     # the root table
+  armillary zones {}                  # one zone's children
+  armillary set role web                # an attribute on {}
+  armillary afc install busy --zone / --sql 'SELECT MAX(load) AS load, AVG(cpu, nmembers) AS cpu'
+  armillary watch / --attr load --attr cpu --attr nmembers
+  armillary query 'SELECT name, nmembers FROM \"/\" ORDER BY name'
+
+Ctrl-C stops every agent.",
+        leaves.len(),
+        levels,
+        a.round,
+        leaves[0],
+        leaves[0].ancestor(1),
+        leaves[0],
+    );
+}
