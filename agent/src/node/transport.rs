@@ -107,9 +107,24 @@ struct Shared {
     max_message: usize,
     /// Peers we refuse to talk to (fault injection for partition tests).
     blocked: RwLock<HashSet<SocketAddr>>,
+    /// Tasks that hold the endpoint, stopped on close so the socket is freed.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
+    fn spawn(self: &Arc<Self>, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let h = tokio::spawn(f).abort_handle();
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(h);
+    }
+
+    fn stop_tasks(&self) {
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+    }
+
     fn is_blocked(&self, a: &SocketAddr) -> bool {
         let b = self.blocked.read().expect("blocked lock");
         !b.is_empty() && b.contains(a)
@@ -143,6 +158,7 @@ impl Transport {
             inbound,
             max_message,
             blocked: RwLock::new(HashSet::new()),
+            tasks: Mutex::new(Vec::new()),
         });
         let accept_task = tokio::spawn(accept_loop(shared.clone()));
         Ok(Transport {
@@ -178,7 +194,7 @@ impl Transport {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                tokio::spawn(peer_task(self.shared.clone(), addr, rx));
+                self.shared.spawn(peer_task(self.shared.clone(), addr, rx));
                 peers.insert(addr, tx.clone());
                 tx
             }
@@ -210,6 +226,7 @@ impl Transport {
         self.accept_task.abort();
         self.peers.lock().expect("peers lock").clear();
         self.shared.endpoint.close(0u32.into(), b"gone");
+        self.shared.stop_tasks();
     }
 
     /// Closes every connection and waits briefly for peers to hear it.
@@ -326,7 +343,7 @@ async fn accept_loop(shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         }
-        tokio::spawn(serve_connection(shared.clone(), incoming));
+        shared.spawn(serve_connection(shared.clone(), incoming));
     }
 }
 
