@@ -1,11 +1,10 @@
 //! Test harness: clusters of real agents in one process, each with its own
 //! QUIC endpoint on loopback, and helpers to wait for what gossip promises.
 
-use armillary_agent::node::{Node, NodeConfig, NodeHandle};
-use armillary_agent::sim::tree;
-use armillary_agent::{Config, ZonePath};
+use armillary_agent::ZonePath;
+use armillary_agent::node::NodeHandle;
+pub use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use zone_sql::{Attrs, Value};
 
@@ -15,161 +14,62 @@ pub const ROUND: Duration = Duration::from_millis(200);
 /// a performance assertion).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A set of agents on loopback.
-pub struct Cluster {
-    pub leaves: Vec<ZonePath>,
-    pub nodes: Vec<Option<Node>>,
-    pub data: Vec<Option<PathBuf>>,
-    seeds: Vec<Arc<str>>,
-    round: Duration,
-}
-
-/// A fresh, empty directory under the system's temporary directory.
+/// A fresh, unused directory path under the system's temporary directory.
 pub fn temp_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let d = std::env::temp_dir().join(format!(
         "armillary-test-{}-{name}-{}",
         std::process::id(),
-        rand_suffix()
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
+/// Starts `n` agents in a balanced tree; with `durable`, each keeps a data
+/// directory under a fresh temporary directory.
+pub async fn cluster(n: usize, branching: usize, durable: bool) -> Cluster {
+    let mut spec = ClusterSpec::new(n, branching, ROUND);
+    if durable {
+        spec.data_root = Some(temp_dir("cluster"));
+    }
+    Cluster::start(spec).await.expect("agents start")
 }
 
-impl Cluster {
-    /// Starts `n` agents in a balanced tree of the given branching; the
-    /// first three are everyone's seeds. With `durable`, each agent keeps a
-    /// data directory.
-    pub async fn start(n: usize, branching: usize, durable: bool) -> Cluster {
-        Self::start_with(n, branching, durable, ROUND).await
-    }
-
-    pub async fn start_with(n: usize, branching: usize, durable: bool, round: Duration) -> Cluster {
-        let leaves = tree::balanced(n, branching);
-        let mut c = Cluster {
-            nodes: Vec::with_capacity(n),
-            data: vec![None; n],
-            leaves: leaves.clone(),
-            seeds: Vec::new(),
-            round,
-        };
-        for i in 0..n {
-            if durable {
-                c.data[i] = Some(temp_dir(&format!("agent{i}")));
-            }
-            let node = c.launch(i, "127.0.0.1:0").await;
-            if c.seeds.len() < 3 {
-                c.seeds.push(node.gossip_addr().to_string().into());
-            }
-            c.nodes.push(Some(node));
-        }
-        c
-    }
-
-    async fn launch(&self, i: usize, listen: &str) -> Node {
-        // A stopped agent's socket is freed once its tasks have wound
-        // down; a restart on the same address retries for a moment.
-        let mut tries = 0;
-        loop {
-            let mut core = Config::new(self.leaves[i].clone(), "");
-            core.round = self.round.as_micros() as u64;
-            core.seeds = self.seeds.clone();
-            let started = Node::start(
-                NodeConfig {
-                    core,
-                    listen: listen.parse().expect("valid address"),
-                    data_dir: self.data[i].clone(),
-                    auth: None,
-                    identity: None,
-                    sensors: None,
-                },
-                |_| {},
-            )
-            .await;
-            match started {
-                Ok(n) => return n,
-                Err(_) if tries < 50 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("agent {} does not start: {e}", self.leaves[i]),
+/// Waits until `check` holds for every live agent's view; false after
+/// [`PATIENCE`].
+pub async fn wait_all<F>(c: &Cluster, what: &str, mut check: F) -> bool
+where
+    F: FnMut(usize, &Views) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut all = true;
+        for (i, n) in c.live() {
+            let v = Views::of(&n.handle()).await;
+            if !check(i, &v) {
+                all = false;
+                break;
             }
         }
-    }
-
-    pub fn handle(&self, i: usize) -> NodeHandle {
-        self.nodes[i].as_ref().expect("agent is running").handle()
-    }
-
-    pub fn live(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
-    }
-
-    /// Kills agent `i` as a crash would: no goodbye, nothing saved after.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(n) = self.nodes[i].take() {
-            n.kill();
+        if all {
+            return true;
         }
-    }
-
-    /// Stops agent `i` cleanly.
-    pub async fn stop(&mut self, i: usize) -> std::net::SocketAddr {
-        let n = self.nodes[i].take().expect("agent is running");
-        let addr = n.gossip_addr();
-        n.shutdown().await;
-        addr
-    }
-
-    /// Starts agent `i` again on `listen` (its data directory, if any, is reused).
-    pub async fn restart(&mut self, i: usize, listen: std::net::SocketAddr) {
-        let node = self.launch(i, &listen.to_string()).await;
-        self.nodes[i] = Some(node);
-    }
-
-    /// Waits until `check` holds for every live agent's view; returns false
-    /// after [`PATIENCE`].
-    pub async fn wait_all<F>(&self, what: &str, mut check: F) -> bool
-    where
-        F: FnMut(usize, &Views) -> bool,
-    {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let mut all = true;
-            for (i, n) in self.live() {
-                let v = Views::of(&n.handle()).await;
-                if !check(i, &v) {
-                    all = false;
-                    break;
-                }
-            }
-            if all {
-                return true;
-            }
-            if tokio::time::Instant::now() > deadline {
-                eprintln!("gave up waiting for: {what}");
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("gave up waiting for: {what}");
+            return false;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    pub async fn shutdown(self) {
-        for n in self.nodes.into_iter().flatten() {
-            n.shutdown().await;
-        }
-        for d in self.data.into_iter().flatten() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+/// Stops the cluster and removes its data directories.
+pub async fn finish(c: Cluster) {
+    let root = c.spec.data_root.clone();
+    c.shutdown().await;
+    if let Some(r) = root {
+        let _ = std::fs::remove_dir_all(r);
     }
 }
 

@@ -46,8 +46,8 @@ impl Net {
     fn deliver(&mut self) {
         loop {
             let mut moved = false;
-            for i in 0..self.agents.len() {
-                let from: Arc<str> = Arc::from(LEAVES[i]);
+            for (i, leaf) in LEAVES.iter().enumerate() {
+                let from: Arc<str> = Arc::from(*leaf);
                 while let Some(t) = self.agents[i].poll_transmit() {
                     moved = true;
                     let msg = Message::decode(&t.msg.encode()).expect("valid on the wire");

@@ -1,5 +1,6 @@
 //! `armillary`: the agent, the local demo cluster, the simulator and every client command.
 
+mod client;
 mod cmd;
 mod output;
 mod runtime;
@@ -34,6 +35,16 @@ enum Command {
     /// Keys and certificates: authorities, agents, clients.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Show a zone's child table (the agent at --api's view).
+    Zones(cmd::zones::ZonesArgs),
+    /// Run an ad-hoc SQL query over every table the agent at --api holds.
+    Query(cmd::zones::QueryArgs),
+    /// Follow a zone's aggregate row: one line per change.
+    Watch(cmd::watch::WatchArgs),
+    /// Set an attribute of the agent at --api (it goes into its leaf row).
+    Set(cmd::attr::SetArgs),
+    /// Remove an attribute set with `armillary set`.
+    Unset(cmd::attr::UnsetArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +55,11 @@ fn main() -> ExitCode {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Afc(c) => cmd::afc::run(c),
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Zones(a) => cmd::zones::zones(a),
+        Command::Query(a) => cmd::zones::query(a),
+        Command::Watch(a) => cmd::watch::run(a),
+        Command::Set(a) => cmd::attr::set(a),
+        Command::Unset(a) => cmd::attr::unset(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

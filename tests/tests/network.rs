@@ -1,7 +1,7 @@
 //! Agents over real QUIC on loopback: 32 agents in three levels.
 
 use armillary_agent::{AfcCert, ZonePath};
-use armillary_tests::{Cluster, Views, armillary_bin};
+use armillary_tests::{Cluster, Views, armillary_bin, cluster, finish, wait_all};
 use std::collections::HashSet;
 use zone_sql::Value;
 
@@ -14,12 +14,13 @@ fn three_levels(c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attribute_reaches_every_root_row() {
-    let c = Cluster::start(AGENTS, BRANCHING, false).await;
+    let c = cluster(AGENTS, BRANCHING, false).await;
     three_levels(&c);
     assert!(
-        c.wait_all("everyone counts 32 members", |_, v| v.root_int("nmembers")
+        wait_all(&c, "everyone counts 32 members", |_, v| v
+            .root_int("nmembers")
             == Some(32))
-            .await
+        .await
     );
     let afc = AfcCert::new(
         ZonePath::root(),
@@ -33,9 +34,9 @@ async fn attribute_reaches_every_root_row() {
         .await
         .unwrap();
     assert!(
-        c.wait_all("x = 42 in every root row", |_, v| v.root_int("x")
+        wait_all(&c, "x = 42 in every root row", |_, v| v.root_int("x")
             == Some(42))
-            .await
+        .await
     );
     // A change spreads the same way.
     c.handle(30)
@@ -43,41 +44,41 @@ async fn attribute_reaches_every_root_row() {
         .await
         .unwrap();
     assert!(
-        c.wait_all("x = 99 in every root row", |_, v| v.root_int("x")
+        wait_all(&c, "x = 99 in every root row", |_, v| v.root_int("x")
             == Some(99))
-            .await
+        .await
     );
-    c.shutdown().await;
+    finish(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agents_disappear_from_every_table() {
-    let mut c = Cluster::start(AGENTS, BRANCHING, false).await;
+    let mut c = cluster(AGENTS, BRANCHING, false).await;
     assert!(
-        c.wait_all("everyone counts 32 members", |_, v| v.root_int("nmembers")
+        wait_all(&c, "everyone counts 32 members", |_, v| v
+            .root_int("nmembers")
             == Some(32))
-            .await
+        .await
     );
     let victims = [9usize, 20, 31];
     let gone: Vec<ZonePath> = victims.iter().map(|&i| c.leaves[i].clone()).collect();
     for &i in &victims {
         c.kill(i);
     }
-    let ok = c
-        .wait_all("the killed agents are gone", |_, v| {
-            v.root_int("nmembers") == Some(29)
-                && gone
-                    .iter()
-                    .all(|leaf| !v.lists(&leaf.parent().expect("leaf has a parent"), leaf.name()))
-        })
-        .await;
+    let ok = wait_all(&c, "the killed agents are gone", |_, v| {
+        v.root_int("nmembers") == Some(29)
+            && gone
+                .iter()
+                .all(|leaf| !v.lists(&leaf.parent().expect("leaf has a parent"), leaf.name()))
+    })
+    .await;
     assert!(ok);
-    c.shutdown().await;
+    finish(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_keeps_afcs_and_attributes() {
-    let mut c = Cluster::start(AGENTS, BRANCHING, true).await;
+    let mut c = cluster(AGENTS, BRANCHING, true).await;
     let h = c.handle(3);
     h.set_attr("role".into(), Value::Str("db".into()))
         .await
@@ -90,7 +91,7 @@ async fn restarted_agent_keeps_afcs_and_attributes() {
     );
     h.install_afc(afc).await.unwrap();
     // A clean stop, and a crash of another agent after it saved its state.
-    let addr = c.stop(3).await;
+    let addr = c.stop(3).await.unwrap();
     c.handle(4)
         .set_attr("role".into(), Value::Str("cache".into()))
         .await
@@ -98,8 +99,8 @@ async fn restarted_agent_keeps_afcs_and_attributes() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let addr4 = c.nodes[4].as_ref().unwrap().gossip_addr();
     c.kill(4);
-    c.restart(3, addr).await;
-    c.restart(4, addr4).await;
+    c.restart(3, addr).await.unwrap();
+    c.restart(4, addr4).await.unwrap();
     let v3 = Views::of(&c.handle(3)).await;
     assert!(
         v3.afcs
@@ -114,7 +115,7 @@ async fn restarted_agent_keeps_afcs_and_attributes() {
     assert_eq!(local4.get("role"), Some(&Value::Str("cache".into())));
     // And the system carries on with both.
     assert!(
-        c.wait_all("both roles in every root row", |_, v| {
+        wait_all(&c, "both roles in every root row", |_, v| {
             match v.root.get("role") {
                 Some(Value::List(l)) => {
                     let s: HashSet<&str> = l.iter().map(|x| &**x).collect();
@@ -125,16 +126,17 @@ async fn restarted_agent_keeps_afcs_and_attributes() {
         })
         .await
     );
-    c.shutdown().await;
+    finish(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_between_subtrees_heals() {
-    let c = Cluster::start(AGENTS, BRANCHING, false).await;
+    let c = cluster(AGENTS, BRANCHING, false).await;
     assert!(
-        c.wait_all("everyone counts 32 members", |_, v| v.root_int("nmembers")
+        wait_all(&c, "everyone counts 32 members", |_, v| v
+            .root_int("nmembers")
             == Some(32))
-            .await
+        .await
     );
     // Cut the first top-level zone off from the rest (fault-injecting
     // transport: both sides drop each other's traffic).
@@ -161,7 +163,7 @@ async fn partition_between_subtrees_heals() {
     let n_in = inside.len() as i64;
     let n_out = outside.len() as i64;
     assert!(
-        c.wait_all("each side sees only itself", |i, v| {
+        wait_all(&c, "each side sees only itself", |i, v| {
             let want = if inside.contains(&i) { n_in } else { n_out };
             v.root_int("nmembers") == Some(want)
         })
@@ -171,11 +173,11 @@ async fn partition_between_subtrees_heals() {
         n.transport().unblock_all();
     }
     assert!(
-        c.wait_all("the partition healed", |_, v| v.root_int("nmembers")
+        wait_all(&c, "the partition healed", |_, v| v.root_int("nmembers")
             == Some(32))
-            .await
+        .await
     );
-    c.shutdown().await;
+    finish(c).await;
 }
 
 /// The API of agent 0 on an ephemeral port, for the CLI.
@@ -203,7 +205,7 @@ fn cli(api: &str, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn afc_installed_through_the_cli_runs_everywhere_and_removal_stops_it() {
-    let c = Cluster::start(AGENTS, BRANCHING, false).await;
+    let c = cluster(AGENTS, BRANCHING, false).await;
     let (api, stop) = serve_api(&c).await;
     let out = tokio::task::spawn_blocking({
         let api = api.clone();
@@ -230,7 +232,7 @@ async fn afc_installed_through_the_cli_runs_everywhere_and_removal_stops_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        c.wait_all("every agent evaluates the AFC", |_, v| {
+        wait_all(&c, "every agent evaluates the AFC", |_, v| {
             v.root.get("widest").is_some()
                 && v.afcs
                     .iter()
@@ -250,7 +252,7 @@ async fn afc_installed_through_the_cli_runs_everywhere_and_removal_stops_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        c.wait_all("no agent evaluates it any more", |_, v| {
+        wait_all(&c, "no agent evaluates it any more", |_, v| {
             v.root.get("widest").is_none()
                 && v.afcs
                     .iter()
@@ -259,5 +261,5 @@ async fn afc_installed_through_the_cli_runs_everywhere_and_removal_stops_it() {
         .await
     );
     let _ = stop.send(());
-    c.shutdown().await;
+    finish(c).await;
 }

@@ -44,6 +44,7 @@ impl From<NodeError> for ApiError {
             NodeError::UnknownZone { .. } => StatusCode::NOT_FOUND,
             NodeError::Install(i) => match i {
                 InstallError::NotFound { .. } => StatusCode::NOT_FOUND,
+                InstallError::Rejected(why) if refused_signer(why) => StatusCode::FORBIDDEN,
                 InstallError::OutOfScope(_) | InstallError::Rejected(_) => StatusCode::BAD_REQUEST,
                 // Kinds added later (signatures, permissions) refuse the caller.
                 #[allow(unreachable_patterns)]
@@ -56,6 +57,24 @@ impl From<NodeError> for ApiError {
         };
         ApiError::new(status, e.to_string())
     }
+}
+
+/// Security refusals reach the API as `InstallError::Rejected` with the
+/// refusal's label first (`afc_not_allowed: ...`): the caller may not do
+/// this, whatever the request looks like.
+fn refused_signer(why: &str) -> bool {
+    const LABELS: [&str; 6] = [
+        "unsigned",
+        "bad_signature",
+        "untrusted_cert",
+        "expired_cert",
+        "issuer_outside_zone",
+        "afc_not_allowed",
+    ];
+    LABELS.iter().any(|l| {
+        why.strip_prefix(l)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })
 }
 
 impl From<BytesRejection> for ApiError {
@@ -106,4 +125,54 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{} does not accept {method}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::ZonePath;
+
+    #[test]
+    fn node_errors_map_to_statuses() {
+        let status = |e: NodeError| ApiError::from(e).status;
+        let root = ZonePath::root();
+        assert_eq!(
+            status(NodeError::UnknownZone {
+                zone: root.clone(),
+                known: String::new()
+            }),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(
+                InstallError::NotFound {
+                    scope: root.clone(),
+                    name: "x".into()
+                }
+                .into()
+            ),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(InstallError::Rejected("bad".into()).into()),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(InstallError::Rejected("afc_not_allowed: client c may not".into()).into()),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(InstallError::OutOfScope(root).into()),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(NodeError::Unsigned("sign it".into())),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(status(NodeError::Stopped), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(NodeError::BadRequest("no".into())),
+            StatusCode::BAD_REQUEST
+        );
+    }
 }

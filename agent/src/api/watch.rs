@@ -53,6 +53,7 @@ pub async fn watch(
         zone,
         table: q.table,
         last_row: None,
+        last_table: None,
         queue: VecDeque::new(),
         closing: Box::pin(ApiState::closed(s.closing.clone())),
     };
@@ -72,6 +73,7 @@ struct Watcher {
     leaf_parent: Option<ZonePath>,
     table: bool,
     last_row: Option<Attrs>,
+    last_table: Option<Vec<JsonValue>>,
     queue: VecDeque<Event>,
     closing: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -147,10 +149,14 @@ impl Watcher {
             .iter()
             .map(|r| JsonValue::Object(row_json(r)))
             .collect();
+        if self.last_table.as_ref() == Some(&rows) {
+            return Ok(());
+        }
         self.push(
             "table",
-            json!({ "zone": self.zone, "time": time, "rows": rows }),
+            json!({ "zone": self.zone, "time": time, "rows": &rows }),
         );
+        self.last_table = Some(rows);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! restart, and a [`NodeHandle`] serves the API.
 
 pub mod auth;
+pub mod cluster;
 mod core;
 mod handle;
 pub mod sensors;

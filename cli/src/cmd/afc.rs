@@ -11,6 +11,12 @@ pub enum AfcCommand {
     /// Evaluate an AFC over a zone table given as a JSON array of row objects
     /// (from --table FILE or standard input) and print the result row as JSON.
     Test(TestArgs),
+    /// Install an AFC on the agent at --api; it spreads to every agent in its scope.
+    Install(super::afc_remote::InstallArgs),
+    /// List the AFCs the agent at --api knows, with their state.
+    List(super::afc_remote::ListArgs),
+    /// Remove an AFC (a tombstone spreads like the AFC did).
+    Remove(super::afc_remote::RemoveArgs),
 }
 
 #[derive(Args)]
@@ -29,6 +35,9 @@ pub struct TestArgs {
 pub fn run(cmd: AfcCommand) -> CliResult {
     match cmd {
         AfcCommand::Test(args) => test(args),
+        AfcCommand::Install(args) => super::afc_remote::install(args),
+        AfcCommand::List(args) => super::afc_remote::list(args),
+        AfcCommand::Remove(args) => super::afc_remote::remove(args),
     }
 }
 

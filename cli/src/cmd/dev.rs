@@ -3,13 +3,12 @@
 
 use crate::output::{CliError, CliResult};
 use crate::runtime;
+use armillary_agent::ZonePath;
+use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
-use armillary_agent::node::{Node, NodeConfig};
 use armillary_agent::sim::tree;
-use armillary_agent::{Config, ZonePath};
 use clap::Args;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -42,49 +41,24 @@ async fn dev(a: DevArgs) -> CliResult {
             a.api
         ))
     })?;
-    let leaves = tree::balanced(a.agents, a.branching);
-    let sensors = Sensors::spawn(DEFAULT_INTERVAL);
-    let mut nodes: Vec<Node> = Vec::with_capacity(leaves.len());
-    let mut seeds: Vec<Arc<str>> = Vec::new();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let mut core = Config::new(leaf.clone(), "");
-        core.round = a.round.as_micros() as u64;
-        core.seeds = seeds.clone();
-        if i == 0 {
-            core.api_addr = Some(a.api.to_string().into());
-        }
-        let node = Node::start(
-            NodeConfig {
-                core,
-                listen: "127.0.0.1:0".parse().expect("valid address"),
-                data_dir: None,
-                auth: None,
-                identity: None,
-                sensors: Some(sensors.clone()),
-            },
-            |_| {},
-        )
+    let mut spec = ClusterSpec::new(a.agents, a.branching, *a.round);
+    spec.api_addr = Some(a.api.to_string());
+    spec.sensors = Some(Sensors::spawn(DEFAULT_INTERVAL));
+    let cluster = Cluster::start(spec)
         .await
-        .map_err(|e| CliError::failed(format!("agent {leaf}: {e}")))?;
-        // The first few agents are everyone's seeds.
-        if seeds.len() < 3 {
-            seeds.push(node.gossip_addr().to_string().into());
-        }
-        nodes.push(node);
-    }
-    let first = nodes[0].handle();
+        .map_err(|e| CliError::failed(format!("cannot start the agents: {e}")))?;
+    let leaves = cluster.leaves.clone();
+    let first = cluster.handle(0);
     print_intro(&a, &leaves);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(armillary_agent::api::serve(listener, first, async move {
         let _ = stop_rx.await;
     }));
     runtime::wait_for_signal().await;
-    eprintln!("stopping {} agents...", nodes.len());
+    eprintln!("stopping {} agents...", leaves.len());
     let _ = stop_tx.send(());
     let _ = api.await;
-    for n in nodes {
-        n.shutdown().await;
-    }
+    cluster.shutdown().await;
     Ok(())
 }
 

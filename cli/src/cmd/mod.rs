@@ -1,7 +1,11 @@
 //! One module per command.
 
 pub mod afc;
+pub mod afc_remote;
 pub mod agent;
+pub mod attr;
 pub mod dev;
 pub mod keys;
 pub mod sim;
+pub mod watch;
+pub mod zones;

@@ -1,0 +1,630 @@
+//! The local HTTP API against a real (insecure, single) node.
+
+use armillary_agent::afc::AfcCert;
+use armillary_agent::api;
+use armillary_agent::config::Config;
+use armillary_agent::node::auth::CertAuth;
+use armillary_agent::node::{Node, NodeConfig, PeerAuth};
+use armillary_agent::path::ZonePath;
+use armillary_agent::security::{self, CertKind, DAY, Identity, Right, Security, now_micros};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A node at `/a/h1` with its API on a free local port.
+struct Fixture {
+    node: Node,
+    base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        Fixture::start_with(None).await
+    }
+
+    /// A node with keys when `security` is given.
+    async fn start_with(security: Option<Security>) -> Fixture {
+        let (auth, identity): (Option<Arc<dyn PeerAuth>>, Option<String>) = match &security {
+            Some(s) => (
+                Some(Arc::new(CertAuth::new(
+                    s.identity().clone(),
+                    s.trust().clone(),
+                ))),
+                Some(s.identity().cert.subject.clone()),
+            ),
+            None => (None, None),
+        };
+        let cfg = NodeConfig {
+            core: Config::new(ZonePath::parse("/a/h1").unwrap(), ""),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: None,
+            auth,
+            identity,
+            sensors: None,
+        };
+        let node = Node::start(cfg, move |agent| agent.set_security(security.map(Arc::new)))
+            .await
+            .expect("node starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, node.handle(), async {
+            let _ = stopped.await;
+        }));
+        Fixture {
+            node,
+            base,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        reply(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        reply(
+            self.http
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Waits until `f` holds for GET `path`, or fails after 5 s.
+    async fn eventually(&self, path: &str, f: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..100 {
+            let (status, v) = self.get(path).await;
+            if status == StatusCode::OK && f(&v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "GET {path} never satisfied the condition: {:?}",
+            self.get(path).await
+        );
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("the API shuts down promptly")
+            .unwrap()
+            .unwrap();
+        self.node.shutdown().await;
+    }
+}
+
+async fn reply(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, v)
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {v}"))
+}
+
+fn rows_named<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["rows"].as_array()?.iter().find(|r| r["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_insecure_marking() {
+    let f = Fixture::start().await;
+    let r = f.http.get(f.url("/v1/status")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-armillary-insecure"], "true");
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(s["leaf"], "/a/h1");
+    assert_eq!(s["insecure"], true);
+    assert_eq!(s["zones"], json!(["/", "/a"]));
+    assert!(
+        s["counters"].is_object() && s["rejected"].is_object(),
+        "{s}"
+    );
+    assert!(s["round"].is_u64() && s["now"].is_u64(), "{s}");
+
+    // Errors are JSON and marked too.
+    let r = f.http.get(f.url("/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["x-armillary-insecure"], "true");
+    let (status, v) = f.post("/v1/status", json!({})).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(error_of(&v).contains("POST"), "{v}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_tables_and_rows() {
+    let f = Fixture::start().await;
+    let root = f
+        .eventually("/v1/zones", |v| rows_named(v, "a").is_some())
+        .await;
+    assert_eq!(root["zone"], "/");
+    assert_eq!(rows_named(&root, "a").unwrap()["nmembers"], 1);
+    let meta = &root["meta"][0];
+    assert_eq!(meta["name"], "a");
+    assert_eq!(meta["issuer"], "/a/h1");
+    assert!(
+        meta["issued"].is_u64() && meta["age_s"].is_number(),
+        "{meta}"
+    );
+
+    let (status, t) = f.get("/v1/zones?zone=/a").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(rows_named(&t, "h1").is_some(), "{t}");
+
+    let (status, row) = f.get("/v1/zone?zone=/a").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(row["nmembers"], 1, "{row}");
+    let (status, leaf) = f.get("/v1/zone?zone=/a/h1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(leaf.is_object(), "{leaf}");
+
+    let (status, v) = f.get("/v1/zones?zone=/b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_of(&v).contains("not on this agent's path"), "{v}");
+    let (status, v) = f.get("/v1/zone?zone=/b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = f.get("/v1/zones?zone=eu").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("absolute zone path"), "{v}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adhoc_queries() {
+    let f = Fixture::start().await;
+    f.eventually("/v1/zones", |v| rows_named(v, "a").is_some())
+        .await;
+    let (status, v) = f
+        .post(
+            "/v1/query",
+            json!({"sql": "SELECT name, nmembers FROM \"/\" ORDER BY name"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["rows"], json!([{"name": "a", "nmembers": 1}]));
+
+    let (status, v) = f.post("/v1/query", json!({"sql": "SELEC nonsense"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("query failed"), "{v}");
+    let (status, v) = f
+        .post("/v1/query", json!({"sql": "DROP TABLE \"/\""}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = f.post("/v1/query", json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("\"sql\""), "{v}");
+    let r = f
+        .http
+        .post(f.url("/v1/query"))
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let big = "x".repeat(api::MAX_BODY + 1);
+    let (status, v) = f
+        .post("/v1/query", json!({ "sql": format!("SELECT '{big}'") }))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_of(&v).contains("64 KiB"), "{v}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn afc_install_list_remove() {
+    let f = Fixture::start().await;
+    let (status, v) = f
+        .post(
+            "/v1/afcs",
+            json!({"name": "maxload", "zone": "/", "sql": "SELECT MAX(load) AS load"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let a = &v["installed"];
+    assert_eq!(a["name"], "maxload");
+    assert_eq!(a["scope"], "/");
+    assert_eq!(a["sql"], "SELECT MAX(load) AS load");
+    assert_eq!(a["state"], "active");
+    assert_eq!(a["signer"], "insecure");
+    assert_eq!(a["removed"], false);
+    assert!(a["issued"].is_u64() && a["reason"].is_null(), "{a}");
+
+    let (status, list) = f.get("/v1/afcs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "maxload"),
+        "{list}"
+    );
+    let (_, scoped) = f.get("/v1/afcs?zone=/a").await;
+    assert!(
+        scoped
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["scope"] == "/a"),
+        "{scoped}"
+    );
+
+    // Bad SQL, reserved outputs, foreign scopes and malformed bodies.
+    let (status, v) = f
+        .post(
+            "/v1/afcs",
+            json!({"name": "bad", "zone": "/", "sql": "SELECT MAX("}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = f
+        .post(
+            "/v1/afcs",
+            json!({"name": "res", "zone": "/", "sql": "SELECT SUM(nmembers) AS nmembers"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("reserved"), "{v}");
+    let (status, v) = f
+        .post(
+            "/v1/afcs",
+            json!({"name": "far", "zone": "/b", "sql": "SELECT MAX(load) AS load"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&v).contains("install it through an agent inside"),
+        "{v}"
+    );
+    let (status, v) = f.post("/v1/afcs", json!({"name": "x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("name, zone and sql"), "{v}");
+
+    // A signed-form certificate is accepted in insecure mode.
+    let cert = json!({
+        "scope": "/a", "name": "minload", "sql": "SELECT MIN(load) AS minload",
+        "issued": 1u64, "expires": null, "removed": false,
+        "signer": "insecure", "signature": []
+    });
+    let (status, v) = f.post("/v1/afcs", json!({ "cert": cert })).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["installed"]["scope"], "/a");
+
+    let r = f
+        .http
+        .delete(f.url("/v1/afcs?zone=/&name=maxload"))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = reply(r).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["removed"]["state"], "removed");
+    assert_eq!(v["removed"]["removed"], true);
+
+    let r = f
+        .http
+        .delete(f.url("/v1/afcs?zone=/&name=maxload"))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = reply(r).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_of(&v).contains("no AFC named maxload"), "{v}");
+    let r = f.http.delete(f.url("/v1/afcs")).send().await.unwrap();
+    assert_eq!(reply(r).await.0, StatusCode::BAD_REQUEST);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_attributes() {
+    let f = Fixture::start().await;
+    let put = |name: &str, body: &str| {
+        f.http
+            .put(f.url(&format!("/v1/attrs/{name}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let (status, v) = reply(put("load", "2.5").await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"name": "load", "value": 2.5}));
+    reply(put("tags", r#"["web","db"]"#).await.unwrap()).await;
+    let (_, attrs) = f.get("/v1/attrs").await;
+    assert_eq!(attrs, json!({"load": 2.5, "tags": ["web", "db"]}));
+
+    let (status, v) = reply(put("nmembers", "3").await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("reserved"), "{v}");
+    let (status, v) = reply(put("load", "{\"a\":1}").await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).contains("nested objects"), "{v}");
+    let (status, _) = reply(put("load", "not json").await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = reply(put("9lives", "1").await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let del = || f.http.delete(f.url("/v1/attrs/load")).send();
+    let (status, v) = reply(del().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v, json!({"name": "load", "removed": true}));
+    let (_, v) = reply(del().await.unwrap()).await;
+    assert_eq!(v["removed"], false);
+    let (_, attrs) = f.get("/v1/attrs").await;
+    assert_eq!(attrs, json!({"tags": ["web", "db"]}));
+    f.stop().await;
+}
+
+/// Reads server-sent events from a response.
+struct Events {
+    body: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>,
+    >,
+    buf: String,
+}
+
+impl Events {
+    fn new(r: reqwest::Response) -> Events {
+        Events {
+            body: Box::pin(r.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event as (name, data).
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return (name, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.body.next())
+                .await
+                .expect("an event within 5 s")
+                .expect("the stream stays open")
+                .unwrap();
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes() {
+    let f = Fixture::start().await;
+    let (status, v) = f
+        .post(
+            "/v1/afcs",
+            json!({"name": "maxload", "zone": "/", "sql": "SELECT MAX(load) AS load"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    let r = f
+        .http
+        .get(f.url("/v1/watch?zone=/a&table=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut events = Events::new(r);
+    let (name, first) = events.next().await;
+    assert_eq!(name, "row");
+    assert_eq!(first["zone"], "/a");
+    assert!(
+        first["time"].is_u64() && first["attrs"].is_object(),
+        "{first}"
+    );
+    let (name, table) = events.next().await;
+    assert_eq!(name, "table");
+    assert!(table["rows"].is_array(), "{table}");
+
+    let r = f
+        .http
+        .put(f.url("/v1/attrs/load"))
+        .body("7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (mut saw_row, mut saw_table) = (false, false);
+    while !(saw_row && saw_table) {
+        let (name, data) = events.next().await;
+        match name.as_str() {
+            "row" if data["attrs"]["load"] == 7 => saw_row = true,
+            "table" if rows_named(&data, "h1").is_some_and(|r| r["load"] == 7) => saw_table = true,
+            _ => {}
+        }
+    }
+
+    // The leaf can be watched too; its row changes with its own attributes.
+    let r = f
+        .http
+        .get(f.url("/v1/watch?zone=/a/h1"))
+        .send()
+        .await
+        .unwrap();
+    let mut leaf = Events::new(r);
+    let (name, first) = leaf.next().await;
+    assert_eq!(name, "row");
+    assert_eq!(first["attrs"]["load"], 7, "{first}");
+    f.http
+        .put(f.url("/v1/attrs/load"))
+        .body("8")
+        .send()
+        .await
+        .unwrap();
+    loop {
+        let (name, data) = leaf.next().await;
+        if name == "row" && data["attrs"]["load"] == 8 {
+            break;
+        }
+    }
+
+    let (status, v) = f.get("/v1/watch?zone=/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    // Open streams do not hold up shutdown.
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics() {
+    let f = Fixture::start().await;
+    let r = f.http.get(f.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE armillary_msgs_sent_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("armillary_evaluations_total "), "{text}");
+    assert!(
+        text.contains("# TYPE armillary_rejected_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("armillary_insecure 1\n"), "{text}");
+    assert!(text.contains("\narmillary_round "), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(name.starts_with("armillary_"), "{line}");
+        value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+    }
+    f.stop().await;
+}
+
+/// A signed AFC (or tombstone) as the API takes it.
+fn signed(by: &Identity, mut cert: AfcCert) -> Value {
+    security::sign_afc(by, &mut cert);
+    json!({ "cert": cert })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_mode_wants_signatures() {
+    let now = now_micros();
+    let (from, until) = (now - 60_000_000, now + DAY);
+    let root = Identity::new_root(&ZonePath::root(), from, until);
+    let agent = root
+        .new_child(CertKind::Agent, "/a/h1", from, until)
+        .unwrap();
+    let client = |name: &str, zone: &str| {
+        let allow = vec![Right::Afc(ZonePath::parse(zone).unwrap())];
+        root.new_child(CertKind::Client { allow }, name, from, until)
+            .unwrap()
+    };
+    let (ops, intern) = (client("ops", "/"), client("intern", "/b"));
+    let leaf = ZonePath::parse("/a/h1").unwrap();
+    let f = Fixture::start_with(Some(Security::for_agent(agent, &leaf, now).unwrap())).await;
+
+    let r = f.http.get(f.url("/v1/status")).send().await.unwrap();
+    assert!(r.headers().get("x-armillary-insecure").is_none());
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(s["insecure"], false);
+    assert_eq!(s["identity"], "/a/h1");
+
+    let (status, v) = f
+        .post(
+            "/v1/afcs",
+            json!({"name": "maxload", "zone": "/", "sql": "SELECT MAX(load) AS load"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_of(&v).contains("--key"), "{v}");
+
+    let afc = || {
+        AfcCert::new(
+            ZonePath::root(),
+            "maxload",
+            "SELECT MAX(load) AS load",
+            now_micros(),
+        )
+    };
+    let (status, v) = f.post("/v1/afcs", signed(&intern, afc())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_of(&v).contains("afc_not_allowed"), "{v}");
+
+    let (status, v) = f.post("/v1/afcs", signed(&ops, afc())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["installed"]["signer"], "ops");
+    assert_eq!(v["installed"]["state"], "active");
+
+    let url = f.url("/v1/afcs?zone=/&name=maxload");
+    let (status, v) = reply(f.http.delete(&url).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let tomb = signed(
+        &ops,
+        AfcCert::tombstone(ZonePath::root(), "maxload", now_micros()),
+    );
+    let (status, v) = reply(f.http.delete(&url).json(&tomb).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["removed"]["state"], "removed");
+
+    let text = f
+        .http
+        .get(f.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("armillary_insecure 0\n"), "{text}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_node_answers_503() {
+    let Fixture {
+        node,
+        base,
+        http,
+        stop,
+        server,
+    } = Fixture::start().await;
+    node.shutdown().await;
+    let r = http.get(format!("{base}/v1/status")).send().await.unwrap();
+    let (status, v) = reply(r).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(&v).contains("stopped"), "{v}");
+    let _ = stop.unwrap().send(());
+    server.await.unwrap().unwrap();
+}

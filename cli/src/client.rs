@@ -1,0 +1,227 @@
+//! The client of an agent's HTTP API, shared by the operator commands
+//! (`zones`, `query`, `afc install|list|remove`, `watch`, `set`, `unset`).
+
+use crate::output::CliError;
+use clap::Args;
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+use std::future::Future;
+use std::time::Duration;
+
+/// Where the API is when neither `--api` nor `ARMILLARY_API` says.
+pub const DEFAULT_API: &str = "127.0.0.1:8080";
+/// How long a request may take (an ad-hoc query runs at most 10 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `--api` flag of every client command.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// The agent's HTTP API: host:port or a URL.
+    #[arg(long = "api", env = "ARMILLARY_API", default_value = DEFAULT_API, value_name = "ADDR")]
+    pub api: String,
+}
+
+/// A connection to one agent's API.
+pub struct Client {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(args: &ApiArgs) -> Result<Client, CliError> {
+        let text = args.api.trim();
+        let full = if text.contains("://") {
+            text.to_string()
+        } else {
+            format!("http://{text}")
+        };
+        let base = Url::parse(&full)
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host().is_some())
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "--api {text:?} is not an address; give host:port such as 127.0.0.1:8080 (plain http)"
+                ))
+            })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| CliError::failed(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client { base, http })
+    }
+
+    /// The address as the user gave it, for messages.
+    fn shown(&self) -> String {
+        let mut s = self.base.to_string();
+        if s.ends_with('/') {
+            s.pop();
+        }
+        s
+    }
+
+    /// The URL of `segments` (each percent-encoded) below the base.
+    pub fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// Sends a request and returns the JSON reply; API errors carry the
+    /// server's message (exit code 2 for 4xx, 1 otherwise).
+    pub async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<Value, CliError> {
+        let mut req = self
+            .http
+            .request(method, self.url(segments, query))
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &text));
+        }
+        serde_json::from_str(&text).map_err(|e| {
+            CliError::failed(format!(
+                "the agent at {} sent a reply that is not JSON ({e}); is this an Armillary API?",
+                self.shown()
+            ))
+        })
+    }
+
+    pub async fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, CliError> {
+        self.call(Method::GET, segments, query, None).await
+    }
+
+    /// Opens a long-lived GET (server-sent events), checking its status.
+    pub async fn stream(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, CliError> {
+        let resp = self
+            .http
+            .get(self.url(segments, query))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        Ok(resp)
+    }
+
+    /// A transport failure, naming the address and what to do.
+    pub fn unreachable(&self, e: reqwest::Error) -> CliError {
+        let api = self.shown();
+        if e.is_connect() {
+            return CliError::failed(format!(
+                "cannot reach the agent API at {api} ({}). Is an agent running there? \
+                 Start one with `armillary agent`, or a local demo system with `armillary dev`; \
+                 point --api or ARMILLARY_API at another address",
+                root_cause(&e)
+            ));
+        }
+        if e.is_timeout() {
+            return CliError::failed(format!(
+                "the agent API at {api} did not answer in time; is the agent overloaded?"
+            ));
+        }
+        CliError::failed(format!(
+            "request to the agent API at {api} failed: {}",
+            root_cause(&e)
+        ))
+    }
+}
+
+/// The deepest cause of an error, which says what actually went wrong
+/// ("Connection refused" rather than "error sending request").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// An error reply: the server's message, exit code 2 for 4xx.
+fn api_error(status: StatusCode, text: &str) -> CliError {
+    let msg = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| {
+            let t = text.trim();
+            if t.is_empty() {
+                format!("the agent answered {status}")
+            } else {
+                format!(
+                    "the agent answered {status}: {}",
+                    t.chars().take(300).collect::<String>()
+                )
+            }
+        });
+    if status.is_client_error() {
+        CliError::usage(msg)
+    } else {
+        CliError::failed(msg)
+    }
+}
+
+/// Runs a client command on a small single-threaded runtime.
+pub fn block_on(f: impl Future<Output = Result<(), CliError>>) -> Result<(), CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?
+        .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(api: &str) -> Result<Client, CliError> {
+        Client::new(&ApiArgs { api: api.into() })
+    }
+
+    #[test]
+    fn addresses_and_urls() {
+        let c = client("127.0.0.1:9000").unwrap();
+        assert_eq!(
+            c.url(&["v1", "attrs", "a b"], &[("zone", "/eu")]).as_str(),
+            "http://127.0.0.1:9000/v1/attrs/a%20b?zone=%2Feu"
+        );
+        let c = client("http://host:1/prefix/").unwrap();
+        assert_eq!(
+            c.url(&["v1", "status"], &[]).as_str(),
+            "http://host:1/prefix/v1/status"
+        );
+        assert_eq!(client("not an address").err().unwrap().exit_code(), 2);
+        assert_eq!(client("https://x:1").err().unwrap().exit_code(), 2);
+    }
+
+    #[test]
+    fn error_replies_keep_the_message() {
+        let e = api_error(StatusCode::NOT_FOUND, r#"{"error":"no such zone"}"#);
+        assert_eq!((e.to_string().as_str(), e.exit_code()), ("no such zone", 2));
+        let e = api_error(StatusCode::SERVICE_UNAVAILABLE, "");
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("503"), "{e}");
+    }
+}

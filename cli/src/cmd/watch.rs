@@ -1,0 +1,189 @@
+//! `armillary watch ZONE`: one line per change of a zone's aggregate row.
+
+use crate::client::{ApiArgs, Client, block_on};
+use crate::cmd::zones::compact;
+use crate::output::{CliError, CliResult};
+use armillary_agent::security::format_time;
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use std::io::Write;
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// The zone whose row to follow (the agent's own leaf works too).
+    zone: String,
+    /// Show only this attribute (repeatable); changes that leave the chosen
+    /// attributes alone are not printed.
+    #[arg(long = "attr", value_name = "A")]
+    attrs: Vec<String>,
+    /// Stop after this many lines.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// One JSON object per line: {"zone","time","attrs"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Largest event accepted from the stream.
+const MAX_EVENT: usize = 1 << 20;
+
+pub fn run(a: WatchArgs) -> CliResult {
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let resp = client
+            .stream(&["v1", "watch"], &[("zone", a.zone.as_str())])
+            .await?;
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut printed = 0u64;
+        let mut last: Option<Map<String, Value>> = None;
+        let stdout = std::io::stdout();
+        loop {
+            while let Some((name, data)) = next_event(&mut buf) {
+                match name.as_str() {
+                    "row" => {
+                        let Some(line) = a.line(&data, &mut last) else {
+                            continue;
+                        };
+                        let mut out = stdout.lock();
+                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                            return Ok(()); // the reader went away (`| head`)
+                        }
+                        printed += 1;
+                        if a.count.is_some_and(|n| printed >= n) {
+                            return Ok(());
+                        }
+                    }
+                    "lagged" => eprintln!(
+                        "note: fell behind and missed {} changes; the current row follows",
+                        data["missed"]
+                    ),
+                    _ => {}
+                }
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > MAX_EVENT {
+                        return Err(CliError::failed("the agent sent an event over 1 MiB"));
+                    }
+                }
+                Some(Err(e)) => return Err(client.unreachable(e)),
+                None => {
+                    return Err(CliError::failed(
+                        "the agent closed the stream (it is shutting down?)",
+                    ));
+                }
+            }
+        }
+    })
+}
+
+impl WatchArgs {
+    /// The line for one `row` event; `None` when the chosen attributes did
+    /// not change since the last line.
+    fn line(&self, data: &Value, last: &mut Option<Map<String, Value>>) -> Option<String> {
+        let all = data["attrs"].as_object().cloned().unwrap_or_default();
+        let attrs: Map<String, Value> = if self.attrs.is_empty() {
+            all
+        } else {
+            self.attrs
+                .iter()
+                .map(|k| (k.clone(), all.get(k).cloned().unwrap_or(Value::Null)))
+                .collect()
+        };
+        if !self.attrs.is_empty() && last.as_ref() == Some(&attrs) {
+            return None;
+        }
+        let time = data["time"].as_u64().unwrap_or(0);
+        let line = if self.json {
+            json!({ "zone": data["zone"], "time": time, "attrs": attrs }).to_string()
+        } else {
+            let mut s = show_time(time);
+            // With --attr, the order asked for; otherwise by name.
+            let keys: Vec<&String> = if self.attrs.is_empty() {
+                attrs.keys().collect()
+            } else {
+                self.attrs.iter().collect()
+            };
+            for k in keys {
+                s.push_str(&format!("  {k}={}", compact(&attrs[k.as_str()])));
+            }
+            s
+        };
+        *last = Some(attrs);
+        Some(line)
+    }
+}
+
+/// `2025-03-01T12:00:00.123Z`
+fn show_time(t: u64) -> String {
+    let s = format_time(t);
+    let base = s.strip_suffix('Z').unwrap_or(&s);
+    format!("{base}.{:03}Z", t / 1000 % 1000)
+}
+
+/// Takes the next complete event (name, JSON data) out of `buf`, skipping
+/// comments (keep-alives) and events without data.
+fn next_event(buf: &mut Vec<u8>) -> Option<(String, Value)> {
+    loop {
+        let end = buf.windows(2).position(|w| w == b"\n\n")?;
+        let block: Vec<u8> = buf.drain(..end + 2).collect();
+        // A whole event: cutting at the blank line never splits a character.
+        let block = String::from_utf8_lossy(&block[..end]);
+        let mut name = String::from("message");
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if data.is_empty() {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str(&data) {
+            return Some((name, v));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_and_skips_keep_alives() {
+        let mut buf = b": keep-alive\n\nevent: row\ndata: {\"time\":1}\n\nevent: lag".to_vec();
+        let (name, data) = next_event(&mut buf).unwrap();
+        assert_eq!((name.as_str(), data), ("row", json!({"time": 1})));
+        assert!(next_event(&mut buf).is_none());
+        assert_eq!(buf, b"event: lag");
+    }
+
+    #[test]
+    fn lines_show_chosen_attributes_once_per_change() {
+        let a = WatchArgs {
+            zone: "/".into(),
+            attrs: vec!["load".into()],
+            count: None,
+            json: false,
+            api: ApiArgs { api: String::new() },
+        };
+        let ev = |load: f64, n: u64| json!({"zone": "/", "time": 1_700_000_000_123_000u64, "attrs": {"load": load, "nmembers": n}});
+        let mut last = None;
+        assert_eq!(
+            a.line(&ev(1.5, 4), &mut last).unwrap(),
+            "2023-11-14T22:13:20.123Z  load=1.5"
+        );
+        assert!(a.line(&ev(1.5, 5), &mut last).is_none());
+        assert!(a.line(&ev(2.0, 5), &mut last).is_some());
+    }
+}

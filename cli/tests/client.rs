@@ -1,0 +1,458 @@
+//! The client commands (`zones`, `query`, `afc install|list|remove`,
+//! `watch`, `set`, `unset`) against `armillary dev` run as a child process.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_armillary");
+
+/// A local port nobody listens on (bound, then released).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().unwrap().port()
+}
+
+/// One GET over plain HTTP/1.1; (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// `armillary dev --agents 4` with its API on a free port; killed on drop.
+struct Dev {
+    child: Child,
+    api: String,
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let api = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .args(["dev", "--agents", "4", "--round", "200ms", "--api", &api])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("`armillary dev` starts");
+        let dev = Dev { child, api };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(&dev.api, "/v1/status") {
+                return dev;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("`armillary dev` did not serve /v1/status on {}", dev.api);
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = http_get(&self.api, "/v1/status").expect("status answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// Runs a client command against this system.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("ARMILLARY_API", &self.api)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the binary runs")
+    }
+
+    /// Runs a command that must succeed and returns its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "armillary {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// Runs a command that prints one JSON document.
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Waits until `f` holds for the JSON output of `args`.
+    fn eventually(&self, args: &[&str], f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.json(args);
+            if f(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "armillary {args:?} never held: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fails_with(out: &Output, code: i32, text: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(text), "expected {text:?} in: {err}");
+}
+
+fn row<'a>(rows: &'a Value, name: &str) -> Option<&'a Value> {
+    rows.as_array()?.iter().find(|r| r["name"] == name)
+}
+
+/// The agent's own name in the root table, e.g. `a00` for `/a00`.
+fn top_name(dev: &Dev) -> String {
+    let leaf = dev.status()["leaf"].as_str().unwrap().to_string();
+    leaf.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn zones_and_queries() {
+    let dev = Dev::start();
+    let me = top_name(&dev);
+    let rows = dev.eventually(&["zones", "--json"], |v| row(v, &me).is_some());
+    for r in rows.as_array().unwrap() {
+        assert!(r["name"].is_string() && r["nmembers"].is_u64(), "{r}");
+    }
+    let table = dev.ok(&["zones", "/"]);
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("name "), "{table}");
+    assert!(header.contains("nmembers"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(&me)), "{table}");
+
+    fails_with(
+        &dev.run(&["zones", "/nowhere"]),
+        2,
+        "not on this agent's path",
+    );
+    fails_with(&dev.run(&["zones", "nowhere"]), 2, "absolute zone path");
+
+    let rows = dev.json(&[
+        "query",
+        "--json",
+        "SELECT name, nmembers FROM \"/\" ORDER BY name",
+    ]);
+    let rows = rows.as_array().unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["nmembers"].is_u64()), "{rows:?}");
+    let text = dev.ok(&["query", "SELECT COUNT(*) AS n FROM \"/\""]);
+    assert_eq!(text.lines().next(), Some("n"), "{text}");
+
+    fails_with(&dev.run(&["query", "SELEC nonsense"]), 2, "error: ");
+    fails_with(
+        &dev.run(&["query", "SELECT x FROM \"/no/such/table\""]),
+        2,
+        "query failed",
+    );
+}
+
+#[test]
+fn afc_install_list_remove() {
+    let dev = Dev::start();
+    let out = dev.ok(&[
+        "afc",
+        "install",
+        "busy",
+        "--zone",
+        "/",
+        "--sql",
+        "SELECT MAX(load) AS maxload",
+    ]);
+    assert!(out.starts_with("installed busy in / (active"), "{out}");
+
+    let dir = std::env::temp_dir().join(format!("armillary-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("count.sql");
+    std::fs::write(&file, "SELECT SUM(nmembers) AS counted\n").unwrap();
+    let afc = dev.json(&[
+        "afc",
+        "install",
+        "count",
+        "--zone",
+        "/",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(afc["sql"], "SELECT SUM(nmembers) AS counted");
+    assert_eq!(afc["state"], "active");
+
+    let list = dev.json(&["afc", "list", "--json"]);
+    let busy = row(&list, "busy").expect("busy is listed");
+    assert_eq!(busy["scope"], "/");
+    assert_eq!(busy["state"], "active");
+    assert_eq!(busy["signer"], "insecure");
+    let table = dev.ok(&["afc", "list", "--zone", "/"]);
+    assert!(
+        table.starts_with("name   scope  state   reason  signer    issued"),
+        "{table}"
+    );
+    assert!(table.contains("busy") && table.contains("count"), "{table}");
+
+    // The AFC computes its attribute at the root.
+    let root = http_get(&dev.api, "/v1/zone?zone=/").unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut root: Value = serde_json::from_str(&root).unwrap();
+    while root["counted"].is_null() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        root = serde_json::from_str(&http_get(&dev.api, "/v1/zone?zone=/").unwrap().1).unwrap();
+    }
+    assert!(root["counted"].is_u64(), "{root}");
+
+    fails_with(
+        &dev.run(&[
+            "afc",
+            "install",
+            "bad",
+            "--zone",
+            "/",
+            "--sql",
+            "SELECT MAX(",
+        ]),
+        2,
+        "AFC rejected",
+    );
+    fails_with(
+        &dev.run(&[
+            "afc",
+            "install",
+            "far",
+            "--zone",
+            "/zz",
+            "--sql",
+            "SELECT 1 AS one",
+        ]),
+        2,
+        "install it through an agent inside",
+    );
+    fails_with(
+        &dev.run(&["afc", "install", "x", "--zone", "/"]),
+        2,
+        "--sql",
+    );
+    fails_with(
+        &dev.run(&[
+            "afc",
+            "install",
+            "x",
+            "--zone",
+            "/",
+            "--sql",
+            "SELECT 1 AS one",
+            "--key",
+            dir.to_str().unwrap(),
+        ]),
+        2,
+        "holds no Armillary keys",
+    );
+
+    // Signed here with a client's keys (the dev system takes signed AFCs too).
+    let (root_keys, ops_keys) = (dir.join("root"), dir.join("ops"));
+    let (root_keys, ops_keys) = (root_keys.to_str().unwrap(), ops_keys.to_str().unwrap());
+    dev.ok(&["keys", "authority", "--zone", "/", "--out", root_keys]);
+    dev.ok(&[
+        "keys",
+        "client",
+        "--name",
+        "ops",
+        "--allow",
+        "afc:/",
+        "--authority",
+        root_keys,
+        "--out",
+        ops_keys,
+    ]);
+    let afc = dev.json(&[
+        "afc",
+        "install",
+        "signed",
+        "--zone",
+        "/",
+        "--sql",
+        "SELECT MIN(load) AS minload",
+        "--key",
+        ops_keys,
+        "--json",
+    ]);
+    assert_eq!(afc["signer"], "ops");
+    assert_eq!(afc["state"], "active");
+    let out = dev.ok(&["afc", "remove", "signed", "--zone", "/", "--key", ops_keys]);
+    assert_eq!(out.trim(), "removed signed from /");
+    let list = dev.json(&["afc", "list", "--json"]);
+    assert_eq!(row(&list, "signed").unwrap()["signer"], "ops");
+
+    let out = dev.ok(&["afc", "remove", "busy", "--zone", "/"]);
+    assert_eq!(out.trim(), "removed busy from /");
+    fails_with(
+        &dev.run(&["afc", "remove", "busy", "--zone", "/"]),
+        2,
+        "no AFC named busy in /",
+    );
+    let list = dev.json(&["afc", "list", "--json"]);
+    assert_eq!(row(&list, "busy").unwrap()["state"], "removed");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The offline tester is still there.
+    let out = Command::new(BIN)
+        .args(["afc", "test", "--sql", "SELECT SUM(nmembers) AS n"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(br#"[{"nmembers":2}]"#)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"n":2}"#);
+}
+
+/// Reads a child's output lines on a thread, so a test can wait with a timeout.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn set_unset_and_watch() {
+    let dev = Dev::start();
+    let me = top_name(&dev);
+    dev.ok(&[
+        "afc",
+        "install",
+        "peak",
+        "--zone",
+        "/",
+        "--sql",
+        "SELECT MAX(peak) AS peak",
+    ]);
+
+    let mut watch = Command::new(BIN)
+        .args(["watch", "/", "--attr", "peak", "--count", "2", "--json"])
+        .env("ARMILLARY_API", &dev.api)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut watch);
+    let first = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the current row comes at once");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["zone"], "/");
+    assert!(first["time"].is_u64(), "{first}");
+    assert_eq!(first["attrs"], serde_json::json!({"peak": null}));
+
+    dev.ok(&["set", "peak", "42"]);
+    let second = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the change arrives");
+    let second: Value = serde_json::from_str(&second).unwrap();
+    assert_eq!(second["attrs"]["peak"], 42, "{second}");
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "watch stops by itself after --count 2");
+
+    // Human lines: the time, then attr=value.
+    let out = dev.ok(&["watch", "/", "--attr", "peak", "--count", "1"]);
+    let line = out.trim();
+    assert!(
+        line.starts_with("20") && line.ends_with("  peak=42"),
+        "{line}"
+    );
+
+    dev.ok(&["set", "role", "web"]);
+    dev.ok(&["set", "tags", r#"["a","b"]"#]);
+    dev.ok(&["set", "up", "true"]);
+    let rows = dev.eventually(&["zones", "--json"], |v| {
+        row(v, &me).is_some_and(|r| r["up"] == true)
+    });
+    let mine = row(&rows, &me).unwrap();
+    assert_eq!(mine["peak"], 42);
+    assert_eq!(mine["role"], "web");
+    assert_eq!(mine["tags"], serde_json::json!(["a", "b"]));
+
+    fails_with(&dev.run(&["set", "nmembers", "3"]), 2, "reserved");
+    fails_with(
+        &dev.run(&["set", "peak", r#"{"a":1}"#]),
+        2,
+        "nested objects",
+    );
+
+    dev.ok(&["unset", "role"]);
+    let out = dev.run(&["unset", "role"]);
+    fails_with(&out, 0, "role was not set");
+    dev.eventually(&["zones", "--json"], |v| {
+        row(v, &me).is_some_and(|r| r.get("role").is_none())
+    });
+}
+
+#[test]
+fn unreachable_agent_and_bad_addresses() {
+    let port = free_port();
+    let api = format!("127.0.0.1:{port}");
+    let out = Command::new(BIN)
+        .args(["zones", "--api", &api])
+        .output()
+        .unwrap();
+    fails_with(
+        &out,
+        1,
+        &format!("cannot reach the agent API at http://{api}"),
+    );
+    fails_with(&out, 1, "armillary dev");
+
+    let out = Command::new(BIN)
+        .args(["query", "SELECT 1"])
+        .env("ARMILLARY_API", &api)
+        .output()
+        .unwrap();
+    fails_with(&out, 1, &format!("http://{api}"));
+
+    let out = Command::new(BIN)
+        .args(["set", "x", "1", "--api", "not an address"])
+        .output()
+        .unwrap();
+    fails_with(&out, 2, "is not an address");
+    let out = Command::new(BIN)
+        .args(["watch", "/", "--count", "0", "--api", &api])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
