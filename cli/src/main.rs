@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run one agent: gossip over QUIC and the HTTP API.
     Agent(cmd::agent::AgentArgs),
+    /// Benchmarks over real QUIC on loopback.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Run a local demo system of many agents in one process (insecure).
     Dev(cmd::dev::DevArgs),
     /// Run the deterministic simulator: many agents in one process.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Dev(args) => cmd::dev::run(args),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Afc(c) => cmd::afc::run(c),
         Command::Keys(c) => cmd::keys::run(c),

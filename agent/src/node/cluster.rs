@@ -135,6 +135,11 @@ impl Cluster {
         .await
     }
 
+    /// The throwaway root authority of a secure cluster (it may sign AFCs).
+    pub fn authority(&self) -> Option<&Identity> {
+        self.authority.as_ref()
+    }
+
     pub fn node(&self, i: usize) -> Option<&Node> {
         self.nodes.get(i).and_then(|n| n.as_ref())
     }
@@ -192,8 +197,6 @@ impl Cluster {
 
     /// Stops every agent cleanly.
     pub async fn shutdown(self) {
-        for n in self.nodes.into_iter().flatten() {
-            n.shutdown().await;
-        }
+        futures_util::future::join_all(self.nodes.into_iter().flatten().map(Node::shutdown)).await;
     }
 }

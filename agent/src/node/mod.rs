@@ -172,7 +172,7 @@ impl Node {
                 core.after_input();
             }
             core.after_input();
-            tracing::info!("agent stopped");
+            tracing::debug!("agent stopped");
         });
         Ok(Node {
             handle,

@@ -79,6 +79,20 @@ impl Sensors {
     }
 }
 
+/// CPU time this process has used so far, in milliseconds (user and system).
+pub fn process_cpu_ms() -> u64 {
+    let Ok(pid) = sysinfo::get_current_pid() else {
+        return 0;
+    };
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        sysinfo::ProcessesToUpdate::Some(&[pid]),
+        true,
+        sysinfo::ProcessRefreshKind::nothing().with_cpu(),
+    );
+    sys.process(pid).map_or(0, |p| p.accumulated_cpu_time())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,9 +188,18 @@ impl Transport {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let bytes = msg.encode();
+        if self.queue(addr).try_send(msg.encode()).is_err() {
+            self.shared
+                .counters
+                .send_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The send queue of one peer, started on first use.
+    fn queue(&self, addr: SocketAddr) -> mpsc::Sender<Vec<u8>> {
         let mut peers = self.peers.lock().expect("peers lock");
-        let tx = match peers.get(&addr) {
+        match peers.get(&addr) {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE);
@@ -198,14 +207,12 @@ impl Transport {
                 peers.insert(addr, tx.clone());
                 tx
             }
-        };
-        drop(peers);
-        if tx.try_send(bytes).is_err() {
-            self.shared
-                .counters
-                .send_dropped
-                .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sends bytes as they are, unchecked: how tests play a hostile peer.
+    pub fn send_bytes(&self, to: SocketAddr, bytes: Vec<u8>) {
+        let _ = self.queue(to).try_send(bytes);
     }
 
     /// Refuses all traffic to and from these addresses until [`Transport::unblock_all`].
@@ -356,7 +363,11 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         let hello = async {
             let theirs = binding(&conn, b"client").ok_or("no keying material")?;
             let ours = binding(&conn, b"server").ok_or("no keying material")?;
-            let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| "hello failed")?;
+            // A peer that starts sending before it says who it is has no keys.
+            let (mut send, mut recv) = tokio::select! {
+                bi = conn.accept_bi() => bi.map_err(|_| "hello failed")?,
+                _ = conn.accept_uni() => return Err("unauthenticated_peer"),
+            };
             let got = recv.read_to_end(MAX_HELLO).await.map_err(|_| "bad hello")?;
             let peer = auth.check(&got, &theirs)?;
             send.write_all(&auth.hello(&ours))

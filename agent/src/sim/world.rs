@@ -153,6 +153,16 @@ pub struct World {
     threads: usize,
     parallel_min_events: usize,
     pool: Option<Pool<Chunk>>,
+    prof: [std::time::Duration; 4],
+    prof_n: [u64; 3],
+}
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::env::var_os("SIMPROF").is_some() {
+            eprintln!("PROF wait {}ms", super::pool::WAIT_NS.load(std::sync::atomic::Ordering::Relaxed)/1_000_000);
+            eprintln!("PROF build {:?} run {:?} merge {:?} other {:?} windows {} par {} events {}", self.prof[0], self.prof[1], self.prof[2], self.prof[3], self.prof_n[0], self.prof_n[1], self.prof_n[2]);
+        }
+    }
 }
 
 /// The number of threads the machine offers.
@@ -205,6 +215,8 @@ impl World {
             threads: 1,
             parallel_min_events: PARALLEL_MIN_EVENTS,
             pool: None,
+            prof: Default::default(),
+            prof_n: [0; 3],
         };
         w.set_threads(0);
         for i in 0..w.agents.len() {
@@ -375,6 +387,9 @@ impl World {
 
     /// Runs the events of one window (all due before `end`), then merges.
     fn run_window(&mut self, events: &mut Vec<Scheduled>, end: Micros) {
+        let t0 = std::time::Instant::now();
+        self.prof_n[0] += 1;
+        self.prof_n[2] += events.len() as u64;
         events.sort_unstable_by_key(|e| (e.to, e.at, e.seq));
         let parallel = self.threads > 1 && events.len() >= self.parallel_min_events;
         let target = if parallel {
@@ -423,6 +438,8 @@ impl World {
         chunks.push(chunk);
         chunks.retain(|c| !c.tasks.is_empty() || !c.deliveries.is_empty());
 
+        let t1 = std::time::Instant::now();
+        if parallel { self.prof_n[1] += 1; }
         let chunks = match &self.pool {
             Some(pool) if parallel && chunks.len() > 1 => pool.run_all(chunks),
             _ => {
@@ -434,6 +451,7 @@ impl World {
         };
 
         // Merge in agent order: first the network, then the agents' timers.
+        let t2 = std::time::Instant::now();
         let mut chunks = chunks;
         for c in chunks.iter_mut() {
             for s in c.sent.drain(..) {
@@ -449,6 +467,10 @@ impl World {
             c.events = 0;
             self.spare_chunks.push(c);
         }
+        let t3 = std::time::Instant::now();
+        self.prof[0] += t1 - t0;
+        self.prof[1] += t2 - t1;
+        self.prof[2] += t3 - t2;
     }
 
     fn take_chunk(&mut self, end: Micros) -> Chunk {

@@ -76,8 +76,7 @@ API of {} on http://{api}/v1/status
 
 Try:
   {env}armillary zones                     # the root table
-  armillary zones {}                  # one zone's children
-  armillary set role web                # an attribute on {}
+{}  armillary set role web                # an attribute on {}
   armillary afc install busy --zone / --sql 'SELECT MAX(load) AS load, AVG(cpu, nmembers) AS cpu'
   armillary watch / --attr load --attr cpu --attr nmembers
   armillary query 'SELECT name, nmembers FROM \"/\" ORDER BY name'
@@ -87,7 +86,14 @@ Ctrl-C stops every agent.",
         levels,
         a.round,
         leaves[0],
-        leaves[0].ancestor(1),
+        if levels > 1 {
+            format!(
+                "  armillary zones {:<20} # one zone's children\n",
+                leaves[0].ancestor(1).as_str()
+            )
+        } else {
+            String::new()
+        },
         leaves[0],
     );
 }

@@ -4,6 +4,7 @@ pub mod afc;
 pub mod afc_remote;
 pub mod agent;
 pub mod attr;
+pub mod bench;
 pub mod dev;
 pub mod keys;
 pub mod sim;

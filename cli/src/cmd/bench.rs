@@ -1,0 +1,317 @@
+//! `armillary bench spread`: how fast a change reaches every agent's root
+//! row over real QUIC on loopback, and what the agents spend on it.
+//!
+//! Each size runs twice in the same process: with the eager push (how
+//! Armillary runs) and with periodic gossip alone (the baseline, Astrolabe's
+//! protocol), so the figures compare on the same machine at the same time.
+
+use crate::output::{CliError, CliResult, print_json};
+use crate::runtime;
+use armillary_agent::node::cluster::{Cluster, ClusterSpec};
+use armillary_agent::node::sensors::process_cpu_ms;
+use armillary_agent::node::{Change, NodeHandle};
+use armillary_agent::security::sign_afc;
+use armillary_agent::{AfcCert, ZonePath};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use zone_sql::Value;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Seconds from setting an attribute until every agent's root row shows it.
+    Spread(SpreadArgs),
+}
+
+#[derive(Args)]
+pub struct SpreadArgs {
+    /// Cluster sizes to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    agents: Vec<usize>,
+    /// Changes measured per size and mode.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Gossip round length.
+    #[arg(long, default_value = "1s")]
+    round: humantime::Duration,
+    /// Most children per zone.
+    #[arg(long, default_value_t = 8)]
+    branching: usize,
+    /// Run with certificates: authenticated connections, signed rows.
+    #[arg(long)]
+    secure: bool,
+    /// Skip the gossip-only baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Figures {
+    agents: usize,
+    mode: &'static str,
+    levels: usize,
+    secure: bool,
+    reps: usize,
+    /// Seconds until an agent's root row showed the change, over every agent and change.
+    p50_s: f64,
+    max_s: f64,
+    /// Mean over changes of the slowest agent.
+    mean_max_s: f64,
+    /// Gossip bytes sent per agent per second while nothing changes.
+    quiet_bytes_per_agent_s: f64,
+    /// The same while the changes spread.
+    bytes_per_agent_s: f64,
+    /// CPU per agent, percent of one core, while the changes spread.
+    cpu_pct_per_agent: f64,
+    converged: bool,
+}
+
+pub fn run(c: BenchCommand) -> CliResult {
+    match c {
+        BenchCommand::Spread(a) => spread(a),
+    }
+}
+
+fn spread(a: SpreadArgs) -> CliResult {
+    if a.agents.iter().any(|&n| n < 2 || n > 1024) || a.reps == 0 {
+        return Err(CliError::usage(
+            "--agents sizes must lie in 2..=1024 and --reps be at least 1",
+        ));
+    }
+    runtime::init_logging(!a.secure);
+    let rt = runtime::tokio()?;
+    let modes: &[(&str, bool)] = if a.no_baseline {
+        &[("push", true)]
+    } else {
+        &[("push", true), ("gossip", false)]
+    };
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((a.agents.len() * modes.len()) as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
+    );
+    let mut all = Vec::new();
+    for &n in &a.agents {
+        for &(mode, push) in modes {
+            bar.set_message(format!("{n} agents, {mode}"));
+            let f = rt.block_on(measure(&a, n, mode, push))?;
+            all.push(f);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    if a.json {
+        return print_json(&all);
+    }
+    println!(
+        "{:>6} {:>7} {:>6} {:>8} {:>8} {:>10} {:>13} {:>13} {:>9}",
+        "agents",
+        "mode",
+        "levels",
+        "p50 s",
+        "max s",
+        "mean max",
+        "quiet B/s/ag",
+        "spread B/s/ag",
+        "cpu %/ag"
+    );
+    for f in &all {
+        println!(
+            "{:>6} {:>7} {:>6} {:>8.3} {:>8.3} {:>10.3} {:>13.0} {:>13.0} {:>9.2}{}",
+            f.agents,
+            f.mode,
+            f.levels,
+            f.p50_s,
+            f.max_s,
+            f.mean_max_s,
+            f.quiet_bytes_per_agent_s,
+            f.bytes_per_agent_s,
+            f.cpu_pct_per_agent,
+            if f.converged {
+                ""
+            } else {
+                "  (did not converge)"
+            }
+        );
+    }
+    for n in &a.agents {
+        let get = |m: &str| all.iter().find(|f| f.agents == *n && f.mode == m);
+        if let (Some(p), Some(g)) = (get("push"), get("gossip"))
+            && p.max_s > 0.0
+        {
+            println!(
+                "{n} agents: push reaches every root row {:.1}x sooner than gossip alone (max), for {:.2}x the bytes",
+                g.max_s / p.max_s,
+                p.bytes_per_agent_s / g.bytes_per_agent_s.max(1.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn total_bytes(c: &Cluster) -> u64 {
+    let mut sum = 0;
+    for (_, n) in c.live() {
+        if let Ok(s) = n.handle().status().await {
+            sum += s.counters.get("net_bytes_sent").copied().unwrap_or(0);
+        }
+    }
+    sum
+}
+
+/// Polls until every agent's root row satisfies `ok`, or `limit` passes.
+async fn until_all(c: &Cluster, limit: Duration, ok: impl Fn(&zone_sql::Attrs) -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        let mut all = true;
+        for (_, n) in c.live() {
+            let root = n
+                .handle()
+                .zone_row(ZonePath::root())
+                .await
+                .unwrap_or_default();
+            if !ok(&root) {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Seconds until `h`'s root row shows `bench = want`, or None on timeout.
+async fn seen(h: NodeHandle, want: i64, start: Instant, limit: Duration) -> Option<f64> {
+    let mut rx = h.subscribe();
+    let shows = |attrs: &zone_sql::Attrs| attrs.get("bench") == Some(&Value::Int(want));
+    if let Ok(root) = h.zone_row(ZonePath::root()).await
+        && shows(&root)
+    {
+        return Some(start.elapsed().as_secs_f64());
+    }
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(Change::Row { zone, attrs, .. }) if zone.depth() == 0 && shows(&attrs) => {
+                    return Some(start.elapsed().as_secs_f64());
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Ok(root) = h.zone_row(ZonePath::root()).await
+                        && shows(&root)
+                    {
+                        return Some(start.elapsed().as_secs_f64());
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok().flatten()
+}
+
+async fn measure(
+    a: &SpreadArgs,
+    n: usize,
+    mode: &'static str,
+    push: bool,
+) -> Result<Figures, CliError> {
+    let round = *a.round;
+    let mut spec = ClusterSpec::new(n, a.branching, round);
+    spec.push = push;
+    spec.secure = a.secure;
+    let c = Cluster::start(spec)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot start {n} agents: {e}")))?;
+    let levels = armillary_agent::sim::tree::levels(&c.leaves);
+    let patience = round * 60;
+    let mut converged = until_all(&c, patience, |r| {
+        r.get("nmembers") == Some(&Value::Int(n as i64))
+    })
+    .await;
+    let mut afc = AfcCert::new(
+        ZonePath::root(),
+        "bench",
+        "SELECT MAX(bench) AS bench",
+        armillary_agent::node::now_micros(),
+    );
+    if let Some(auth) = c.authority() {
+        sign_afc(auth, &mut afc);
+    }
+    c.handle(0)
+        .install_afc(afc)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    c.handle(0)
+        .set_attr("bench".into(), Value::Int(0))
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    converged &= until_all(&c, patience, |r| r.get("bench") == Some(&Value::Int(0))).await;
+    // Settle, then the quiet cost.
+    tokio::time::sleep(round * 3).await;
+    let quiet = round * 5;
+    let b0 = total_bytes(&c).await;
+    tokio::time::sleep(quiet).await;
+    let b1 = total_bytes(&c).await;
+    let quiet_rate = (b1 - b0) as f64 / n as f64 / quiet.as_secs_f64();
+
+    let (t0, cpu0, bytes0) = (Instant::now(), process_cpu_ms(), total_bytes(&c).await);
+    let mut samples = Vec::new();
+    let mut maxes = Vec::new();
+    for r in 1..=a.reps {
+        let who = (r * 7919) % n;
+        let start = Instant::now();
+        let waits: Vec<_> = c
+            .live()
+            .map(|(_, node)| tokio::spawn(seen(node.handle(), r as i64, start, patience)))
+            .collect();
+        c.handle(who)
+            .set_attr("bench".into(), Value::Int(r as i64))
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        let mut worst: f64 = 0.0;
+        for w in waits {
+            match w.await.ok().flatten() {
+                Some(s) => {
+                    samples.push(s);
+                    worst = worst.max(s);
+                }
+                None => converged = false,
+            }
+        }
+        maxes.push(worst);
+        tokio::time::sleep(round).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_ms().saturating_sub(cpu0) as f64 / 1000.0;
+    let bytes = total_bytes(&c).await.saturating_sub(bytes0) as f64;
+    c.shutdown().await;
+    samples.sort_by(f64::total_cmp);
+    let p50 = samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(Figures {
+        agents: n,
+        mode,
+        levels,
+        secure: a.secure,
+        reps: a.reps,
+        p50_s: p50,
+        max_s: samples.last().copied().unwrap_or(f64::NAN),
+        mean_max_s: maxes.iter().sum::<f64>() / maxes.len().max(1) as f64,
+        quiet_bytes_per_agent_s: quiet_rate,
+        bytes_per_agent_s: bytes / n as f64 / secs,
+        cpu_pct_per_agent: cpu / secs / n as f64 * 100.0,
+        converged,
+    })
+}
