@@ -882,6 +882,13 @@ impl Agent {
                 partners.push((a, leaf_level));
             }
         }
+        if self.cfg.seed_probe > 0.0
+            && !self.cfg.seeds.is_empty()
+            && self.rng.random_bool(self.cfg.seed_probe.min(1.0))
+            && let Some(s) = self.pick_seed()
+        {
+            partners.push((s, leaf_level));
+        }
         // One exchange per partner, covering the deepest table asked for it.
         partners.sort();
         let mut merged: Vec<(Arc<str>, usize)> = Vec::with_capacity(partners.len());

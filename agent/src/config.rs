@@ -36,6 +36,11 @@ pub struct Config {
     pub max_children: usize,
     /// How long AFC tombstones are kept.
     pub tombstone_keep: Micros,
+    /// Chance per round of an exchange with a random seed even when the
+    /// agent knows others: it merges groups that started apart (an agent
+    /// whose first contacts happened to miss part of the system) and costs
+    /// one extra exchange every 1/p rounds.
+    pub seed_probe: f64,
     /// Seed of the agent's random choices.
     pub rng_seed: u64,
     /// Report zone changes as events (the simulator, which has no
@@ -62,6 +67,7 @@ impl Config {
             max_message: 64 * 1024,
             max_children: 1024,
             tombstone_keep: 24 * 3600 * 1_000_000,
+            seed_probe: 1.0 / 32.0,
             rng_seed: 0,
             events: true,
         }

@@ -105,7 +105,10 @@ impl<T: Send + 'static> Pool<T> {
                 .wait(s)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        WAIT_NS.fetch_add(tw.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        WAIT_NS.fetch_add(
+            tw.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if s.panicked {
             drop(s);
             panic!("a simulator worker thread panicked");

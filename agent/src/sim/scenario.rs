@@ -127,6 +127,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
     let levels = tree::levels(&leaves);
     let n = leaves.len();
 
+    let tp = Instant::now();
     let configs: Vec<Config> = leaves
         .iter()
         .enumerate()
@@ -137,6 +138,10 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             c.push = s.push;
             c.events = false;
             c.rng_seed = s.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64;
+            // A settled tree needs no seed probes; keep the figures Astrolabe's.
+            if !s.cold {
+                c.seed_probe = 0.0;
+            }
             // An operator's seed list: an agent nearby and one anywhere.
             let near = (i / s.branching) * s.branching + rng.random_range(0..s.branching);
             let far = rng.random_range(0..n);
@@ -148,6 +153,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             c
         })
         .collect();
+    eprintln!("PROF configs {:?}", tp.elapsed());
     let mut world = World::new(
         configs,
         NetConfig {
@@ -157,6 +163,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         s.seed,
     );
     world.set_threads(s.threads);
+    eprintln!("PROF new {:?}", tp.elapsed());
     let stats_afc = Arc::new(AfcCert::new(ZonePath::root(), "stats", STATS_AFC, 0));
     for i in 0..n {
         let load: f64 = rng.random_range(0.0..4.0);
@@ -170,9 +177,11 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         world.set_sensors(i, sensors);
         world.with_agent(i, |a, _| a.restore([stats_afc.clone()], Attrs::new()));
     }
+    eprintln!("PROF sensors {:?}", tp.elapsed());
     if !s.cold {
         world.warm_start();
     }
+    eprintln!("PROF warm {:?}", tp.elapsed());
 
     // Who changes, who installs, who crashes and when.
     let change_at = rng.random_range(0..n);

@@ -159,8 +159,20 @@ pub struct World {
 impl Drop for World {
     fn drop(&mut self) {
         if std::env::var_os("SIMPROF").is_some() {
-            eprintln!("PROF wait {}ms", super::pool::WAIT_NS.load(std::sync::atomic::Ordering::Relaxed)/1_000_000);
-            eprintln!("PROF build {:?} run {:?} merge {:?} other {:?} windows {} par {} events {}", self.prof[0], self.prof[1], self.prof[2], self.prof[3], self.prof_n[0], self.prof_n[1], self.prof_n[2]);
+            eprintln!(
+                "PROF wait {}ms",
+                super::pool::WAIT_NS.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000
+            );
+            eprintln!(
+                "PROF build {:?} run {:?} merge {:?} other {:?} windows {} par {} events {}",
+                self.prof[0],
+                self.prof[1],
+                self.prof[2],
+                self.prof[3],
+                self.prof_n[0],
+                self.prof_n[1],
+                self.prof_n[2]
+            );
         }
     }
 }
@@ -439,7 +451,9 @@ impl World {
         chunks.retain(|c| !c.tasks.is_empty() || !c.deliveries.is_empty());
 
         let t1 = std::time::Instant::now();
-        if parallel { self.prof_n[1] += 1; }
+        if parallel {
+            self.prof_n[1] += 1;
+        }
         let chunks = match &self.pool {
             Some(pool) if parallel && chunks.len() > 1 => pool.run_all(chunks),
             _ => {
