@@ -63,6 +63,30 @@ impl NodeCore {
         }
     }
 
+    /// Counts a refused API request under a metric label.
+    pub(super) fn count_refusal(&mut self, e: &NodeError) {
+        let reason = match e {
+            NodeError::UnknownZone { .. } => "api_unknown_zone",
+            NodeError::Install(InstallError::OutOfScope(_)) => "api_afc_out_of_scope",
+            NodeError::Install(InstallError::NotFound { .. }) => "api_afc_not_found",
+            NodeError::Install(InstallError::Rejected(why)) => {
+                if why.starts_with("afc_not_allowed") {
+                    "afc_not_allowed"
+                } else if why.starts_with("bad_signature") {
+                    "bad_signature"
+                } else if why.starts_with("untrusted_cert") || why.starts_with("expired_cert") {
+                    "untrusted_cert"
+                } else {
+                    "api_afc_invalid"
+                }
+            }
+            NodeError::Unsigned(_) => "api_unsigned",
+            NodeError::BadRequest(_) => "api_bad_request",
+            NodeError::Stopped | NodeError::Store(_) => return,
+        };
+        self.agent.reject(reason);
+    }
+
     fn check_zone(&self, zone: &ZonePath) -> Result<(), NodeError> {
         if self.agent.zones().contains(zone) {
             Ok(())

@@ -120,6 +120,22 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// Like [`Self::call`] for fallible requests: a refused request is
+    /// counted in the agent's rejection metrics.
+    async fn try_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodeCore) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        self.call(move |c| {
+            let r = f(c);
+            if let Err(e) = &r {
+                c.count_refusal(e);
+            }
+            r
+        })
+        .await?
+    }
+
     pub async fn status(&self) -> Result<Status, NodeError> {
         self.call(|c| c.status()).await
     }
@@ -131,12 +147,12 @@ impl NodeHandle {
 
     /// The child table of `zone`.
     pub async fn table(&self, zone: ZonePath) -> Result<Vec<RowView>, NodeError> {
-        self.call(move |c| c.table(&zone)).await?
+        self.try_call(move |c| c.table(&zone)).await
     }
 
     /// This agent's evaluation of `zone`'s aggregate row.
     pub async fn zone_row(&self, zone: ZonePath) -> Result<Attrs, NodeError> {
-        self.call(move |c| c.zone_row(&zone)).await?
+        self.try_call(move |c| c.zone_row(&zone)).await
     }
 
     /// Every table the agent holds, for ad-hoc SQL.
@@ -152,7 +168,7 @@ impl NodeHandle {
     /// Installs an AFC (or, when `cert.removed`, a removal). In secure mode
     /// the certificate must be signed by a key allowed in its scope.
     pub async fn install_afc(&self, cert: AfcCert) -> Result<(), NodeError> {
-        self.call(move |c| c.install_afc(cert)).await?
+        self.try_call(move |c| c.install_afc(cert)).await
     }
 
     /// Removes an AFC. In secure mode `signed` must be a signed tombstone;
@@ -163,8 +179,8 @@ impl NodeHandle {
         name: String,
         signed: Option<AfcCert>,
     ) -> Result<(), NodeError> {
-        self.call(move |c| c.remove_afc(scope, &name, signed))
-            .await?
+        self.try_call(move |c| c.remove_afc(scope, &name, signed))
+            .await
     }
 
     /// The attributes applications set on this agent.
@@ -173,12 +189,12 @@ impl NodeHandle {
     }
 
     pub async fn set_attr(&self, name: String, value: Value) -> Result<(), NodeError> {
-        self.call(move |c| c.set_attr(&name, value)).await?
+        self.try_call(move |c| c.set_attr(&name, value)).await
     }
 
     /// Removes an application attribute; false when it was not set.
     pub async fn unset_attr(&self, name: String) -> Result<bool, NodeError> {
-        self.call(move |c| c.unset_attr(&name)).await?
+        self.try_call(move |c| c.unset_attr(&name)).await
     }
 
     /// Changes from now on. A subscriber that falls behind loses the oldest

@@ -7,7 +7,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-pub static WAIT_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 type RunFn<T> = dyn Fn(&mut T) + Send + Sync;
 
 struct State<T> {
@@ -96,7 +95,6 @@ impl<T: Send + 'static> Pool<T> {
             s.done.push((i, job));
             s.pending -= 1;
         }
-        let tw = std::time::Instant::now();
         let mut s = self.shared.lock();
         while s.pending > 0 {
             s = self
@@ -105,10 +103,6 @@ impl<T: Send + 'static> Pool<T> {
                 .wait(s)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        WAIT_NS.fetch_add(
-            tw.elapsed().as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         if s.panicked {
             drop(s);
             panic!("a simulator worker thread panicked");

@@ -127,7 +127,6 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
     let levels = tree::levels(&leaves);
     let n = leaves.len();
 
-    let tp = Instant::now();
     let configs: Vec<Config> = leaves
         .iter()
         .enumerate()
@@ -153,7 +152,6 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             c
         })
         .collect();
-    eprintln!("PROF configs {:?}", tp.elapsed());
     let mut world = World::new(
         configs,
         NetConfig {
@@ -163,7 +161,6 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         s.seed,
     );
     world.set_threads(s.threads);
-    eprintln!("PROF new {:?}", tp.elapsed());
     let stats_afc = Arc::new(AfcCert::new(ZonePath::root(), "stats", STATS_AFC, 0));
     for i in 0..n {
         let load: f64 = rng.random_range(0.0..4.0);
@@ -175,13 +172,11 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         .into_iter()
         .collect();
         world.set_sensors(i, sensors);
-        world.with_agent(i, |a, _| a.restore([stats_afc.clone()], Attrs::new()));
     }
-    eprintln!("PROF sensors {:?}", tp.elapsed());
+    world.with_each_agent(|_, a, _| a.restore([stats_afc.clone()], Attrs::new()));
     if !s.cold {
         world.warm_start();
     }
-    eprintln!("PROF warm {:?}", tp.elapsed());
 
     // Who changes, who installs, who crashes and when.
     let change_at = rng.random_range(0..n);

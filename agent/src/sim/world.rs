@@ -14,7 +14,9 @@
 //! they sent through the seeded network (loss, latency, partitions) and
 //! schedules the next events. What an agent does depends only on its own
 //! events, and the merge order only on agent indices, so a seed gives the
-//! same run whatever the number of threads.
+//! same run whatever the number of threads. With no minimum latency the
+//! windows are 1 µs long: a message sent at `t` with no delay is delivered
+//! in a later window at the same `t`.
 
 use super::pool::Pool;
 use crate::afc::AfcCert;
@@ -22,7 +24,7 @@ use crate::agent::{Agent, Stats};
 use crate::config::Config;
 use crate::message::Message;
 use crate::path::ZonePath;
-use crate::row::Micros;
+use crate::row::{Micros, Row};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
@@ -54,10 +56,10 @@ enum Due {
     Wake,
 }
 
-/// One scheduled event; `seq` orders events of one agent due at one time.
+/// One scheduled event. Events of one window are kept in the order they
+/// were scheduled, which orders the events of one agent due at one time.
 struct Scheduled {
     at: Micros,
-    seq: u64,
     to: u32,
     due: Due,
 }
@@ -99,7 +101,7 @@ struct Sent {
 /// while it runs) and how many of the chunk's deliveries are its own.
 struct Task {
     id: u32,
-    agent: Agent,
+    agent: Box<Agent>,
     /// Time of its first event in the window.
     start: Micros,
     deliveries: usize,
@@ -129,18 +131,19 @@ const PARALLEL_MIN_EVENTS: usize = 64;
 /// Chunks per thread in a window (so that a slow chunk does not leave the
 /// other threads idle at the end of the window).
 const CHUNKS_PER_THREAD: usize = 8;
+/// Worlds smaller than this many agents per thread are set up on one thread.
+const PARALLEL_MIN_AGENTS: usize = 512;
 
 /// Many agents in one process, one clock, one seeded generator.
 pub struct World {
     now: Micros,
-    seq: u64,
     /// Events by window: bucket `k` holds those due in `[k * width, (k+1) * width)`.
     buckets: BTreeMap<u64, Vec<Scheduled>>,
     spare_buckets: Vec<Vec<Scheduled>>,
     spare_chunks: Vec<Chunk>,
     /// Window length: the minimum latency (at least 1 µs).
     width: Micros,
-    agents: Vec<Option<Agent>>,
+    agents: Vec<Option<Box<Agent>>>,
     durable: Vec<Durable>,
     /// Time of each agent's pending wake-up (MAX: none).
     scheduled: Vec<Micros>,
@@ -153,28 +156,6 @@ pub struct World {
     threads: usize,
     parallel_min_events: usize,
     pool: Option<Pool<Chunk>>,
-    prof: [std::time::Duration; 4],
-    prof_n: [u64; 3],
-}
-impl Drop for World {
-    fn drop(&mut self) {
-        if std::env::var_os("SIMPROF").is_some() {
-            eprintln!(
-                "PROF wait {}ms",
-                super::pool::WAIT_NS.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000
-            );
-            eprintln!(
-                "PROF build {:?} run {:?} merge {:?} other {:?} windows {} par {} events {}",
-                self.prof[0],
-                self.prof[1],
-                self.prof[2],
-                self.prof[3],
-                self.prof_n[0],
-                self.prof_n[1],
-                self.prof_n[2]
-            );
-        }
-    }
 }
 
 /// The number of threads the machine offers.
@@ -195,26 +176,26 @@ impl World {
             .map(|(i, c)| (c.addr.clone(), i as u32))
             .collect();
         let addrs = configs.iter().map(|c| c.addr.clone()).collect();
+        let threads = available_threads();
+        let agents = par_map(&configs, threads, |c| {
+            Some(Box::new(Agent::new(c.clone(), 0)))
+        });
         let durable = configs
-            .iter()
-            .map(|c| Durable {
-                cfg: c.clone(),
+            .into_iter()
+            .map(|cfg| Durable {
+                cfg,
                 afcs: Vec::new(),
                 local: Attrs::new(),
                 sensors: Attrs::new(),
             })
             .collect();
-        let agents: Vec<Option<Agent>> = configs
-            .into_iter()
-            .map(|c| Some(Agent::new(c, 0)))
-            .collect();
         let mut w = World {
             now: 0,
-            seq: 0,
             buckets: BTreeMap::new(),
             spare_buckets: Vec::new(),
             spare_chunks: Vec::new(),
-            width: net.latency.0.max(1),
+            // Offsets inside a window must fit in 32 bits.
+            width: net.latency.0.clamp(1, u32::MAX as u64),
             scheduled: vec![Micros::MAX; agents.len()],
             agents,
             durable,
@@ -227,10 +208,8 @@ impl World {
             threads: 1,
             parallel_min_events: PARALLEL_MIN_EVENTS,
             pool: None,
-            prof: Default::default(),
-            prof_n: [0; 3],
         };
-        w.set_threads(0);
+        w.set_threads(threads);
         for i in 0..w.agents.len() {
             w.reschedule(i as u32);
         }
@@ -278,7 +257,7 @@ impl World {
     }
 
     pub fn agent(&self, i: usize) -> Option<&Agent> {
-        self.agents[i].as_ref()
+        self.agents[i].as_deref()
     }
 
     /// Mutable access for set-up and scenario steps; reschedules the agent after.
@@ -288,9 +267,23 @@ impl World {
         f: impl FnOnce(&mut Agent, Micros) -> T,
     ) -> Option<T> {
         let now = self.now;
-        let out = self.agents[i].as_mut().map(|a| f(a, now));
+        let out = self.agents[i].as_deref_mut().map(|a| f(a, now));
         self.drain(i as u32);
         out
+    }
+
+    /// [`World::with_agent`] for every live agent, `f` running on the
+    /// world's threads; what the agents send goes out in agent order.
+    pub fn with_each_agent(&mut self, f: impl Fn(usize, &mut Agent, Micros) + Sync) {
+        let now = self.now;
+        self.par_agents(|i, a| {
+            if let Some(a) = a {
+                f(i, a, now)
+            }
+        });
+        for i in 0..self.agents.len() {
+            self.drain(i as u32);
+        }
     }
 
     pub fn alive(&self, i: usize) -> bool {
@@ -340,7 +333,7 @@ impl World {
         let mut a = Agent::new(cfg, self.now);
         a.restore(d.afcs, d.local);
         a.set_sensors(d.sensors);
-        self.agents[i] = Some(a);
+        self.agents[i] = Some(Box::new(a));
         self.reschedule(i as u32);
     }
 
@@ -361,27 +354,26 @@ impl World {
     /// Runs every event due up to and including `until`, window by window.
     pub fn run_until(&mut self, until: Micros) {
         let mut window: Vec<Scheduled> = self.spare_buckets.pop().unwrap_or_default();
+        let mut keys: Vec<(u64, u32)> = Vec::new();
         while let Some(mut entry) = self.buckets.first_entry() {
-            let k = *entry.key();
-            let start = k.saturating_mul(self.width);
+            let start = entry.key().saturating_mul(self.width);
             if start > until {
                 break;
             }
             let bucket_end = start.saturating_add(self.width);
             let end = bucket_end.min(until.saturating_add(1));
             if end < bucket_end {
-                // The window stops at `until`: leave later events for the next call.
+                // The window stops at `until`: later events stay, in order.
                 let bucket = entry.get_mut();
-                let mut j = 0;
-                while j < bucket.len() {
-                    if bucket[j].at < end {
-                        window.push(bucket.swap_remove(j));
+                for ev in std::mem::take(bucket) {
+                    if ev.at < end {
+                        window.push(ev);
                     } else {
-                        j += 1;
+                        bucket.push(ev);
                     }
                 }
                 if bucket.is_empty() {
-                    self.spare_buckets.push(entry.remove());
+                    entry.remove();
                 }
                 if window.is_empty() {
                     break;
@@ -390,19 +382,30 @@ impl World {
                 window.append(entry.get_mut());
                 self.spare_buckets.push(entry.remove());
             }
-            self.run_window(&mut window, end);
+            self.run_window(&mut window, &mut keys, start, end);
             self.now = self.now.max(end - 1);
         }
         self.spare_buckets.push(window);
         self.now = self.now.max(until);
     }
 
-    /// Runs the events of one window (all due before `end`), then merges.
-    fn run_window(&mut self, events: &mut Vec<Scheduled>, end: Micros) {
-        let t0 = std::time::Instant::now();
-        self.prof_n[0] += 1;
-        self.prof_n[2] += events.len() as u64;
-        events.sort_unstable_by_key(|e| (e.to, e.at, e.seq));
+    /// Runs the events of one window (all due in `[start, end)`), then merges.
+    fn run_window(
+        &mut self,
+        events: &mut Vec<Scheduled>,
+        keys: &mut Vec<(u64, u32)>,
+        start: Micros,
+        end: Micros,
+    ) {
+        // By agent, then time, then the order of scheduling (the index).
+        keys.clear();
+        keys.extend(
+            events
+                .iter()
+                .enumerate()
+                .map(|(k, e)| (((e.to as u64) << 32) | (e.at - start), k as u32)),
+        );
+        keys.sort_unstable();
         let parallel = self.threads > 1 && events.len() >= self.parallel_min_events;
         let target = if parallel {
             events.len().div_ceil(self.threads * CHUNKS_PER_THREAD)
@@ -412,49 +415,43 @@ impl World {
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut chunk = self.take_chunk(end);
         let mut cur: Option<(u32, Option<Micros>, usize)> = None;
-        for ev in events.drain(..) {
-            if cur.is_some_and(|(id, _, _)| id != ev.to) {
-                let (id, start, n) = cur.take().expect("some");
-                self.add_task(&mut chunk, id, start, n);
+        for &(_, k) in keys.iter() {
+            let ev = &mut events[k as usize];
+            let (at, to) = (ev.at, ev.to);
+            let due = std::mem::replace(&mut ev.due, Due::Wake);
+            if cur.is_some_and(|(id, _, _)| id != to) {
+                let (id, first, n) = cur.take().expect("some");
+                self.add_task(&mut chunk, id, first, n);
                 if chunk.events >= target {
                     chunks.push(std::mem::replace(&mut chunk, self.take_chunk(end)));
                 }
             }
-            let (_, start, n) = cur.get_or_insert((ev.to, None, 0));
-            let to = ev.to as usize;
-            match ev.due {
+            let (_, first, n) = cur.get_or_insert((to, None, 0));
+            match due {
                 Due::Wake => {
-                    if self.scheduled[to] == ev.at {
-                        self.scheduled[to] = Micros::MAX;
-                        start.get_or_insert(ev.at);
+                    if self.scheduled[to as usize] == at {
+                        self.scheduled[to as usize] = Micros::MAX;
+                        first.get_or_insert(at);
                     }
                 }
                 Due::Deliver { from, msg } => {
-                    if self.agents[to].is_some() {
-                        chunk.deliveries.push(Delivery {
-                            at: ev.at,
-                            from,
-                            msg,
-                        });
+                    if self.agents[to as usize].is_some() {
+                        chunk.deliveries.push(Delivery { at, from, msg });
                         *n += 1;
-                        start.get_or_insert(ev.at);
+                        first.get_or_insert(at);
                     } else {
                         self.net_stats.to_dead += 1;
                     }
                 }
             }
         }
-        if let Some((id, start, n)) = cur {
-            self.add_task(&mut chunk, id, start, n);
+        events.clear();
+        if let Some((id, first, n)) = cur {
+            self.add_task(&mut chunk, id, first, n);
         }
         chunks.push(chunk);
-        chunks.retain(|c| !c.tasks.is_empty() || !c.deliveries.is_empty());
 
-        let t1 = std::time::Instant::now();
-        if parallel {
-            self.prof_n[1] += 1;
-        }
-        let chunks = match &self.pool {
+        let mut chunks = match &self.pool {
             Some(pool) if parallel && chunks.len() > 1 => pool.run_all(chunks),
             _ => {
                 for c in chunks.iter_mut() {
@@ -465,8 +462,6 @@ impl World {
         };
 
         // Merge in agent order: first the network, then the agents' timers.
-        let t2 = std::time::Instant::now();
-        let mut chunks = chunks;
         for c in chunks.iter_mut() {
             for s in c.sent.drain(..) {
                 self.send(s.from, s.at, s.to, s.msg);
@@ -481,10 +476,6 @@ impl World {
             c.events = 0;
             self.spare_chunks.push(c);
         }
-        let t3 = std::time::Instant::now();
-        self.prof[0] += t1 - t0;
-        self.prof[1] += t2 - t1;
-        self.prof[2] += t3 - t2;
     }
 
     fn take_chunk(&mut self, end: Micros) -> Chunk {
@@ -510,19 +501,11 @@ impl World {
     }
 
     fn schedule(&mut self, at: Micros, to: u32, due: Due) {
-        self.seq += 1;
-        let ev = Scheduled {
-            at,
-            seq: self.seq,
-            to,
-            due,
-        };
-        let k = at / self.width;
         let spare = &mut self.spare_buckets;
         self.buckets
-            .entry(k)
+            .entry(at / self.width)
             .or_insert_with(|| spare.pop().unwrap_or_default())
-            .push(ev);
+            .push(Scheduled { at, to, due });
     }
 
     /// Sets agent `i`'s wake-up to `at` unless an earlier one is pending.
@@ -595,6 +578,57 @@ impl World {
             .iter()
             .any(|(x, y)| (x.contains(la) && y.contains(lb)) || (x.contains(lb) && y.contains(la)))
     }
+
+    /// Runs `f` on every agent slot, on the world's threads (each a
+    /// contiguous range of agents). `f` must touch nothing but its agent.
+    fn par_agents(&mut self, f: impl Fn(usize, &mut Option<Box<Agent>>) + Sync) {
+        let n = self.agents.len();
+        let threads = self.threads.min(n / PARALLEL_MIN_AGENTS).max(1);
+        if threads == 1 {
+            for (i, a) in self.agents.iter_mut().enumerate() {
+                f(i, a);
+            }
+            return;
+        }
+        let per = n.div_ceil(threads);
+        let f = &f;
+        std::thread::scope(|s| {
+            let mut parts = self.agents.chunks_mut(per).enumerate();
+            let (_, mine) = parts.next().expect("agents");
+            for (p, part) in parts {
+                s.spawn(move || {
+                    for (k, a) in part.iter_mut().enumerate() {
+                        f(p * per + k, a);
+                    }
+                });
+            }
+            for (k, a) in mine.iter_mut().enumerate() {
+                f(k, a);
+            }
+        });
+    }
+}
+
+/// `f` over `items` on up to `threads` threads, results in order.
+fn par_map<T: Sync, U: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let threads = threads.min(items.len() / PARALLEL_MIN_AGENTS).max(1);
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut parts = items.chunks(per);
+        let mine = parts.next().expect("items");
+        let others: Vec<_> = parts
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<U>>()))
+            .collect();
+        let mut out: Vec<U> = mine.iter().map(f).collect();
+        for h in others {
+            out.extend(h.join().expect("set-up thread"));
+        }
+        out
+    })
 }
 
 /// Runs each agent of a chunk through its events of the window, in time
@@ -603,7 +637,7 @@ fn run_chunk(c: &mut Chunk, dir: &Directory) {
     let last = c.end - 1;
     let mut deliveries = c.deliveries.drain(..);
     for t in c.tasks.iter_mut() {
-        let (a, id) = (&mut t.agent, t.id);
+        let (a, id) = (&mut *t.agent, t.id);
         let mut now = t.start;
         for d in deliveries.by_ref().take(t.deliveries) {
             fire_timers(a, id, &mut now, d.at, dir, &mut c.sent);
@@ -662,52 +696,67 @@ impl World {
         }
         let leaves: Vec<ZonePath> = self.durable.iter().map(|d| d.cfg.leaf.clone()).collect();
         let depth = leaves[0].depth();
-        for i in 0..n {
-            self.settle(i);
-        }
-        // Zone at depth d (a row in the table at depth d-1), bottom-up.
+        let now = self.now;
+        self.par_agents(|_, a| settle(a, now));
+        // Zone at depth d (a row in the table at depth d-1), bottom-up: its
+        // first agent computes the row, every agent of the parent zone gets it.
         for d in (1..=depth).rev() {
             self.now += 1;
+            let now = self.now;
             let parents = groups(&leaves, d - 1);
-            let mut p = 0;
-            for (start, _) in groups(&leaves, d) {
-                while parents[p].1 <= start {
-                    p += 1;
+            let zones = groups(&leaves, d);
+            if d < depth {
+                let mut first = vec![false; n];
+                for (start, _) in &zones {
+                    first[*start] = true;
                 }
-                let zone = leaves[start].ancestor(d);
-                if d < depth {
-                    self.settle(start);
-                }
-                let Some(row) = self.agents[start]
-                    .as_ref()
-                    .and_then(|a| a.row_of(&zone).cloned())
-                else {
-                    continue;
-                };
-                let (ps, pe) = parents[p];
-                for j in ps..pe {
-                    if j != start
-                        && let Some(a) = self.agents[j].as_mut()
+                self.par_agents(|i, a| {
+                    if first[i] {
+                        settle(a, now)
+                    }
+                });
+            }
+            let rows: Vec<(usize, Option<Arc<Row>>)> = zones
+                .iter()
+                .map(|(start, _)| {
+                    let zone = leaves[*start].ancestor(d);
+                    let row = self.agents[*start]
+                        .as_ref()
+                        .and_then(|a| a.row_of(&zone).cloned());
+                    (*start, row)
+                })
+                .collect();
+            self.par_agents(|j, a| {
+                let Some(a) = a else { return };
+                let (ps, pe) = parents[parents.partition_point(|(_, e)| *e <= j)];
+                let from = rows.partition_point(|(start, _)| *start < ps);
+                for (start, row) in &rows[from..] {
+                    if *start >= pe {
+                        break;
+                    }
+                    if *start != j
+                        && let Some(row) = row
                     {
-                        a.seed_row(self.now, row.clone());
+                        a.seed_row(now, row.clone());
                     }
                 }
-            }
+            });
         }
         self.now += 1;
+        let now = self.now;
+        self.par_agents(|_, a| settle(a, now));
         for i in 0..n {
-            self.settle(i);
+            self.scheduled[i] = Micros::MAX;
+            self.reschedule(i as u32);
         }
     }
+}
 
-    fn settle(&mut self, i: usize) {
-        let now = self.now;
-        if let Some(a) = self.agents[i].as_mut() {
-            a.settle(now);
-            while a.poll_event().is_some() {}
-        }
-        self.scheduled[i] = Micros::MAX;
-        self.reschedule(i as u32);
+/// Re-aggregates an agent at once (set-up), dropping what it would send.
+fn settle(a: &mut Option<Box<Agent>>, now: Micros) {
+    if let Some(a) = a {
+        a.settle(now);
+        while a.poll_event().is_some() {}
     }
 }
 

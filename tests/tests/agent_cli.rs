@@ -1,0 +1,218 @@
+//! `armillary agent` as an operator runs it: keys made with `armillary keys`,
+//! two secure agent processes on loopback, AFCs installed with and without a
+//! signing key, a crash and a restart from the data directory alone.
+
+use armillary_tests::{PATIENCE, armillary_bin, temp_dir};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(armillary_bin())
+        .args(args)
+        .output()
+        .expect("armillary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "armillary {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = std::net::TcpListener::bind(("127.0.0.1", u.local_addr().unwrap().port()));
+    match t {
+        Ok(t) => t.local_addr().unwrap().port(),
+        Err(_) => free_port(),
+    }
+}
+
+fn start(
+    zone: &str,
+    gossip: u16,
+    api: u16,
+    join: Option<u16>,
+    data: &Path,
+    keys: Option<&Path>,
+) -> Child {
+    let mut cmd = Command::new(armillary_bin());
+    cmd.args(["agent", "--zone", zone])
+        .args(["--listen", &format!("127.0.0.1:{gossip}")])
+        .args(["--api", &format!("127.0.0.1:{api}")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--gossip-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.args(["--join", &format!("127.0.0.1:{j}")]);
+    }
+    if let Some(k) = keys {
+        cmd.arg("--keys").arg(k);
+    }
+    cmd.spawn().expect("agent starts")
+}
+
+fn members(api: u16) -> Option<i64> {
+    let out = run(&[
+        "query",
+        "SELECT SUM(nmembers) AS n FROM \"/\"",
+        "--json",
+        "--api",
+        &format!("127.0.0.1:{api}"),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get(0)?.get("n")?.as_i64()
+}
+
+fn afc_state(api: u16, name: &str) -> Option<String> {
+    let out = run(&[
+        "afc",
+        "list",
+        "--json",
+        "--api",
+        &format!("127.0.0.1:{api}"),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|a| a["name"] == name)
+        .and_then(|a| a["state"].as_str().map(String::from))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + PATIENCE;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+#[test]
+fn secure_agents_from_keys_to_restart() {
+    let root = temp_dir("cli-keys");
+    std::fs::create_dir_all(&root).unwrap();
+    let p = |n: &str| root.join(n);
+    let s = |n: &str| p(n).to_string_lossy().into_owned();
+    ok(&["keys", "authority", "--zone", "/", "--out", &s("auth")]);
+    ok(&[
+        "keys",
+        "agent",
+        "--zone",
+        "/x/h1",
+        "--authority",
+        &s("auth"),
+        "--out",
+        &s("k1"),
+    ]);
+    ok(&[
+        "keys",
+        "agent",
+        "--zone",
+        "/x/h2",
+        "--authority",
+        &s("auth"),
+        "--out",
+        &s("k2"),
+    ]);
+    ok(&[
+        "keys",
+        "client",
+        "--name",
+        "ops",
+        "--allow",
+        "afc:/",
+        "--authority",
+        &s("auth"),
+        "--out",
+        &s("ops"),
+    ]);
+
+    let (g1, a1, g2, a2) = (free_port(), free_port(), free_port(), free_port());
+    let mut agents = Agents(vec![
+        start("/x/h1", g1, a1, None, &p("d1"), Some(&p("k1"))),
+        start("/x/h2", g2, a2, Some(g1), &p("d2"), Some(&p("k2"))),
+    ]);
+    wait_for("both agents count two members", || {
+        members(a1) == Some(2) && members(a2) == Some(2)
+    });
+    let api1 = format!("127.0.0.1:{a1}");
+    // Without a key the agent refuses the AFC: exit code 2, a message saying what to do.
+    let out = run(&[
+        "afc",
+        "install",
+        "hosts",
+        "--zone",
+        "/",
+        "--sql",
+        "SELECT COUNT(*) AS hosts",
+        "--api",
+        &api1,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key"));
+    // With the client's key it spreads to the other agent.
+    ok(&[
+        "afc",
+        "install",
+        "hosts",
+        "--zone",
+        "/",
+        "--sql",
+        "SELECT COUNT(*) AS hosts",
+        "--key",
+        &s("ops"),
+        "--api",
+        &api1,
+    ]);
+    wait_for("the AFC is active on h2", || {
+        afc_state(a2, "hosts").as_deref() == Some("active")
+    });
+
+    // Crash h1; restart it from its data directory alone (no --keys).
+    let _ = agents.0[0].kill();
+    let _ = agents.0[0].wait();
+    agents.0[0] = start("/x/h1", g1, a1, Some(g2), &p("d1"), None);
+    wait_for("h1 is back with its AFC", || {
+        afc_state(a1, "hosts").as_deref() == Some("active")
+    });
+    wait_for("two members again", || members(a1) == Some(2));
+
+    // A data directory that belongs to another zone is refused, with exit code 2.
+    let out = run(&[
+        "agent",
+        "--zone",
+        "/x/h3",
+        "--data-dir",
+        &s("d1"),
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/x/h1"));
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&root);
+}
