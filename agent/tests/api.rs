@@ -3,8 +3,7 @@
 use armillary_agent::afc::AfcCert;
 use armillary_agent::api;
 use armillary_agent::config::Config;
-use armillary_agent::node::auth::CertAuth;
-use armillary_agent::node::{Node, NodeConfig, PeerAuth};
+use armillary_agent::node::{Node, NodeConfig};
 use armillary_agent::path::ZonePath;
 use armillary_agent::security::{self, CertKind, DAY, Identity, Right, Security, now_micros};
 use futures_util::StreamExt;
@@ -30,27 +29,14 @@ impl Fixture {
 
     /// A node with keys when `security` is given.
     async fn start_with(security: Option<Security>) -> Fixture {
-        let (auth, identity): (Option<Arc<dyn PeerAuth>>, Option<String>) = match &security {
-            Some(s) => (
-                Some(Arc::new(CertAuth::new(
-                    s.identity().clone(),
-                    s.trust().clone(),
-                ))),
-                Some(s.identity().cert.subject.clone()),
-            ),
-            None => (None, None),
-        };
         let cfg = NodeConfig {
             core: Config::new(ZonePath::parse("/a/h1").unwrap(), ""),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: None,
-            auth,
-            identity,
+            security: security.map(Arc::new),
             sensors: None,
         };
-        let node = Node::start(cfg, move |agent| agent.set_security(security.map(Arc::new)))
-            .await
-            .expect("node starts");
+        let node = Node::start(cfg, |_| {}).await.expect("node starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -321,6 +321,13 @@ fn thread_count_does_not_change_the_result() {
         assert_eq!(many.threads, threads);
         assert_eq!(outcome(&one), outcome(&many), "{threads} threads");
     }
+    // Large enough for the settled start to be built on several threads.
+    let mut s = scenario(1100, 16);
+    s.rounds = 12;
+    s.threads = 1;
+    let one = sim::run(&s, |_, _| {});
+    s.threads = 2;
+    assert_eq!(outcome(&one), outcome(&sim::run(&s, |_, _| {})));
     // With push, and from a cold start.
     let mut s = scenario(300, 6);
     s.cold = true;

@@ -73,26 +73,15 @@ async fn stranger(leaf: &str, seed: &str, security: Option<Security>) -> Node {
     let mut core = Config::new(leaf, "");
     core.round = ROUND.as_micros() as u64;
     core.seeds = vec![seed.into()];
-    let (auth, sec) = match security {
-        Some(s) => {
-            let s = Arc::new(s);
-            let auth: Arc<dyn armillary_agent::node::PeerAuth> = Arc::new(
-                armillary_agent::node::auth::CertAuth::new(s.identity().clone(), s.trust().clone()),
-            );
-            (Some(auth), Some(s))
-        }
-        None => (None, None),
-    };
     Node::start(
         NodeConfig {
             core,
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: None,
-            auth,
-            identity: None,
+            security: security.map(Arc::new),
             sensors: None,
         },
-        move |a| a.set_security(sec),
+        |_| {},
     )
     .await
     .unwrap()

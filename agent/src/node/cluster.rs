@@ -1,8 +1,7 @@
 //! Many agents in one process, each with its own QUIC endpoint on
 //! loopback: `armillary dev`, the network benchmark and the tests use it.
 
-use super::auth::CertAuth;
-use super::{Node, NodeConfig, PeerAuth, StartError};
+use super::{Node, NodeConfig, StartError};
 use crate::config::Config;
 use crate::path::ZonePath;
 use crate::security::{CertKind, Identity, Security, now_micros};
@@ -102,35 +101,26 @@ impl Cluster {
         if i == 0 {
             core.api_addr = self.spec.api_addr.clone().map(Into::into);
         }
-        let (security, auth, identity) = match &self.authority {
-            Some(a) => {
-                let id = a
-                    .new_child(
-                        CertKind::Agent,
-                        leaf.as_str(),
-                        now_micros(),
-                        now_micros() + 86_400_000_000,
-                    )
-                    .expect("the root authority certifies any zone");
-                let sec = Arc::new(
-                    Security::for_agent(id, &leaf, now_micros()).expect("fresh keys verify"),
-                );
-                let auth: Arc<dyn PeerAuth> =
-                    Arc::new(CertAuth::new(sec.identity().clone(), sec.trust().clone()));
-                (Some(sec), Some(auth), Some(leaf.to_string()))
-            }
-            None => (None, None, None),
-        };
+        let security = self.authority.as_ref().map(|a| {
+            let id = a
+                .new_child(
+                    CertKind::Agent,
+                    leaf.as_str(),
+                    now_micros(),
+                    now_micros() + 86_400_000_000,
+                )
+                .expect("the root authority certifies any zone");
+            Arc::new(Security::for_agent(id, &leaf, now_micros()).expect("fresh keys verify"))
+        });
         Node::start(
             NodeConfig {
                 core,
                 listen,
                 data_dir: self.data_dir(i),
-                auth,
-                identity,
+                security,
                 sensors: self.spec.sensors.clone(),
             },
-            move |agent| agent.set_security(security),
+            |_| {},
         )
         .await
     }

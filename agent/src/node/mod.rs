@@ -41,10 +41,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The data directory; `None` keeps nothing across restarts (tests, `dev`).
     pub data_dir: Option<PathBuf>,
-    /// How peers are authenticated; `None` is insecure mode.
-    pub auth: Option<Arc<dyn PeerAuth>>,
-    /// The name this node proves on connections (its certificate's subject).
-    pub identity: Option<String>,
+    /// Keys and trust: peers are authenticated and rows signed; `None` is
+    /// insecure mode.
+    pub security: Option<Arc<crate::security::Security>>,
     /// Sensor readings for the leaf row (shared by the nodes of a process).
     pub sensors: Option<watch::Receiver<Attrs>>,
 }
@@ -67,16 +66,24 @@ pub struct Node {
 
 impl Node {
     /// Binds the transport, restores saved state and starts the protocol.
-    /// `prepare` may adjust the core before it runs (security, restored state).
+    /// `prepare` may adjust the core before it runs.
     pub async fn start(
         cfg: NodeConfig,
         prepare: impl FnOnce(&mut Agent),
     ) -> Result<Node, StartError> {
+        let auth: Option<Arc<dyn PeerAuth>> = cfg.security.as_ref().map(|s| {
+            Arc::new(auth::CertAuth::new(s.identity().clone(), s.trust().clone()))
+                as Arc<dyn PeerAuth>
+        });
+        let identity = cfg
+            .security
+            .as_ref()
+            .map(|s| s.identity().cert.subject.clone());
         let counters = Arc::new(NetCounters::default());
         let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
         let transport = Arc::new(Transport::bind(
             cfg.listen,
-            cfg.auth.clone(),
+            auth,
             in_tx,
             counters.clone(),
             crate::message::MAX_MESSAGE_BYTES,
@@ -105,11 +112,12 @@ impl Node {
             );
             agent.restore(saved.afcs, saved.attrs);
         }
+        agent.set_security(cfg.security.clone());
         prepare(&mut agent);
         let (jobs_tx, mut jobs_rx) =
             mpsc::channel::<Box<dyn FnOnce(&mut NodeCore) + Send>>(JOB_QUEUE);
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        let insecure = cfg.auth.is_none();
+        let insecure = cfg.security.is_none();
         let handle = NodeHandle {
             jobs: jobs_tx,
             changes: changes.clone(),
@@ -125,7 +133,7 @@ impl Node {
             changes,
             counters,
             insecure,
-            cfg.identity,
+            identity,
             gossip_addr,
         );
         let (stop, mut stopped) = watch::channel(false);

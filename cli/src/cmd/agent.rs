@@ -2,9 +2,8 @@
 
 use crate::output::{CliError, CliResult};
 use crate::runtime;
-use armillary_agent::node::auth::CertAuth;
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
-use armillary_agent::node::{Node, NodeConfig, PeerAuth, Store};
+use armillary_agent::node::{Node, NodeConfig, Store};
 use armillary_agent::security::{Identity, Role, Security, now_micros};
 use armillary_agent::{Config, ZonePath};
 use clap::Args;
@@ -221,26 +220,15 @@ pub fn run(a: AgentArgs) -> CliResult {
                 "cannot serve the API on {api}: {e}; choose another --api"
             ))
         })?;
-        let (auth, identity): (Option<Arc<dyn PeerAuth>>, Option<String>) = match &security {
-            Some(s) => (
-                Some(Arc::new(CertAuth::new(
-                    s.identity().clone(),
-                    s.trust().clone(),
-                ))),
-                Some(s.identity().cert.subject.clone()),
-            ),
-            None => (None, None),
-        };
         let node = Node::start(
             NodeConfig {
                 core,
                 listen,
                 data_dir: Some(data_dir.clone()),
-                auth,
-                identity,
+                security: security.map(Arc::new),
                 sensors: Some(Sensors::spawn(sensor_interval)),
             },
-            move |agent| agent.set_security(security.map(Arc::new)),
+            |_| {},
         )
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
