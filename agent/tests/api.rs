@@ -187,11 +187,13 @@ async fn adhoc_queries() {
     let (status, v) = f
         .post(
             "/v1/query",
-            json!({"sql": "SELECT name, nmembers FROM \"/\" ORDER BY name"}),
+            json!({"sql": "SELECT nmembers, name FROM \"/\" ORDER BY name"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["rows"], json!([{"name": "a", "nmembers": 1}]));
+    // The columns in SELECT order, which JSON objects do not keep.
+    assert_eq!(v["columns"], json!(["nmembers", "name"]));
 
     let (status, v) = f.post("/v1/query", json!({"sql": "SELEC nonsense"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

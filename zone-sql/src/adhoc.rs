@@ -58,12 +58,25 @@ impl From<datafusion::error::DataFusionError> for AdhocError {
     }
 }
 
+/// A query's result: the column names in SELECT order, and the rows as
+/// JSON objects keyed by them (objects do not keep an order of their own).
+#[derive(Debug, Clone, Default)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Map<String, Json>>,
+}
+
 /// Runs one read-only query over the given zone tables and returns the
 /// result rows as JSON objects.
 pub async fn run_query(
     tables: Vec<NamedTable>,
     sql: &str,
 ) -> Result<Vec<Map<String, Json>>, AdhocError> {
+    Ok(query(tables, sql).await?.rows)
+}
+
+/// [`run_query`], keeping the column order.
+pub async fn query(tables: Vec<NamedTable>, sql: &str) -> Result<QueryResult, AdhocError> {
     check_query(sql)?;
     let ctx = SessionContext::new();
     let mut seen = HashSet::new();
@@ -107,7 +120,10 @@ pub async fn run_query(
             out.push(m);
         }
     }
-    Ok(out)
+    Ok(QueryResult {
+        columns: keys,
+        rows: out,
+    })
 }
 
 /// Accepts exactly one query statement (SELECT, WITH, set operations).

@@ -10,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue, json};
-use zone_sql::adhoc::{MAX_QUERY_TEXT, run_query};
+use zone_sql::adhoc::{self, MAX_QUERY_TEXT};
 use zone_sql::json::{attrs_to_json, value_from_json, value_to_json};
 
 /// How long an ad-hoc query may run.
@@ -116,7 +116,7 @@ pub async fn query(
             ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down")
         })?;
     let tables = s.handle.tables().await?;
-    let rows = tokio::time::timeout(QUERY_TIMEOUT, run_query(tables, &body.sql))
+    let result = tokio::time::timeout(QUERY_TIMEOUT, adhoc::query(tables, &body.sql))
         .await
         .map_err(|_| {
             ApiError::bad_request(format!(
@@ -129,7 +129,9 @@ pub async fn query(
                 "query failed: {e} (tables are named by zone path, quoted: SELECT * FROM \"/\")"
             ))
         })?;
-    Ok(Json(json!({ "rows": rows })))
+    Ok(Json(
+        json!({ "columns": result.columns, "rows": result.rows }),
+    ))
 }
 
 pub async fn attrs(State(s): State<ApiState>) -> Result<Json<JsonValue>, ApiError> {

@@ -58,7 +58,12 @@ pub fn query(a: QueryArgs) -> CliResult {
         if a.json {
             return print_json(&rows);
         }
-        print_table(&rows, &["name"]);
+        // Columns in SELECT order, as the agent reports them.
+        let columns: Vec<&str> = reply["columns"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_else(|| vec!["name"]);
+        print_table(&rows, &columns);
         Ok(())
     })
 }
