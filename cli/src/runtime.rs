@@ -28,6 +28,7 @@ pub fn init_logging(insecure: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(Stamp { insecure })
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
