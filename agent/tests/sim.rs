@@ -241,12 +241,12 @@ fn afc_scoped_to_a_subtree_applies_only_there() {
         .unwrap()
     });
     run_rounds(&mut w, 25);
-    for i in 0..n {
+    for (i, leaf) in leaves.iter().enumerate().take(n) {
         let a = w.agent(i).unwrap();
-        let zone_row = a.zone_row(&leaves[i].ancestor(1)).unwrap();
+        let zone_row = a.zone_row(&leaf.ancestor(1)).unwrap();
         assert_eq!(
             zone_row.get("nrows").is_some(),
-            scope.contains(&leaves[i]),
+            scope.contains(leaf),
             "agent {i}"
         );
         assert!(a.root_row().get("nrows").is_none());

@@ -195,7 +195,7 @@ mod tests {
         let mut attrs = Attrs::new();
         attrs.set("role", Value::Str("db".into()));
         let afc = Arc::new(AfcCert::new(ZonePath::root(), "m", "SELECT MAX(x) AS x", 7));
-        s.save_state(&[afc.clone()], &attrs).unwrap();
+        s.save_state(std::slice::from_ref(&afc), &attrs).unwrap();
         let s2 = Store::open(&d, &leaf).unwrap();
         let st = s2.load_state().unwrap();
         assert_eq!(st.attrs, attrs);

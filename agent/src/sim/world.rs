@@ -551,13 +551,10 @@ impl World {
     /// Moves an agent's outgoing messages onto the network and re-arms its
     /// timer (outside windows: set-up and scenario steps).
     fn drain(&mut self, i: u32) {
-        loop {
-            let Some(t) = self.agents[i as usize]
-                .as_mut()
-                .and_then(|a| a.poll_transmit())
-            else {
-                break;
-            };
+        while let Some(t) = self.agents[i as usize]
+            .as_mut()
+            .and_then(|a| a.poll_transmit())
+        {
             let to = self.dir.index.get(&t.to).copied();
             self.send(i, self.now, to, t.msg);
         }

@@ -77,7 +77,7 @@ pub fn run(c: BenchCommand) -> CliResult {
 }
 
 fn spread(a: SpreadArgs) -> CliResult {
-    if a.agents.iter().any(|&n| n < 2 || n > 1024) || a.reps == 0 {
+    if a.agents.iter().any(|n| !(2..=1024).contains(n)) || a.reps == 0 {
         return Err(CliError::usage(
             "--agents sizes must lie in 2..=1024 and --reps be at least 1",
         ));
