@@ -1,5 +1,7 @@
 //! `armillary dev`: a local system of many agents in one process, each with
-//! its own QUIC endpoint on loopback, in insecure mode, with one API.
+//! its own QUIC endpoint on loopback, with one API. Insecure by default;
+//! `--secure` certifies every agent with a throwaway root authority whose
+//! keys are written to a temporary directory for signing AFCs.
 
 use crate::output::{CliError, CliResult};
 use crate::runtime;
@@ -24,13 +26,17 @@ pub struct DevArgs {
     /// Gossip round length.
     #[arg(long, default_value = "1s")]
     round: humantime::Duration,
+    /// Certify every agent with a throwaway authority (signed rows,
+    /// authenticated connections); AFCs then need `--key` with the printed directory.
+    #[arg(long)]
+    secure: bool,
 }
 
 pub fn run(a: DevArgs) -> CliResult {
     if a.agents == 0 || a.agents > 4096 {
         return Err(CliError::usage("--agents must be between 1 and 4096"));
     }
-    runtime::init_logging(true);
+    runtime::init_logging(!a.secure);
     runtime::tokio()?.block_on(dev(a))
 }
 
@@ -44,12 +50,23 @@ async fn dev(a: DevArgs) -> CliResult {
     let mut spec = ClusterSpec::new(a.agents, a.branching, *a.round);
     spec.api_addr = Some(a.api.to_string());
     spec.sensors = Some(Sensors::spawn(DEFAULT_INTERVAL));
+    spec.secure = a.secure;
     let cluster = Cluster::start(spec)
         .await
         .map_err(|e| CliError::failed(format!("cannot start the agents: {e}")))?;
     let leaves = cluster.leaves.clone();
     let first = cluster.handle(0);
-    print_intro(&a, &leaves);
+    let keys = match cluster.authority() {
+        Some(auth) => {
+            let dir = std::env::temp_dir().join(format!("armillary-dev-{}", std::process::id()));
+            auth.save(&dir, true).map_err(|e| {
+                CliError::failed(format!("cannot write the dev authority's keys: {e}"))
+            })?;
+            Some(dir)
+        }
+        None => None,
+    };
+    print_intro(&a, &leaves, keys.as_deref());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(armillary_agent::api::serve(listener, first, async move {
         let _ = stop_rx.await;
@@ -59,10 +76,20 @@ async fn dev(a: DevArgs) -> CliResult {
     let _ = stop_tx.send(());
     let _ = api.await;
     cluster.shutdown().await;
+    if let Some(k) = keys {
+        let _ = std::fs::remove_dir_all(k);
+    }
     Ok(())
 }
 
-fn print_intro(a: &DevArgs, leaves: &[ZonePath]) {
+fn print_intro(a: &DevArgs, leaves: &[ZonePath], keys: Option<&std::path::Path>) {
+    let (mode, key) = match keys {
+        Some(k) => (
+            format!("secure, authority keys in {}", k.display()),
+            format!(" --key {}", k.display()),
+        ),
+        None => ("INSECURE (no keys)".to_string(), String::new()),
+    };
     let levels = tree::levels(leaves);
     let api = a.api;
     let env = if api.to_string() == "127.0.0.1:8080" {
@@ -71,13 +98,13 @@ fn print_intro(a: &DevArgs, leaves: &[ZonePath]) {
         format!("export ARMILLARY_API={api}\n  ")
     };
     println!(
-        "Armillary dev system: {} agents, {} levels, gossip every {}, INSECURE (no keys).
+        "Armillary dev system: {} agents, {} levels, gossip every {}, {mode}.
 API of {} on http://{api}/v1/status
 
 Try:
   {env}armillary zones                     # the root table
 {}  armillary set role web                # an attribute on {}
-  armillary afc install busy --zone / --sql 'SELECT MAX(load) AS load, AVG(cpu, nmembers) AS cpu'
+  armillary afc install busy --zone / --sql 'SELECT MAX(load) AS load, AVG(cpu, nmembers) AS cpu'{key}
   armillary watch / --attr load --attr cpu --attr nmembers
   armillary query 'SELECT name, nmembers FROM \"/\" ORDER BY name'
 
