@@ -616,3 +616,29 @@ async fn stopped_node_answers_503() {
     let _ = stop.unwrap().send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_is_served_and_uses_only_documented_endpoints() {
+    let f = Fixture::start().await;
+    let r = f.http.get(f.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<title>Armillary</title>"));
+    // Every API path the page calls answers.
+    for path in ["/v1/status", "/v1/zones?zone=/", "/v1/afcs"] {
+        assert!(page.contains(path.split('?').next().unwrap()), "{path}");
+        let (status, _) = f.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    assert!(page.contains("/v1/watch?table=true&zone="));
+    assert!(page.contains("/v1/query"));
+    // Data from other agents goes in as text only.
+    assert!(!page.contains("innerHTML"));
+    f.stop().await;
+}

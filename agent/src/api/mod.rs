@@ -63,6 +63,7 @@ fn build(handle: NodeHandle, closing: signal::Receiver<bool>) -> Router {
         query_slots: Arc::new(Semaphore::new(QUERY_SLOTS)),
     };
     Router::new()
+        .route("/", get(dashboard))
         .route("/v1/status", get(tables::status))
         .route("/v1/zones", get(tables::zones))
         .route("/v1/zone", get(tables::zone))
@@ -93,6 +94,14 @@ fn build(handle: NodeHandle, closing: signal::Receiver<bool>) -> Router {
             },
         ))
         .with_state(state)
+}
+
+/// The web dashboard: one self-contained page over this API (zone tables
+/// with live updates, the aggregate row, AFCs, refused input, a query box).
+const DASHBOARD: &str = include_str!("../../../dashboards/index.html");
+
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(DASHBOARD)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; open event
