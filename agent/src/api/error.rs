@@ -114,7 +114,7 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no endpoint {}; see GET /v1/status, /v1/zones, /v1/zone, /v1/afcs, /v1/attrs, /v1/watch, POST /v1/query, GET /metrics",
+            "no endpoint {}; see GET / (the dashboard), /v1/status, /v1/zones, /v1/zone, /v1/afcs, /v1/attrs, /v1/watch, POST /v1/query, GET /metrics",
             uri.path()
         ),
     )
