@@ -99,7 +99,7 @@ fn print_intro(a: &DevArgs, leaves: &[ZonePath], keys: Option<&std::path::Path>)
     };
     println!(
         "Armillary dev system: {} agents, {} levels, gossip every {}, {mode}.
-API of {} on http://{api}/v1/status
+API of {} on http://{api}/v1/status, dashboard on http://{api}/
 
 Try:
   {env}armillary zones                     # the root table
