@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 64;
+/// Size of the peer map at which closed entries are dropped.
+const PEER_MAP_PRUNE: usize = 256;
 /// A peer task with nothing to send for this long closes.
 const PEER_IDLE: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +204,11 @@ impl Transport {
         match peers.get(&addr) {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
+                // Peers whose task ended (idle, or gone) leave the map now and
+                // then, so it holds about the peers in use.
+                if peers.len() >= PEER_MAP_PRUNE {
+                    peers.retain(|_, tx| !tx.is_closed());
+                }
                 let (tx, rx) = mpsc::channel(PEER_QUEUE);
                 self.shared.spawn(peer_task(self.shared.clone(), addr, rx));
                 peers.insert(addr, tx.clone());
