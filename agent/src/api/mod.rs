@@ -98,7 +98,10 @@ fn build(handle: NodeHandle, closing: signal::Receiver<bool>) -> Router {
 
 /// The web dashboard: one self-contained page over this API (zone tables
 /// with live updates, the aggregate row, AFCs, refused input, a query box).
-const DASHBOARD: &str = include_str!("../../../dashboards/index.html");
+const DASHBOARD: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../dashboards/index.html"
+));
 
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(DASHBOARD)
