@@ -216,3 +216,43 @@ fn secure_agents_from_keys_to_restart() {
     drop(agents);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn settings_file_runs_an_agent_and_bad_settings_say_what_is_wrong() {
+    let root = temp_dir("cli-config");
+    std::fs::create_dir_all(&root).unwrap();
+    let (g, a) = (free_port(), free_port());
+    let good = root.join("agent.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "zone = \"/lab/h1\"\nlisten = \"127.0.0.1:{g}\"\napi = \"127.0.0.1:{a}\"\n\
+             data_dir = \"{}\"\ninsecure = true\ngossip_interval = \"200ms\"\nreps = 2\n",
+            root.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(armillary_bin())
+        .args(["agent", "--config"])
+        .arg(&good)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    let agents = Agents(vec![child]);
+    wait_for("the agent from the settings file answers", || {
+        members(a) == Some(1)
+    });
+    drop(agents);
+
+    let bad = root.join("bad.toml");
+    std::fs::write(&bad, "zone = \"/lab/h1\"\ngossip_intervall = \"1s\"\n").unwrap();
+    let out = run(&["agent", "--config", &bad.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gossip_intervall"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
