@@ -68,6 +68,17 @@ pub enum InstallError {
     NotFound { scope: ZonePath, name: String },
 }
 
+impl InstallError {
+    /// The security refusal's metric label, when keys or rights refused the
+    /// AFC (rather than its content).
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            InstallError::Rejected(why) => crate::security::Reject::label_of(why),
+            _ => None,
+        }
+    }
+}
+
 /// The result of offering a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {

@@ -44,11 +44,8 @@ impl From<NodeError> for ApiError {
             NodeError::UnknownZone { .. } => StatusCode::NOT_FOUND,
             NodeError::Install(i) => match i {
                 InstallError::NotFound { .. } => StatusCode::NOT_FOUND,
-                InstallError::Rejected(why) if refused_signer(why) => StatusCode::FORBIDDEN,
+                InstallError::Rejected(_) if i.refusal().is_some() => StatusCode::FORBIDDEN,
                 InstallError::OutOfScope(_) | InstallError::Rejected(_) => StatusCode::BAD_REQUEST,
-                // Kinds added later (signatures, permissions) refuse the caller.
-                #[allow(unreachable_patterns)]
-                _ => StatusCode::FORBIDDEN,
             },
             NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             NodeError::Unsigned(_) => StatusCode::FORBIDDEN,
@@ -57,24 +54,6 @@ impl From<NodeError> for ApiError {
         };
         ApiError::new(status, e.to_string())
     }
-}
-
-/// Security refusals reach the API as `InstallError::Rejected` with the
-/// refusal's label first (`afc_not_allowed: ...`): the caller may not do
-/// this, whatever the request looks like.
-fn refused_signer(why: &str) -> bool {
-    const LABELS: [&str; 6] = [
-        "unsigned",
-        "bad_signature",
-        "untrusted_cert",
-        "expired_cert",
-        "issuer_outside_zone",
-        "afc_not_allowed",
-    ];
-    LABELS.iter().any(|l| {
-        why.strip_prefix(l)
-            .is_some_and(|rest| rest.starts_with(':'))
-    })
 }
 
 impl From<BytesRejection> for ApiError {

@@ -7,21 +7,12 @@ use super::transport::NetCounters;
 use crate::afc::{AfcCert, AfcState};
 use crate::agent::{Agent, Event, InstallError};
 use crate::path::ZonePath;
-use crate::row::Micros;
+use crate::security::now_micros;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use zone_sql::adhoc::NamedTable;
 use zone_sql::{Attrs, Value};
-
-/// Wall-clock time in microseconds since the Unix epoch.
-pub fn now_micros() -> Micros {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as Micros)
-        .unwrap_or(0)
-}
 
 /// The node's own state, touched only by its task.
 pub struct NodeCore {
@@ -69,16 +60,8 @@ impl NodeCore {
             NodeError::UnknownZone { .. } => "api_unknown_zone",
             NodeError::Install(InstallError::OutOfScope(_)) => "api_afc_out_of_scope",
             NodeError::Install(InstallError::NotFound { .. }) => "api_afc_not_found",
-            NodeError::Install(InstallError::Rejected(why)) => {
-                if why.starts_with("afc_not_allowed") {
-                    "afc_not_allowed"
-                } else if why.starts_with("bad_signature") {
-                    "bad_signature"
-                } else if why.starts_with("untrusted_cert") || why.starts_with("expired_cert") {
-                    "untrusted_cert"
-                } else {
-                    "api_afc_invalid"
-                }
+            NodeError::Install(e @ InstallError::Rejected(_)) => {
+                e.refusal().unwrap_or("api_afc_invalid")
             }
             NodeError::Unsigned(_) => "api_unsigned",
             NodeError::BadRequest(_) => "api_bad_request",
@@ -200,8 +183,9 @@ impl NodeCore {
             .collect()
     }
 
-    fn check_signed(&self, cert: &AfcCert) -> Result<(), NodeError> {
-        if !self.insecure && cert.signature.is_empty() {
+    /// With keys, AFC changes must come signed by a client or authority.
+    fn require_signature(&self, signed: bool) -> Result<(), NodeError> {
+        if !self.insecure && !signed {
             return Err(NodeError::Unsigned(
                 "sign the AFC with a client or authority key (`--key DIR`)".into(),
             ));
@@ -210,7 +194,7 @@ impl NodeCore {
     }
 
     pub(super) fn install_afc(&mut self, cert: AfcCert) -> Result<(), NodeError> {
-        self.check_signed(&cert)?;
+        self.require_signature(!cert.signature.is_empty())?;
         let now = now_micros();
         self.agent.install_afc(now, cert)?;
         self.after_input();
@@ -243,11 +227,11 @@ impl NodeCore {
                         "the signed removal must be a tombstone for {name} in {scope}"
                     )));
                 }
-                self.check_signed(&t)?;
+                self.require_signature(!t.signature.is_empty())?;
                 self.agent.install_afc(now, t)?;
             }
             None => {
-                self.check_signed(&AfcCert::tombstone(scope.clone(), name, now))?;
+                self.require_signature(false)?;
                 self.agent.remove_afc(now, &scope, name)?;
             }
         }

@@ -11,7 +11,8 @@ pub mod store;
 mod tls;
 pub mod transport;
 
-pub use self::core::{NodeCore, now_micros};
+pub use self::core::NodeCore;
+pub use crate::security::now_micros;
 pub use handle::{AfcView, Change, NodeError, NodeHandle, NodeInfo, RowView, Status};
 pub use store::{Store, StoreError};
 pub use transport::{NetCounters, PeerAuth, Transport, TransportError};

@@ -253,11 +253,49 @@ impl Transport {
     }
 }
 
-fn binding(conn: &quinn::Connection, role: &[u8]) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    conn.export_keying_material(&mut out, HELLO_LABEL, role)
-        .ok()
-        .map(|_| out)
+/// Which end of a connection we are.
+#[derive(Clone, Copy)]
+enum Role {
+    Client,
+    Server,
+}
+
+/// The TLS session's exported keying material for our role and the peer's:
+/// what each side's hello signs.
+fn bindings(conn: &quinn::Connection, role: Role) -> Result<([u8; 32], [u8; 32]), &'static str> {
+    let export = |label: &[u8]| {
+        let mut out = [0u8; 32];
+        conn.export_keying_material(&mut out, HELLO_LABEL, label)
+            .map(|_| out)
+            .map_err(|_| "no keying material")
+    };
+    let (client, server) = (export(b"client")?, export(b"server")?);
+    Ok(match role {
+        Role::Client => (client, server),
+        Role::Server => (server, client),
+    })
+}
+
+/// Runs one side's hello exchange under the timeout. A failure is counted
+/// under its reason and closes the connection.
+async fn authenticate(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    exchange: impl std::future::Future<Output = Result<String, &'static str>>,
+) -> Result<(), &'static str> {
+    let remote = conn.remote_address();
+    let reason = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+        Ok(Ok(peer)) => {
+            tracing::debug!(%remote, %peer, "authenticated peer");
+            return Ok(());
+        }
+        Ok(Err(reason)) => reason_label(reason),
+        Err(_) => "hello_timeout",
+    };
+    tracing::warn!(%remote, reason, "refused an unauthenticated peer");
+    shared.counters.reject(reason);
+    conn.close(1u32.into(), b"unauthenticated");
+    Err(reason)
 }
 
 /// Sends queued messages to one peer over one reused connection.
@@ -316,8 +354,7 @@ async fn connect(shared: &Shared, addr: SocketAddr) -> Result<quinn::Connection,
     shared.counters.connects.fetch_add(1, Ordering::Relaxed);
     if let Some(auth) = &shared.auth {
         let hello = async {
-            let ours = binding(&conn, b"client").ok_or("no keying material")?;
-            let theirs = binding(&conn, b"server").ok_or("no keying material")?;
+            let (ours, theirs) = bindings(&conn, Role::Client)?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "hello failed")?;
             send.write_all(&auth.hello(&ours))
                 .await
@@ -326,19 +363,7 @@ async fn connect(shared: &Shared, addr: SocketAddr) -> Result<quinn::Connection,
             let reply = recv.read_to_end(MAX_HELLO).await.map_err(|_| "bad hello")?;
             auth.check(&reply, &theirs)
         };
-        match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
-            Ok(Ok(peer)) => tracing::debug!(%addr, %peer, "authenticated peer"),
-            Ok(Err(reason)) => {
-                shared.counters.reject(reason_label(reason));
-                conn.close(1u32.into(), b"unauthenticated");
-                return Err(reason);
-            }
-            Err(_) => {
-                shared.counters.reject("hello_timeout");
-                conn.close(1u32.into(), b"unauthenticated");
-                return Err("hello timed out");
-            }
-        }
+        authenticate(shared, &conn, hello).await?;
     }
     Ok(conn)
 }
@@ -368,8 +393,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let from: Arc<str> = conn.remote_address().to_string().into();
     if let Some(auth) = &shared.auth {
         let hello = async {
-            let theirs = binding(&conn, b"client").ok_or("no keying material")?;
-            let ours = binding(&conn, b"server").ok_or("no keying material")?;
+            let (ours, theirs) = bindings(&conn, Role::Server)?;
             // A peer that starts sending before it says who it is has no keys.
             let (mut send, mut recv) = tokio::select! {
                 bi = conn.accept_bi() => bi.map_err(|_| "hello failed")?,
@@ -381,21 +405,10 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 .await
                 .map_err(|_| "hello failed")?;
             let _ = send.finish();
-            Ok::<_, &'static str>(peer)
+            Ok(peer)
         };
-        match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
-            Ok(Ok(peer)) => tracing::debug!(%from, %peer, "authenticated peer"),
-            Ok(Err(reason)) => {
-                tracing::warn!(%from, reason, "refused an unauthenticated peer");
-                shared.counters.reject(reason_label(reason));
-                conn.close(1u32.into(), b"unauthenticated");
-                return;
-            }
-            Err(_) => {
-                shared.counters.reject("hello_timeout");
-                conn.close(1u32.into(), b"unauthenticated");
-                return;
-            }
+        if authenticate(&shared, &conn, hello).await.is_err() {
+            return;
         }
     }
     let remote = conn.remote_address();

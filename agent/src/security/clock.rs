@@ -16,31 +16,8 @@ pub fn now_micros() -> Micros {
 
 /// A time as UTC text, e.g. `2025-03-01T12:00:00Z`.
 pub fn format_time(t: Micros) -> String {
-    let secs = t / 1_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_date(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    // Count from 0000-03-01 so that the leap day ends each 400-year cycle's years.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let at = UNIX_EPOCH + std::time::Duration::from_micros(t);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]
