@@ -130,3 +130,45 @@ pub fn armillary_bin() -> PathBuf {
     );
     bin
 }
+
+/// Agent processes started by a test; killed when dropped.
+pub struct Processes(pub Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the `armillary` binary with `args` and collects its output.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(armillary_bin())
+        .args(args)
+        .output()
+        .expect("armillary runs")
+}
+
+/// A loopback port free for both UDP (gossip) and TCP (API).
+pub fn free_port() -> u16 {
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = std::net::TcpListener::bind(("127.0.0.1", u.local_addr().unwrap().port()));
+    match t {
+        Ok(t) => t.local_addr().unwrap().port(),
+        Err(_) => free_port(),
+    }
+}
+
+/// Polls `f` until it holds; panics after [`PATIENCE`].
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + PATIENCE;
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("gave up waiting for: {what}");
+}

@@ -5,12 +5,13 @@
 //! ([`Agent::poll_transmit`]), its events ([`Agent::poll_event`]) and the
 //! next time it wants to be woken ([`Agent::poll_timeout`]).
 
-use crate::afc::{AfcCert, AfcState, AfcStore, StoredAfc};
+use crate::afc::{AfcCert, AfcState, AfcStore, ScopeFull};
 use crate::config::Config;
-use crate::message::{DigestEntry, Message, Wanted, validate_afc};
+use crate::limits::{self, LimitError, MAX_AFCS_PER_ROW, MAX_ATTRS_BYTES, MAX_ROW_AFC_BYTES};
+use crate::message::{AfcError, DigestEntry, Message, Wanted, validate_afc, validate_row};
 use crate::path::ZonePath;
-use crate::row::{Micros, RESERVED, Row, stable_hash};
-use crate::security::Security;
+use crate::row::{Micros, Row, stable_hash};
+use crate::security::{Reject, Security};
 use crate::table::{Offer, ZoneTable};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -51,6 +52,13 @@ pub struct Stats {
     /// Members of our own zones learned from other issuers' rows.
     pub hints: u64,
     pub evaluations: u64,
+    /// Evaluations in which an AFC was faulty (its output left out).
+    pub afc_faults: u64,
+    /// Zone rows not issued because another representative's fresh row
+    /// comes first, or was computed from newer inputs.
+    pub deferrals: u64,
+    /// Rows learnt by gossip whose push this agent carried on.
+    pub push_carried: u64,
     /// Refused input, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -62,8 +70,18 @@ pub enum InstallError {
         "AFC scope {0} does not contain this agent's zone; install it through an agent inside {0}"
     )]
     OutOfScope(ZonePath),
+    /// Keys or rights refused it.
+    #[error("AFC refused: {0}")]
+    Refused(#[from] Reject),
+    /// Its fields break a bound.
     #[error("AFC rejected: {0}")]
-    Rejected(String),
+    Invalid(#[from] AfcError),
+    /// Its name or SQL is not a valid AFC.
+    #[error("AFC rejected: {0}")]
+    BadAfc(String),
+    /// Its scope has no room for another AFC.
+    #[error("AFC rejected: {0}")]
+    ScopeFull(#[from] ScopeFull),
     #[error("no AFC named {name} in {scope}")]
     NotFound { scope: ZonePath, name: String },
 }
@@ -73,10 +91,19 @@ impl InstallError {
     /// AFC (rather than its content).
     pub fn refusal(&self) -> Option<&'static str> {
         match self {
-            InstallError::Rejected(why) => crate::security::Reject::label_of(why),
+            InstallError::Refused(r) => Some(r.reason()),
             _ => None,
         }
     }
+}
+
+/// An AFC that could not contribute to one zone's row, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AfcFault {
+    pub zone: ZonePath,
+    pub scope: ZonePath,
+    pub name: Arc<str>,
+    pub reason: String,
 }
 
 /// The result of offering a row.
@@ -108,6 +135,8 @@ struct Level {
     /// Contacts of children that timed out, probed now and then so that a
     /// healed partition reconnects; with the time they were lost.
     lost: Vec<(Arc<str>, Micros)>,
+    /// AFCs whose output was left out of the last evaluation, and why.
+    faults: Vec<AfcFault>,
 }
 
 /// Most hints and lost contacts kept per level.
@@ -157,6 +186,7 @@ impl Agent {
                 fail_timeout: cfg.fail_timeout(1),
                 hints: Vec::new(),
                 lost: Vec::new(),
+                faults: Vec::new(),
             })
             .collect();
         let system = Program::compile(&system_afc(cfg.reps)).expect("the system AFC is valid");
@@ -168,7 +198,7 @@ impl Agent {
             levels,
             sensors: Attrs::new(),
             local: Attrs::new(),
-            afcs: AfcStore::default(),
+            afcs: AfcStore::new(cfg.tombstone_keep),
             rng,
             round: 0,
             next_tick: now + phase,
@@ -277,20 +307,40 @@ impl Agent {
     }
 
     /// Sets the built-in sensor readings that go into the leaf row.
-    pub fn set_sensors(&mut self, sensors: Attrs) {
+    /// Readings that would not travel (a reserved or malformed name, a value
+    /// out of bounds) are left out and counted.
+    pub fn set_sensors(&mut self, mut sensors: Attrs) {
+        let bad: Vec<_> = sensors
+            .iter()
+            .filter(|(n, v)| {
+                limits::check_name(n).is_err()
+                    || limits::is_reserved(n)
+                    || limits::check_value(n, v).is_err()
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in bad {
+            sensors.remove(&n);
+            self.reject("invalid_sensor");
+        }
         if sensors != self.sensors {
             self.sensors = sensors;
             self.mark_leaf_dirty();
         }
     }
 
-    /// Sets an application attribute on the leaf row.
-    pub fn set_attr(&mut self, now: Micros, name: &str, value: Value) -> Result<(), String> {
-        check_attr_name(name)?;
-        if value.encoded_len() > 4096 {
-            return Err(format!("value of {name} is over 4096 bytes"));
+    /// Sets an application attribute on the leaf row, unless the row would
+    /// then break a limit its receivers apply ([`limits::check_attrs`]).
+    pub fn set_attr(&mut self, now: Micros, name: &str, value: Value) -> Result<(), LimitError> {
+        limits::check_name(name)?;
+        if limits::is_reserved(name) {
+            return Err(LimitError::Reserved(name.to_string()));
         }
-        self.local.set(name, value);
+        limits::check_value(name, &value)?;
+        let mut local = self.local.clone();
+        local.set(name, value);
+        limits::check_attrs(&self.leaf_attrs(&local))?;
+        self.local = local;
         self.mark_leaf_dirty();
         self.schedule_flush(now);
         Ok(())
@@ -323,16 +373,16 @@ impl Agent {
         if !cert.scope.contains(&self.cfg.leaf) {
             return Err(InstallError::OutOfScope(cert.scope));
         }
-        validate_afc(&cert).map_err(InstallError::Rejected)?;
+        validate_afc(&cert)?;
         if let Some(sec) = &self.security {
-            sec.verify_new_afc(&cert, now)
-                .map_err(|r| InstallError::Rejected(r.to_string()))?;
+            sec.verify_new_afc(&cert, now)?;
         }
         let (state, _) = crate::afc::compile(&cert);
         if let AfcState::Rejected(why) = state {
-            return Err(InstallError::Rejected(why));
+            return Err(InstallError::BadAfc(why));
         }
-        self.afcs.offer(Arc::new(cert));
+        self.afcs.room_for(&cert, now)?;
+        self.afcs.offer(Arc::new(cert), now);
         self.afcs_changed(now);
         Ok(())
     }
@@ -346,9 +396,9 @@ impl Agent {
         name: &str,
     ) -> Result<(), InstallError> {
         if self.security.is_some() {
-            return Err(InstallError::Rejected(
-                "unsigned: with security on, a removal is a tombstone signed by a client or authority; install the signed tombstone".into(),
-            ));
+            return Err(InstallError::Refused(Reject::Unsigned(
+                "with security on, a removal is a tombstone signed by a client or authority; install the signed tombstone",
+            )));
         }
         let held = self
             .afcs
@@ -359,8 +409,10 @@ impl Agent {
                 name: name.to_string(),
             })?;
         let issued = now.max(held.cert.issued + 1);
-        self.afcs
-            .offer(Arc::new(AfcCert::tombstone(scope.clone(), name, issued)));
+        self.afcs.offer(
+            Arc::new(AfcCert::tombstone(scope.clone(), name, issued)),
+            now,
+        );
         self.afcs_changed(now);
         Ok(())
     }
@@ -373,7 +425,7 @@ impl Agent {
             self.reject(r.reason());
             return false;
         }
-        let changed = self.afcs.offer(cert);
+        let changed = self.afcs.offer(cert, now);
         if changed {
             self.afcs_changed(now);
         }
@@ -381,19 +433,37 @@ impl Agent {
     }
 
     /// Restores durable state after a restart: AFCs and application
-    /// attributes. With security on, AFCs that do not verify (as at their
-    /// issue time) are dropped and counted.
+    /// attributes. Turn security on first: AFCs that
+    /// do not verify (as at their issue time) are dropped and counted, and
+    /// so are attributes that no longer pass the row limits.
     pub fn restore(&mut self, afcs: impl IntoIterator<Item = Arc<AfcCert>>, local: Attrs) {
         for a in afcs {
+            if validate_afc(&a).is_err() {
+                self.reject("invalid_saved_afc");
+                continue;
+            }
             if let Some(sec) = &self.security
                 && let Err(r) = sec.verify_afc(&a, a.issued)
             {
-                *self.stats.rejected.entry(r.reason()).or_default() += 1;
+                self.reject(r.reason());
                 continue;
             }
-            self.afcs.offer(a);
+            self.afcs.offer(a, 0);
         }
-        self.local = local;
+        let mut kept = Attrs::new();
+        for (n, v) in local.iter() {
+            let mut next = kept.clone();
+            next.set(n.clone(), v.clone());
+            let ok = limits::check_name(n).is_ok()
+                && !limits::is_reserved(n)
+                && limits::check_attrs(&self.leaf_attrs(&next)).is_ok();
+            if ok {
+                kept = next;
+            } else {
+                self.reject("invalid_saved_attr");
+            }
+        }
+        self.local = kept;
         self.mark_leaf_dirty();
     }
 
@@ -411,9 +481,9 @@ impl Agent {
                 rows,
                 wanted,
             } => self.on_synack(now, from, sender, rows, wanted),
-            Message::Ack { rows } => {
-                for r in rows {
-                    self.accept(now, r);
+            Message::Ack { sender, rows } => {
+                if self.shared_depth(&sender, self.levels.len()).is_some() {
+                    self.accept_gossip(now, &sender, rows);
                 }
             }
             Message::Push { target, rows } => self.on_push(now, target, rows),
@@ -431,7 +501,7 @@ impl Agent {
         self.round += 1;
         self.push_spent = 0;
         self.next_tick = now + self.cfg.round;
-        self.afcs.expire(now, self.cfg.tombstone_keep);
+        self.afcs.expire(now);
         self.expire(now);
         let keep = self.cfg.tombstone_keep;
         for level in &mut self.levels {
@@ -493,7 +563,7 @@ impl Agent {
         let leaf_level = self.levels.len() - 1;
         if self.leaf_dirty {
             self.leaf_dirty = false;
-            let (attrs, afcs) = self.leaf_content();
+            let (attrs, afcs) = self.leaf_content(now);
             let content = crate::row::content_hash(&attrs, &afcs);
             let (content_changed, due) =
                 self.issue_needed(now, leaf_level, self.cfg.leaf.name(), content);
@@ -505,10 +575,12 @@ impl Agent {
                 };
                 self.last_issued = issued;
                 let leaf = self.cfg.leaf.clone();
-                let row = self.signed(Row::new(leaf.clone(), leaf, issued, attrs, afcs));
-                self.levels[leaf_level].table.offer(row.clone(), usize::MAX);
-                if content_changed {
-                    originated.push((leaf_level, row));
+                let row = Row::new(leaf.clone(), leaf, issued, attrs, afcs);
+                if let Some(row) = self.issue(leaf_level, row) {
+                    self.levels[leaf_level].table.offer(row.clone(), usize::MAX);
+                    if content_changed {
+                        originated.push((leaf_level, row));
+                    }
                 }
             }
         }
@@ -517,19 +589,26 @@ impl Agent {
             if i == 0 || !self.levels[i].is_rep {
                 continue;
             }
-            let carried = self.carried_afcs(i - 1);
+            let carried = self.carried_afcs(now, i - 1);
             let content = crate::row::content_hash(&self.levels[i].computed, &carried);
             let (content_changed, due) =
                 self.issue_needed(now, i - 1, self.zones[i].name(), content);
-            if content_changed || due {
-                let row = Row::new(
-                    self.zones[i].clone(),
-                    self.cfg.leaf.clone(),
-                    self.issue_time(now),
-                    self.with_oldest_input(i),
-                    carried,
-                );
-                let row = self.signed(row);
+            if !(content_changed || due) {
+                continue;
+            }
+            let Some(issued) = self.zone_issue_time(now, i) else {
+                self.stats.deferrals += 1;
+                continue;
+            };
+            let row = Row::new(
+                self.zones[i].clone(),
+                self.cfg.leaf.clone(),
+                issued,
+                self.with_input_times(i),
+                carried,
+            )
+            .with_inputs(self.inputs_of(i));
+            if let Some(row) = self.issue(i - 1, row) {
                 self.levels[i - 1].table.offer(row.clone(), usize::MAX);
                 if content_changed && self.levels[i].is_primary {
                     originated.push((i - 1, row));
@@ -557,27 +636,92 @@ impl Agent {
         )
     }
 
-    /// Signs a row this agent issues, when security is on.
-    fn signed(&self, mut row: Row) -> Arc<Row> {
+    /// Signs a row this agent issues (when security is on) and checks it
+    /// as its receivers will ([`validate_row`]): a row they would refuse is
+    /// not issued, and counted, rather than silently dropped downstream.
+    fn issue(&mut self, t: usize, mut row: Row) -> Option<Arc<Row>> {
         if let Some(sec) = &self.security {
             sec.sign_row(&mut row);
         }
-        Arc::new(row)
+        if let Err(e) = validate_row(&row) {
+            tracing::warn!(zone = %row.zone, table = t, error = %e, "row not issued: it breaks a row limit");
+            self.reject("row_not_issued");
+            return None;
+        }
+        Some(Arc::new(row))
     }
 
-    fn issue_time(&mut self, now: Micros) -> Micros {
-        self.last_issued = now.max(self.last_issued);
-        self.last_issued
+    /// The issue time of a new row for zone `i` (in table `i - 1`), or None
+    /// when this representative must leave the row to the one that holds
+    /// it. A fresh row of a representative that comes first in the zone's
+    /// order (the first contact) is left alone, so two representatives with
+    /// different views never alternate; and a row computed from newer
+    /// inputs than ours is never replaced by ours, so a zone row never rolls
+    /// back. The new row's time passes the held one, whatever the clocks.
+    fn zone_issue_time(&mut self, now: Micros, i: usize) -> Option<Micros> {
+        let mut issued = now.max(self.last_issued);
+        if let Some(h) = self.levels[i - 1].table.get(self.zones[i].name())
+            && h.issuer != self.cfg.leaf
+        {
+            let age = now.saturating_sub(h.issued);
+            let fail = self.fail_timeout(i - 1);
+            if age < fail * 2 / 3 && precedes(&h.issuer, &self.cfg.leaf) {
+                return None;
+            }
+            if age < fail * 2 / 3 && !self.holds_inputs(i, &h.inputs) {
+                return None;
+            }
+            issued = issued.max(h.issued + 1);
+        }
+        self.last_issued = issued;
+        Some(issued)
     }
 
-    /// What this agent's own leaf row says: sensors, application attributes,
-    /// the standard attributes, and the AFCs it carries.
-    fn leaf_content(&self) -> (Attrs, Vec<Arc<AfcCert>>) {
+    /// True when `row`, newer than the fresh zone row of another issuer
+    /// held in table `t`, was computed from an older version of one of the
+    /// inputs both list: taking it would roll that child's contribution
+    /// back (a representative that was paused or cut off, issuing before
+    /// it caught up). Inputs only one of them lists do not count: that is
+    /// a difference of membership, which hints and gossip merge.
+    fn rolls_back(&self, now: Micros, t: usize, row: &Row) -> bool {
+        let Some(held) = self.levels[t].table.get(row.name()) else {
+            return false;
+        };
+        let fail = self.fail_timeout(t);
+        held.issuer != row.issuer
+            && row.version() > held.version()
+            && now.saturating_sub(held.issued) < fail * 2 / 3
+            && older_somewhere(&row.inputs, &held.inputs)
+    }
+
+    /// Whether zone `i`'s table holds each of `inputs` it holds at all at
+    /// the listed version or newer.
+    fn holds_inputs(&self, i: usize, inputs: &[(Arc<str>, Micros)]) -> bool {
+        let table = &self.levels[i].table;
+        inputs
+            .iter()
+            .all(|(name, t)| table.get(name).is_none_or(|r| r.issued >= *t))
+    }
+
+    /// The versions of zone `i`'s inputs, for the row this agent issues.
+    fn inputs_of(&self, i: usize) -> Vec<(Arc<str>, Micros)> {
+        let rows = self.levels[i].table.rows();
+        if rows.len() > crate::row::MAX_INPUTS {
+            return Vec::new();
+        }
+        rows.iter()
+            .map(|r| (r.name_arc().clone(), r.issued))
+            .collect()
+    }
+
+    /// The attributes of this agent's leaf row with `local` as the
+    /// application attributes: sensors, `local`, the standard attributes.
+    fn leaf_attrs(&self, local: &Attrs) -> Attrs {
         let mut attrs = self.sensors.clone();
-        for (n, v) in self.local.iter() {
+        for (n, v) in local.iter() {
             attrs.set(n.clone(), v.clone());
         }
-        for r in RESERVED {
+        for (r, _) in limits::RESERVED {
             attrs.remove(r);
         }
         attrs.set("nmembers", 1i64);
@@ -586,7 +730,15 @@ impl Agent {
         if let Some(api) = &self.cfg.api_addr {
             attrs.set("servers", Value::list([api.clone()]));
         }
-        (attrs, self.carried_afcs(self.levels.len() - 1))
+        attrs
+    }
+
+    /// What this agent's own leaf row says, and the AFCs it carries.
+    fn leaf_content(&self, now: Micros) -> (Attrs, Vec<Arc<AfcCert>>) {
+        (
+            self.leaf_attrs(&self.local),
+            self.carried_afcs(now, self.levels.len() - 1),
+        )
     }
 
     /// Evaluates zone `i`'s row from its table, unless nothing it depends on moved.
@@ -608,52 +760,79 @@ impl Agent {
         let nchildren = level.table.len() as i64;
         let frame = self.levels[i].table.frame();
         let seed = stable_hash(zone.as_str());
+        let mut faults: Vec<AfcFault> = Vec::new();
+        let fault = |faults: &mut Vec<AfcFault>, e: &crate::afc::StoredAfc, reason: String| {
+            faults.push(AfcFault {
+                zone: zone.clone(),
+                scope: e.cert.scope.clone(),
+                name: e.cert.name.clone(),
+                reason,
+            })
+        };
         let mut out = match self.system.eval(&frame, seed) {
             Ok(a) => a,
-            Err(_) => Attrs::new(),
+            Err(e) => {
+                // Never every member a representative: fall back to the
+                // first children's contacts, as the system AFC would pick.
+                faults.push(AfcFault {
+                    zone: zone.clone(),
+                    scope: ZonePath::root(),
+                    name: "system".into(),
+                    reason: e.to_string(),
+                });
+                fallback_system(self.levels[i].table.rows(), self.cfg.reps)
+            }
         };
         out.set("depth", i as i64);
         out.set("nchildren", nchildren);
         out.set("nreporting", nreporting);
-        let mut errors: Vec<String> = Vec::new();
-        let mut budget = crate::message::MAX_ROW_BYTES / 2;
+        let mut budget = MAX_ATTRS_BYTES - limits::SYSTEM_ATTRS_BYTES;
         for afc in self.afcs.applicable(&zone) {
             let Some(program) = &afc.program else {
                 continue;
             };
-            match program.eval(&frame, seed) {
-                Ok(a) => {
-                    let len = a.encoded_len();
-                    if len > budget {
-                        errors.push(format!("{}: row size limit reached", afc.cert.name));
-                        continue;
-                    }
-                    budget -= len;
-                    for (n, v) in a.iter() {
-                        if out.get(n).is_some() {
-                            errors.push(format!(
-                                "{}: output {n} already set by another AFC",
-                                afc.cert.name
-                            ));
-                        } else {
-                            out.set(n.clone(), v.clone());
-                        }
-                    }
+            let a = match program.eval(&frame, seed) {
+                Ok(a) => a,
+                Err(e) => {
+                    fault(&mut faults, afc, e.to_string());
+                    continue;
                 }
-                Err(e) => errors.push(format!("{}: {e}", afc.cert.name)),
+            };
+            if let Err(e) = limits::check_output(&a) {
+                fault(&mut faults, afc, format!("output left out: {e}"));
+                continue;
+            }
+            if let Some(n) = a.names().find(|n| out.get(n).is_some()) {
+                fault(
+                    &mut faults,
+                    afc,
+                    format!("output {n} already set by another AFC"),
+                );
+                continue;
+            }
+            let len = a.encoded_len();
+            if len > budget {
+                fault(
+                    &mut faults,
+                    afc,
+                    format!(
+                        "output left out: its {len} bytes do not fit the {budget} bytes left of the row's {MAX_ATTRS_BYTES}-byte attribute budget"
+                    ),
+                );
+                continue;
+            }
+            budget -= len;
+            for (n, v) in a.iter() {
+                out.set(n.clone(), v.clone());
             }
         }
-        if !errors.is_empty() {
-            errors.truncate(4);
-            for e in errors.iter_mut() {
-                if e.len() > 160 {
-                    let mut cut = 160;
-                    while !e.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    e.truncate(cut);
-                }
-            }
+        if !faults.is_empty() {
+            self.stats.afc_faults += 1;
+            let errors: Vec<String> = faults
+                .iter()
+                .take(4)
+                .map(|f| truncate(format!("{}: {}", f.name, f.reason), 160))
+                .collect();
             out.set("afc_errors", Value::list(errors));
         }
         let hash = crate::row::content_hash(&out, &[]);
@@ -662,7 +841,7 @@ impl Agent {
                 l.contains(&self.cfg.addr),
                 l.first().is_some_and(|a| *a == self.cfg.addr),
             ),
-            _ => (true, true),
+            _ => (false, false),
         };
         let members = match out.get("nmembers") {
             Some(Value::Int(n)) => (*n).max(1) as u64,
@@ -673,6 +852,7 @@ impl Agent {
         level.evaluated_key = Some(key);
         level.is_rep = is_rep;
         level.is_primary = is_primary;
+        level.faults = faults;
         let changed = hash != level.computed_hash;
         level.computed_hash = hash;
         if changed && self.cfg.events {
@@ -684,7 +864,9 @@ impl Agent {
         level.computed = out;
     }
 
-    fn with_oldest_input(&self, i: usize) -> Attrs {
+    /// Zone `i`'s row as issued: the evaluation, and the issue time of its
+    /// oldest input (how fresh it is).
+    fn with_input_times(&self, i: usize) -> Attrs {
         let mut attrs = self.levels[i].computed.clone();
         if let Some(oldest) = self.levels[i].table.oldest_issued() {
             attrs.set("oldest_input", Value::Time(oldest as i64));
@@ -693,22 +875,40 @@ impl Agent {
     }
 
     /// AFCs that rows of table `t` carry: those installed at that zone, and
-    /// those installed above it that its own table does not show yet.
-    fn carried_afcs(&self, t: usize) -> Vec<Arc<AfcCert>> {
+    /// those installed above it that its own table does not show yet (the
+    /// nearest scopes first), within the row's AFC budget.
+    fn carried_afcs(&self, now: Micros, t: usize) -> Vec<Arc<AfcCert>> {
         let zone = &self.zones[t];
-        self.afcs
-            .iter()
-            .filter(|e| !matches!(e.state, AfcState::Rejected(_)))
-            .filter(|e| {
-                let scope = &e.cert.scope;
-                if scope == zone {
-                    return true;
-                }
-                let d = scope.depth();
-                d < t && self.zones[d] == *scope && !self.visible_in(d, &e.cert)
-            })
-            .map(|e| e.cert.clone())
-            .collect()
+        let mut own: Vec<Arc<AfcCert>> = Vec::new();
+        let mut upward: Vec<Arc<AfcCert>> = Vec::new();
+        for e in self.afcs.iter().filter(|e| self.afcs.carried(e, now)) {
+            let scope = &e.cert.scope;
+            if scope == zone {
+                own.push(e.cert.clone());
+                continue;
+            }
+            let d = scope.depth();
+            if d < t && self.zones[d] == *scope && !self.visible_in(d, &e.cert) {
+                upward.push(e.cert.clone());
+            }
+        }
+        upward.sort_by_key(|a| std::cmp::Reverse(a.scope.depth()));
+        let mut room = MAX_ROW_AFC_BYTES;
+        let mut out = Vec::with_capacity(own.len() + upward.len());
+        for a in own.into_iter().chain(upward) {
+            let len = a.encoded_len();
+            if len > room || out.len() == MAX_AFCS_PER_ROW {
+                continue;
+            }
+            room -= len;
+            out.push(a);
+        }
+        out
+    }
+
+    /// AFCs that could not contribute to zone rows at the last evaluation.
+    pub fn afc_faults(&self) -> impl Iterator<Item = &AfcFault> {
+        self.levels.iter().flat_map(|l| l.faults.iter())
     }
 
     fn visible_in(&self, level: usize, cert: &AfcCert) -> bool {
@@ -754,6 +954,11 @@ impl Agent {
             && row.issuer != self.cfg.leaf
         {
             self.note_hints(depth, &row);
+        }
+        if self.rolls_back(now, t, &row) {
+            tracing::debug!(zone = %row.zone, issuer = %row.issuer, inputs = ?row.inputs, held = ?self.levels[t].table.get(row.name()).map(|h| (&h.issuer, &h.inputs)), "zone row from older inputs refused");
+            self.reject("zone_row_from_older_inputs");
+            return Accept::Stale;
         }
         match self.levels[t]
             .table
@@ -829,10 +1034,17 @@ impl Agent {
                 if let Some(sec) = &self.security
                     && let Err(r) = sec.verify_afc(a, now)
                 {
-                    *self.stats.rejected.entry(r.reason()).or_default() += 1;
+                    self.reject(r.reason());
                     continue;
                 }
-                changed |= self.afcs.offer(a.clone());
+                if self.afcs.offer(a.clone(), now) {
+                    changed = true;
+                } else if self.afcs.revive(a, now) {
+                    // The row shows a version we removed: carry the removal again.
+                    self.mark_leaf_dirty();
+                } else if self.afcs.get(&a.scope, &a.name).is_none() {
+                    self.reject("afc_scope_full");
+                }
             }
         }
         if changed {
@@ -945,16 +1157,25 @@ impl Agent {
         Some(seeds[self.rng.random_range(0..seeds.len())].clone())
     }
 
+    /// The versions held in tables `0..=depth`, upper tables first, cut to
+    /// the message budget (the peer then offers what the cut left out).
     fn digest(&self, depth: usize) -> Vec<DigestEntry> {
+        let mut room = self.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD);
         let mut out = Vec::new();
         for (t, level) in self.levels.iter().enumerate().take(depth + 1) {
             for r in level.table.rows() {
-                out.push(DigestEntry {
+                let e = DigestEntry {
                     depth: t as u8,
                     name: r.name_arc().clone(),
                     issued: r.issued,
                     issuer_hash: r.issuer_hash(),
-                });
+                };
+                let len = e.encoded_len();
+                if len > room {
+                    return out;
+                }
+                room -= len;
+                out.push(e);
             }
         }
         out
@@ -1054,7 +1275,17 @@ impl Agent {
             }
         }
         offer.sort_by_key(|(p, t, _)| (*p, *t));
-        let rows = self.fill(offer.into_iter().map(|(_, _, r)| r));
+        // The wanted list first (it is small), then rows in what room is left.
+        let mut room = self.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD);
+        wanted.retain(|w: &Wanted| {
+            let len = w.encoded_len();
+            let fits = len <= room;
+            if fits {
+                room -= len;
+            }
+            fits
+        });
+        let rows = fill(room, offer.into_iter().map(|(_, _, r)| r));
         self.send(
             from.clone(),
             Message::SynAck {
@@ -1073,36 +1304,55 @@ impl Agent {
         rows: Vec<Arc<Row>>,
         wanted: Vec<Wanted>,
     ) {
-        for r in rows {
-            self.accept(now, r);
-        }
         let Some(max_t) = self.shared_depth(&sender, self.levels.len()) else {
             return;
         };
+        self.accept_gossip(now, &sender, rows);
         let give: Vec<Arc<Row>> = wanted
             .iter()
             .filter(|w| (w.depth as usize) <= max_t)
             .filter_map(|w| self.levels[w.depth as usize].table.get(&w.name).cloned())
             .collect();
-        let rows = self.fill(give.into_iter());
+        let rows = fill(
+            self.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD),
+            give.into_iter(),
+        );
         if !rows.is_empty() {
-            self.send(from.clone(), Message::Ack { rows });
+            let sender = self.cfg.leaf.clone();
+            self.send(from.clone(), Message::Ack { sender, rows });
         }
     }
 
-    /// Takes rows in order until the message budget is spent.
-    fn fill(&self, rows: impl Iterator<Item = Arc<Row>>) -> Vec<Arc<Row>> {
-        let mut room = self.cfg.max_message.saturating_sub(512);
-        let mut out = Vec::new();
+    /// Accepts rows an exchange with the agent at `sender` brought, and
+    /// carries the push on for those that are new and recent: the peer's
+    /// side of the tree is the peer's to cover, so this agent pushes them
+    /// into its own zone below the level the two share. Only
+    /// representatives of that zone do this (they are the ones gossiping
+    /// there), only for rows younger than [`Config::push_carry_rounds`], and
+    /// within the push budget: a push lost on the way is repaired within a
+    /// round, not after the many rounds gossip alone needs.
+    fn accept_gossip(&mut self, now: Micros, sender: &ZonePath, rows: Vec<Arc<Row>>) {
+        let below = sender.common_depth(&self.cfg.leaf) + 1;
+        let carry = self.cfg.push && below < self.levels.len() && self.levels[below].is_rep;
+        let mut forward = Vec::new();
         for r in rows {
-            let len = r.encoded_len();
-            if len > room {
-                continue;
+            let t = r.depth().saturating_sub(1);
+            let recent =
+                now.saturating_sub(r.issued) <= self.cfg.push_carry_rounds * self.cfg.round;
+            let accepted = matches!(
+                self.accept(now, r.clone()),
+                Accept::Accepted {
+                    content_changed: true
+                }
+            );
+            if carry && accepted && recent && t < below {
+                forward.push((t, r));
             }
-            room -= len;
-            out.push(r);
         }
-        out
+        if !forward.is_empty() {
+            self.stats.push_carried += forward.len() as u64;
+            self.push_from(below, forward);
+        }
     }
 
     // ----- push ----------------------------------------------------------
@@ -1112,21 +1362,15 @@ impl Agent {
             self.reject("push for a zone this agent is not in");
             return;
         }
+        // Only rows new here go on: a replayed or duplicate push of a row
+        // already held stops at this agent.
         let mut forward = Vec::new();
         for r in rows {
             let t = r.depth().saturating_sub(1);
-            match self.accept(now, r.clone()) {
-                Accept::Accepted { .. } if t < target.depth() => forward.push((t, r)),
-                Accept::Same if t < target.depth() => {
-                    // With security on, a row of the held version was not
-                    // verified: pass on the held copy, which was.
-                    let r = match &self.security {
-                        Some(_) => self.levels[t].table.get(r.name()).cloned().unwrap_or(r),
-                        None => r,
-                    };
-                    forward.push((t, r))
-                }
-                _ => {}
+            if let Accept::Accepted { .. } = self.accept(now, r.clone())
+                && t < target.depth()
+            {
+                forward.push((t, r));
             }
         }
         if !forward.is_empty() && self.cfg.push {
@@ -1160,23 +1404,29 @@ impl Agent {
                 .filter(|g| g.name() != mine)
                 .map(|g| (g.zone.clone(), g.contacts().to_vec()))
                 .collect();
+            let parts = split(
+                self.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD),
+                &batch,
+            );
             for (zone, contacts) in targets {
                 let Some(to) = self.pick_contact(&contacts) else {
                     continue;
                 };
-                let msg = Message::Push {
-                    target: zone,
-                    rows: batch.clone(),
-                };
-                let len = msg.encoded_len();
-                if self.push_spent + len > self.cfg.push_budget {
-                    self.stats.push_suppressed += 1;
-                    continue;
+                for rows in &parts {
+                    let msg = Message::Push {
+                        target: zone.clone(),
+                        rows: rows.clone(),
+                    };
+                    let len = msg.encoded_len();
+                    if self.push_spent + len > self.cfg.push_budget {
+                        self.stats.push_suppressed += 1;
+                        continue;
+                    }
+                    self.push_spent += len;
+                    self.stats.push_msgs_sent += 1;
+                    self.stats.push_bytes_sent += len as u64;
+                    self.send(to.clone(), msg);
                 }
-                self.push_spent += len;
-                self.stats.push_msgs_sent += 1;
-                self.stats.push_bytes_sent += len as u64;
-                self.send(to, msg);
             }
         }
     }
@@ -1209,11 +1459,39 @@ impl Agent {
             .get(zone.name())
             .filter(|r| r.zone == *zone)
     }
+}
 
-    /// AFCs in this agent's store, with their state.
-    pub fn afc_list(&self) -> Vec<&StoredAfc> {
-        self.afcs.iter().collect()
+/// Room kept in every message for its envelope and fixed fields.
+const MESSAGE_OVERHEAD: usize = 512;
+
+/// Takes rows in order while they fit in `room` bytes.
+fn fill(mut room: usize, rows: impl Iterator<Item = Arc<Row>>) -> Vec<Arc<Row>> {
+    let mut out = Vec::new();
+    for r in rows {
+        let len = r.encoded_len();
+        if len > room {
+            continue;
+        }
+        room -= len;
+        out.push(r);
     }
+    out
+}
+
+/// Splits rows into consecutive batches of at most `room` bytes each.
+fn split(room: usize, rows: &[Arc<Row>]) -> Vec<Vec<Arc<Row>>> {
+    let mut out: Vec<Vec<Arc<Row>>> = Vec::new();
+    let mut left = 0;
+    for r in rows {
+        let len = r.encoded_len();
+        if out.is_empty() || len > left {
+            out.push(Vec::new());
+            left = room;
+        }
+        left = left.saturating_sub(len);
+        out.last_mut().expect("a batch").push(r.clone());
+    }
+    out
 }
 
 /// The system AFC: standard attributes every zone row has.
@@ -1223,18 +1501,64 @@ pub fn system_afc(reps: usize) -> String {
     )
 }
 
-fn check_attr_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        || name.as_bytes()[0].is_ascii_digit()
-    {
-        return Err(format!(
-            "attribute name {name:?} is not allowed: use letters, digits and '_', not starting with a digit, at most 64 bytes"
-        ));
+/// The standard attributes from a table directly, for when the system AFC
+/// fails: the members summed, the first children's contacts and servers.
+fn fallback_system(rows: &[Arc<Row>], reps: usize) -> Attrs {
+    let mut out = Attrs::new();
+    let members: i64 = rows
+        .iter()
+        .filter_map(|r| match r.get("nmembers") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .fold(0i64, |a, b| a.saturating_add(b))
+        .min(limits::MAX_NMEMBERS);
+    out.set("nmembers", members);
+    for attr in ["contacts", "servers"] {
+        let first: Vec<Arc<str>> = rows
+            .iter()
+            .filter_map(|r| match r.get(attr) {
+                Some(Value::List(l)) => Some(l.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .take(reps)
+            .collect();
+        out.set(attr, Value::List(first.into()));
     }
-    if RESERVED.contains(&name) {
-        return Err(format!("attribute {name} is reserved: the agent sets it"));
+    out
+}
+
+/// Whether `new` lists an older version than `old` of some child both
+/// list. Both are sorted by name.
+fn older_somewhere(new: &[(Arc<str>, Micros)], old: &[(Arc<str>, Micros)]) -> bool {
+    old.iter().any(|(name, t)| {
+        new.binary_search_by(|(n, _)| crate::table::cmp_names(n, name))
+            .is_ok_and(|k| new[k].1 < *t)
+    })
+}
+
+/// Cuts a message to at most `max` bytes, on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
     }
-    Ok(())
+    s
+}
+
+/// True when leaf `a` comes before leaf `b` in the zone tree's order (by
+/// child name at the first level where they differ): the order in which
+/// the system AFC picks a zone's contacts, so the first contact comes first.
+fn precedes(a: &ZonePath, b: &ZonePath) -> bool {
+    for (x, y) in a.components().zip(b.components()) {
+        match crate::table::cmp_names(x, y) {
+            std::cmp::Ordering::Equal => continue,
+            o => return o.is_lt(),
+        }
+    }
+    a.depth() < b.depth()
 }

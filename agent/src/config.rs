@@ -23,6 +23,10 @@ pub struct Config {
     pub push: bool,
     /// Push bytes allowed per round; beyond it, gossip repairs.
     pub push_budget: usize,
+    /// Rows learnt by gossip younger than this many rounds carry the push
+    /// on into the receiver's zone (a lost push is repaired within a round
+    /// or two instead of the many rounds gossip alone needs).
+    pub push_carry_rounds: u64,
     /// Delay to coalesce changes before re-aggregating and pushing.
     pub coalesce: Micros,
     /// Failure timeout in rounds: `fail_base + fail_per_log2 * log2(members)`.
@@ -60,6 +64,7 @@ impl Config {
             reps: 3,
             push: true,
             push_budget: 256 * 1024,
+            push_carry_rounds: 3,
             coalesce: 5_000,
             fail_base: 8,
             fail_per_log2: 2,

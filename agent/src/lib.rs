@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod fsutil;
+pub mod limits;
 pub mod message;
 pub mod node;
 pub mod path;

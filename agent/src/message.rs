@@ -6,24 +6,21 @@
 //! a dissemination tree.
 
 use crate::afc::{AfcCert, MAX_AFC_NAME};
-use crate::path::ZonePath;
-use crate::row::{Micros, Row};
+use crate::limits::{
+    self, LimitError, MAX_AFC_BYTES, MAX_AFCS_PER_ROW, MAX_ROW_AFC_BYTES, MAX_ROW_BYTES,
+    MAX_SIGNATURE,
+};
+use crate::path::{MAX_COMPONENT_LEN, ZonePath};
+use crate::row::{MAX_INPUTS, Micros, Row};
+use crate::security::SecurityError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use zone_sql::{MAX_AFC_TEXT, Value};
+use zone_sql::MAX_AFC_TEXT;
 
 /// Largest message accepted from the network, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Largest row accepted, in bytes.
-pub const MAX_ROW_BYTES: usize = 16 * 1024;
-/// Most AFCs one row may carry.
-pub const MAX_AFCS_PER_ROW: usize = 64;
 /// Most digest entries or rows in one message.
 pub const MAX_ITEMS: usize = 4096;
-/// Longest string value or list in a row.
-pub const MAX_LIST_LEN: usize = 64;
-/// Longest signature accepted (ed25519 signatures are 64 bytes).
-pub const MAX_SIGNATURE: usize = 128;
 
 /// One gossip message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +37,7 @@ pub enum Message {
         wanted: Vec<Wanted>,
     },
     Ack {
+        sender: ZonePath,
         rows: Vec<Arc<Row>>,
     },
     /// Rows to deliver to every agent inside `target`.
@@ -62,7 +60,8 @@ impl DigestEntry {
     pub fn version(&self) -> (Micros, u64) {
         (self.issued, self.issuer_hash)
     }
-    fn encoded_len(&self) -> usize {
+    /// Encoded size in bytes: an upper bound.
+    pub fn encoded_len(&self) -> usize {
         1 + 1 + self.name.len() + 10 + 10
     }
 }
@@ -74,6 +73,13 @@ pub struct Wanted {
     pub name: Arc<str>,
 }
 
+impl Wanted {
+    /// Encoded size in bytes: an upper bound.
+    pub fn encoded_len(&self) -> usize {
+        1 + 2 + self.name.len()
+    }
+}
+
 /// Why bytes from the network were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -83,6 +89,8 @@ pub enum DecodeError {
     Malformed(String),
     #[error("invalid content: {0}")]
     Invalid(String),
+    #[error("invalid row: {0}")]
+    Row(#[from] RowError),
 }
 
 impl Message {
@@ -90,9 +98,9 @@ impl Message {
     pub fn rows(&self) -> &[Arc<Row>] {
         match self {
             Message::Syn { .. } => &[],
-            Message::SynAck { rows, .. } | Message::Ack { rows } | Message::Push { rows, .. } => {
-                rows
-            }
+            Message::SynAck { rows, .. }
+            | Message::Ack { rows, .. }
+            | Message::Push { rows, .. } => rows,
         }
     }
 
@@ -114,9 +122,9 @@ impl Message {
                 3 + sender.as_str().len()
                     + rows(r)
                     + 3
-                    + wanted.iter().map(|w| 2 + w.name.len()).sum::<usize>()
+                    + wanted.iter().map(|w| w.encoded_len()).sum::<usize>()
             }
-            Message::Ack { rows: r } => rows(r),
+            Message::Ack { sender, rows: r } => 3 + sender.as_str().len() + rows(r),
             Message::Push { target, rows: r } => 3 + target.as_str().len() + rows(r),
         }
     }
@@ -144,7 +152,10 @@ impl Message {
                 rows: reseal(rows),
                 wanted,
             },
-            Message::Ack { rows } => Message::Ack { rows: reseal(rows) },
+            Message::Ack { sender, rows } => Message::Ack {
+                sender,
+                rows: reseal(rows),
+            },
             Message::Push { target, rows } => Message::Push {
                 target,
                 rows: reseal(rows),
@@ -168,7 +179,7 @@ impl Message {
             return bad(format!("{} rows", self.rows().len()));
         }
         for r in self.rows() {
-            validate_row(r).map_err(DecodeError::Invalid)?;
+            validate_row(r)?;
         }
         Ok(())
     }
@@ -180,70 +191,117 @@ fn reseal(rows: Vec<Arc<Row>>) -> Vec<Arc<Row>> {
         .collect()
 }
 
+/// Why a row breaks the rules every receiver applies.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowError {
+    #[error("a row for the root zone")]
+    RootRow,
+    #[error("issuer {issuer} is outside the zone {zone} it speaks for")]
+    IssuerOutside { issuer: ZonePath, zone: ZonePath },
+    #[error(transparent)]
+    Attrs(#[from] LimitError),
+    #[error("row signature of {0} bytes; the limit is {MAX_SIGNATURE}")]
+    Signature(usize),
+    #[error("row certificate: {0}")]
+    Cert(SecurityError),
+    #[error("{0} inputs listed, or a malformed input name; the limit is {MAX_INPUTS}")]
+    Inputs(usize),
+    #[error("{0} AFCs in one row; the limit is {MAX_AFCS_PER_ROW}")]
+    TooManyAfcs(usize),
+    #[error("AFCs of {0} bytes in one row; the limit is {MAX_ROW_AFC_BYTES}")]
+    AfcBytes(usize),
+    #[error(transparent)]
+    Afc(#[from] AfcError),
+    #[error("row of {0} bytes; the limit is {MAX_ROW_BYTES}")]
+    TooLarge(usize),
+}
+
+/// Why an AFC breaks the bounds on its fields.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AfcError {
+    #[error("AFC name of {0} bytes; give 1 to {MAX_AFC_NAME}")]
+    Name(usize),
+    #[error("AFC text of {0} bytes; the limit is {MAX_AFC_TEXT}")]
+    Text(usize),
+    #[error("oversized AFC signature or signer")]
+    Signature,
+    #[error("certificate of AFC {name}: {error}")]
+    Cert { name: String, error: SecurityError },
+    #[error("AFC {name} takes {len} bytes with its certificate; the limit is {MAX_AFC_BYTES}")]
+    TooLarge { name: String, len: usize },
+}
+
 /// Checks a row's shape: the issuer lies inside the zone it speaks for, the
-/// attributes are sorted and bounded, the carried AFCs are bounded.
-pub fn validate_row(r: &Row) -> Result<(), String> {
+/// attributes pass [`limits::check_attrs`], the carried AFCs are bounded.
+pub fn validate_row(r: &Row) -> Result<(), RowError> {
     if r.zone.is_root() {
-        return Err("a row for the root zone".into());
+        return Err(RowError::RootRow);
     }
     if !r.zone.contains(&r.issuer) {
-        return Err(format!(
-            "issuer {} is outside the zone {} it speaks for",
-            r.issuer, r.zone
-        ));
+        return Err(RowError::IssuerOutside {
+            issuer: r.issuer.clone(),
+            zone: r.zone.clone(),
+        });
     }
-    if !r.attrs.is_well_formed() {
-        return Err("attributes not sorted or repeated".into());
-    }
-    for (n, v) in r.attrs.iter() {
-        if n.is_empty() || n.len() > 64 {
-            return Err(format!("attribute name of {} bytes", n.len()));
-        }
-        if let Value::List(l) = v
-            && l.len() > MAX_LIST_LEN
-        {
-            return Err(format!("attribute {n} holds a list of {} items", l.len()));
-        }
-        if let Value::Float(f) = v
-            && f.is_nan()
-        {
-            return Err(format!("attribute {n} is NaN"));
-        }
-    }
+    limits::check_attrs(&r.attrs)?;
     if r.signature.len() > MAX_SIGNATURE {
-        return Err(format!("row signature of {} bytes", r.signature.len()));
+        return Err(RowError::Signature(r.signature.len()));
     }
     if let Some(c) = &r.cert {
-        c.check_bounds()
-            .map_err(|e| format!("row certificate: {e}"))?;
+        c.check_bounds().map_err(RowError::Cert)?;
+    }
+    if r.inputs.len() > MAX_INPUTS
+        || r.inputs
+            .iter()
+            .any(|(n, _)| n.is_empty() || n.len() > MAX_COMPONENT_LEN)
+        || !r
+            .inputs
+            .windows(2)
+            .all(|w| crate::table::cmp_names(&w[0].0, &w[1].0).is_lt())
+    {
+        return Err(RowError::Inputs(r.inputs.len()));
     }
     if r.afcs.len() > MAX_AFCS_PER_ROW {
-        return Err(format!("{} AFCs in one row", r.afcs.len()));
+        return Err(RowError::TooManyAfcs(r.afcs.len()));
     }
+    let mut afc_bytes = 0;
     for a in r.afcs.iter() {
         validate_afc(a)?;
+        afc_bytes += a.encoded_len();
+    }
+    if afc_bytes > MAX_ROW_AFC_BYTES {
+        return Err(RowError::AfcBytes(afc_bytes));
     }
     let len = r.encoded_len();
     if len > MAX_ROW_BYTES {
-        return Err(format!("row of {len} bytes"));
+        return Err(RowError::TooLarge(len));
     }
     Ok(())
 }
 
 /// Bounds on an AFC's fields (its SQL is checked when the agent stores it).
-pub fn validate_afc(a: &AfcCert) -> Result<(), String> {
+pub fn validate_afc(a: &AfcCert) -> Result<(), AfcError> {
     if a.name.is_empty() || a.name.len() > MAX_AFC_NAME {
-        return Err(format!("AFC name of {} bytes", a.name.len()));
+        return Err(AfcError::Name(a.name.len()));
     }
     if a.sql.len() > MAX_AFC_TEXT {
-        return Err(format!("AFC text of {} bytes", a.sql.len()));
+        return Err(AfcError::Text(a.sql.len()));
     }
     if a.signer.len() > 256 || a.signature.len() > MAX_SIGNATURE {
-        return Err("oversized AFC signature".into());
+        return Err(AfcError::Signature);
     }
     if let Some(c) = &a.cert {
-        c.check_bounds()
-            .map_err(|e| format!("certificate of AFC {}: {e}", a.name))?;
+        c.check_bounds().map_err(|error| AfcError::Cert {
+            name: a.name.to_string(),
+            error,
+        })?;
+    }
+    let len = a.encoded_len();
+    if len > MAX_AFC_BYTES {
+        return Err(AfcError::TooLarge {
+            name: a.name.to_string(),
+            len,
+        });
     }
     Ok(())
 }
@@ -251,7 +309,7 @@ pub fn validate_afc(a: &AfcCert) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zone_sql::Attrs;
+    use zone_sql::{Attrs, Value};
 
     fn sample_row() -> Arc<Row> {
         let mut a = Attrs::new();
@@ -295,6 +353,7 @@ mod tests {
                 }],
             },
             Message::Ack {
+                sender: ZonePath::parse("/eu/paris/h7").unwrap(),
                 rows: vec![sample_row()],
             },
             Message::Push {
@@ -334,11 +393,12 @@ mod tests {
         let mut r = Arc::unwrap_or_clone(sample_row());
         r.issuer = ZonePath::parse("/us/h1").unwrap();
         let m = Message::Ack {
+            sender: ZonePath::parse("/eu/paris/h7").unwrap(),
             rows: vec![Arc::new(r.sealed())],
         };
         assert!(matches!(
             Message::decode(&m.encode()),
-            Err(DecodeError::Invalid(_))
+            Err(DecodeError::Row(RowError::IssuerOutside { .. }))
         ));
     }
 }

@@ -11,23 +11,13 @@ use zone_sql::{Attrs, Value};
 /// Time in microseconds since the Unix epoch (the simulator starts at 0).
 pub type Micros = u64;
 
-/// Attributes that every agent writes itself; applications and AFCs may not set them.
-pub const RESERVED: &[&str] = &[
-    "name",
-    "nmembers",
-    "depth",
-    "contacts",
-    "servers",
-    "nreporting",
-    "nchildren",
-    "oldest_input",
-    "afc_errors",
-];
-
 /// Attributes left out of a row's content hash: they move with the timing of
 /// refreshes, differ slightly between representatives, and would otherwise
 /// make every refresh look like a change worth re-aggregating and pushing.
 const VOLATILE: &[&str] = &["nreporting", "oldest_input"];
+
+/// Most inputs a zone row lists (see [`Row::inputs`]).
+pub const MAX_INPUTS: usize = 64;
 
 /// Separates row signatures from every other kind of signed bytes.
 const ROW_TAG: &str = "armillary-row-v1";
@@ -44,6 +34,13 @@ pub struct Row {
     pub attrs: Attrs,
     /// AFCs carried by this row (those installed in the parent zone, and those on their way up).
     pub afcs: Vec<Arc<AfcCert>>,
+    /// For a zone row: the version (issue time) of each child row it was
+    /// computed from, by child name; empty for leaf rows and for zones with
+    /// more than [`MAX_INPUTS`] children. Another representative replaces
+    /// a fresh row only when it holds all of these inputs at least as new,
+    /// so a zone row never rolls back to older content.
+    #[serde(default)]
+    pub inputs: Vec<(Arc<str>, Micros)>,
     /// The issuer's signature over [`Row::signing_bytes`] (empty in insecure mode).
     pub signature: Vec<u8>,
     /// The issuer's agent certificate and its chain, so that any receiver
@@ -80,11 +77,18 @@ impl Row {
             issued,
             attrs,
             afcs,
+            inputs: Vec::new(),
             signature: Vec::new(),
             cert: None,
             cache: RowCache::default(),
         }
         .sealed()
+    }
+
+    /// The row with the versions of the inputs it was computed from.
+    pub fn with_inputs(mut self, inputs: Vec<(Arc<str>, Micros)>) -> Row {
+        self.inputs = inputs;
+        self.sealed()
     }
 
     /// Recomputes the cached fields; called after decoding a row from the wire.
@@ -170,6 +174,7 @@ impl Row {
             self.issued,
             &self.attrs,
             afcs,
+            &self.inputs,
         ))
         .unwrap_or_default()
     }
@@ -184,6 +189,12 @@ impl Row {
             + self.attrs.encoded_len()
             + 2
             + self.afcs.iter().map(|a| a.encoded_len()).sum::<usize>()
+            + 2
+            + self
+                .inputs
+                .iter()
+                .map(|(n, _)| 2 + n.len() + 10)
+                .sum::<usize>()
             + 2
             + self.signature.len()
             + 1

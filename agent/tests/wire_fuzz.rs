@@ -30,6 +30,7 @@ fn sample_messages() -> Vec<Vec<u8>> {
     ));
     vec![
         Message::Ack {
+            sender: leaf.clone(),
             rows: vec![row.clone()],
         }
         .encode(),

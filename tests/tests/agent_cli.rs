@@ -2,46 +2,18 @@
 //! two secure agent processes on loopback, AFCs installed with and without a
 //! signing key, a crash and a restart from the data directory alone.
 
-use armillary_tests::{PATIENCE, armillary_bin, temp_dir};
+use armillary_tests::{Processes, armillary_bin, free_port, run_cli, temp_dir, wait_for};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-struct Agents(Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(armillary_bin())
-        .args(args)
-        .output()
-        .expect("armillary runs")
-}
+use std::process::{Child, Command, Stdio};
 
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
+    let out = run_cli(args);
     assert!(
         out.status.success(),
         "armillary {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let t = std::net::TcpListener::bind(("127.0.0.1", u.local_addr().unwrap().port()));
-    match t {
-        Ok(t) => t.local_addr().unwrap().port(),
-        Err(_) => free_port(),
-    }
 }
 
 fn start(
@@ -71,7 +43,7 @@ fn start(
 }
 
 fn members(api: u16) -> Option<i64> {
-    let out = run(&[
+    let out = run_cli(&[
         "query",
         "SELECT SUM(nmembers) AS n FROM \"/\"",
         "--json",
@@ -83,7 +55,7 @@ fn members(api: u16) -> Option<i64> {
 }
 
 fn afc_state(api: u16, name: &str) -> Option<String> {
-    let out = run(&[
+    let out = run_cli(&[
         "afc",
         "list",
         "--json",
@@ -95,17 +67,6 @@ fn afc_state(api: u16, name: &str) -> Option<String> {
         .iter()
         .find(|a| a["name"] == name)
         .and_then(|a| a["state"].as_str().map(String::from))
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + PATIENCE;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("gave up waiting for: {what}");
 }
 
 #[test]
@@ -149,7 +110,7 @@ fn secure_agents_from_keys_to_restart() {
     ]);
 
     let (g1, a1, g2, a2) = (free_port(), free_port(), free_port(), free_port());
-    let mut agents = Agents(vec![
+    let mut agents = Processes(vec![
         start("/x/h1", g1, a1, None, &p("d1"), Some(&p("k1"))),
         start("/x/h2", g2, a2, Some(g1), &p("d2"), Some(&p("k2"))),
     ]);
@@ -158,7 +119,7 @@ fn secure_agents_from_keys_to_restart() {
     });
     let api1 = format!("127.0.0.1:{a1}");
     // Without a key the agent refuses the AFC: exit code 2, a message saying what to do.
-    let out = run(&[
+    let out = run_cli(&[
         "afc",
         "install",
         "hosts",
@@ -199,7 +160,7 @@ fn secure_agents_from_keys_to_restart() {
     wait_for("two members again", || members(a1) == Some(2));
 
     // A data directory that belongs to another zone is refused, with exit code 2.
-    let out = run(&[
+    let out = run_cli(&[
         "agent",
         "--zone",
         "/x/h3",
@@ -239,7 +200,7 @@ fn settings_file_runs_an_agent_and_bad_settings_say_what_is_wrong() {
         .stderr(Stdio::null())
         .spawn()
         .expect("agent starts");
-    let agents = Agents(vec![child]);
+    let agents = Processes(vec![child]);
     wait_for("the agent from the settings file answers", || {
         members(a) == Some(1)
     });
@@ -247,7 +208,7 @@ fn settings_file_runs_an_agent_and_bad_settings_say_what_is_wrong() {
 
     let bad = root.join("bad.toml");
     std::fs::write(&bad, "zone = \"/lab/h1\"\ngossip_intervall = \"1s\"\n").unwrap();
-    let out = run(&["agent", "--config", &bad.to_string_lossy()]);
+    let out = run_cli(&["agent", "--config", &bad.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("gossip_intervall"),

@@ -1,7 +1,9 @@
 //! API errors: a status and a message that says what to do, sent as
 //! `{"error": "..."}`.
 
+use crate::afc::ScopeFull;
 use crate::agent::InstallError;
+use crate::message::AfcError;
 use crate::node::NodeError;
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -44,9 +46,18 @@ impl From<NodeError> for ApiError {
             NodeError::UnknownZone { .. } => StatusCode::NOT_FOUND,
             NodeError::Install(i) => match i {
                 InstallError::NotFound { .. } => StatusCode::NOT_FOUND,
-                InstallError::Rejected(_) if i.refusal().is_some() => StatusCode::FORBIDDEN,
-                InstallError::OutOfScope(_) | InstallError::Rejected(_) => StatusCode::BAD_REQUEST,
+                InstallError::Refused(_) => StatusCode::FORBIDDEN,
+                InstallError::ScopeFull(ScopeFull::Count { .. }) => StatusCode::CONFLICT,
+                InstallError::ScopeFull(ScopeFull::Bytes { .. })
+                | InstallError::Invalid(AfcError::TooLarge { .. } | AfcError::Text(_)) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                InstallError::OutOfScope(_)
+                | InstallError::Invalid(_)
+                | InstallError::BadAfc(_) => StatusCode::BAD_REQUEST,
             },
+            NodeError::Limit(l) if l.is_size() => StatusCode::PAYLOAD_TOO_LARGE,
+            NodeError::Limit(_) => StatusCode::BAD_REQUEST,
             NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             NodeError::Unsigned(_) => StatusCode::FORBIDDEN,
             NodeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,12 +144,31 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            status(InstallError::Rejected("bad".into()).into()),
+            status(InstallError::BadAfc("bad".into()).into()),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status(InstallError::Rejected("afc_not_allowed: client c may not".into()).into()),
+            status(
+                InstallError::Refused(crate::security::Reject::AfcNotAllowed(
+                    "client c may not".into()
+                ))
+                .into()
+            ),
             StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(
+                InstallError::ScopeFull(ScopeFull::Count {
+                    scope: root.clone(),
+                    count: 32
+                })
+                .into()
+            ),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(crate::limits::LimitError::AttrsTooLarge { len: 20_000 }.into()),
+            StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
             status(InstallError::OutOfScope(root).into()),

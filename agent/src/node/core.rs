@@ -60,9 +60,12 @@ impl NodeCore {
             NodeError::UnknownZone { .. } => "api_unknown_zone",
             NodeError::Install(InstallError::OutOfScope(_)) => "api_afc_out_of_scope",
             NodeError::Install(InstallError::NotFound { .. }) => "api_afc_not_found",
-            NodeError::Install(e @ InstallError::Rejected(_)) => {
-                e.refusal().unwrap_or("api_afc_invalid")
+            NodeError::Install(InstallError::Refused(r)) => r.reason(),
+            NodeError::Install(InstallError::ScopeFull(_)) => "api_afc_scope_full",
+            NodeError::Install(InstallError::Invalid(_) | InstallError::BadAfc(_)) => {
+                "api_afc_invalid"
             }
+            NodeError::Limit(_) => "api_attr_limit",
             NodeError::Unsigned(_) => "api_unsigned",
             NodeError::BadRequest(_) => "api_bad_request",
             NodeError::Stopped | NodeError::Store(_) => return,
@@ -99,6 +102,9 @@ impl NodeCore {
             ("msgs_received", s.msgs_received),
             ("rows_accepted", s.rows_accepted),
             ("evaluations", s.evaluations),
+            ("afc_faults", s.afc_faults),
+            ("zone_row_deferrals", s.deferrals),
+            ("push_carried", s.push_carried),
         ] {
             counters.insert(k.to_string(), v);
         }
@@ -172,13 +178,35 @@ impl NodeCore {
             .afcs()
             .iter()
             .filter(|a| zone.is_none_or(|z| a.cert.scope == *z))
-            .map(|a| AfcView {
-                cert: a.cert.clone(),
-                state: a.state.label(),
-                reason: match &a.state {
-                    AfcState::Rejected(why) => Some(why.clone()),
-                    _ => None,
-                },
+            .map(|a| {
+                // An active AFC whose output was left out of some zone's
+                // row is reported faulty there.
+                let faults: Vec<_> = self
+                    .agent
+                    .afc_faults()
+                    .filter(|f| f.scope == a.cert.scope && f.name == a.cert.name)
+                    .collect();
+                let (state, reason) = match (&a.state, faults.first()) {
+                    (AfcState::Rejected(why), _) => (a.state.label(), Some(why.clone())),
+                    (AfcState::Active, Some(f)) => (
+                        "faulty",
+                        Some(format!(
+                            "on {}{}: {}",
+                            f.zone,
+                            match faults.len() {
+                                1 => String::new(),
+                                n => format!(" and {} more zones", n - 1),
+                            },
+                            f.reason
+                        )),
+                    ),
+                    _ => (a.state.label(), None),
+                };
+                AfcView {
+                    cert: a.cert.clone(),
+                    state,
+                    reason,
+                }
             })
             .collect()
     }
@@ -240,9 +268,7 @@ impl NodeCore {
     }
 
     pub(super) fn set_attr(&mut self, name: &str, value: Value) -> Result<(), NodeError> {
-        self.agent
-            .set_attr(now_micros(), name, value)
-            .map_err(NodeError::BadRequest)?;
+        self.agent.set_attr(now_micros(), name, value)?;
         self.after_input();
         Ok(())
     }

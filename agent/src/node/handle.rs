@@ -24,6 +24,9 @@ pub enum NodeError {
     Install(#[from] InstallError),
     #[error("{0}")]
     BadRequest(String),
+    /// The change would make this agent's row break a limit.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     #[error("this agent runs with keys: {0}")]
     Unsigned(String),
     #[error("the agent has stopped")]

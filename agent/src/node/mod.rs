@@ -104,6 +104,8 @@ impl Node {
         let gossip_addr = core_cfg.addr.to_string();
         let leaf = core_cfg.leaf.clone();
         let mut agent = Agent::new(core_cfg, now_micros());
+        // Security first: restored AFCs are checked like any others.
+        agent.set_security(cfg.security.clone());
         if let Some(s) = &store {
             let saved = s.load_state()?;
             tracing::info!(
@@ -113,7 +115,6 @@ impl Node {
             );
             agent.restore(saved.afcs, saved.attrs);
         }
-        agent.set_security(cfg.security.clone());
         prepare(&mut agent);
         let (jobs_tx, mut jobs_rx) =
             mpsc::channel::<Box<dyn FnOnce(&mut NodeCore) + Send>>(JOB_QUEUE);

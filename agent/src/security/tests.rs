@@ -417,6 +417,7 @@ fn oversized_and_deep_chains_are_refused_on_decode_and_verify() {
     let mut r = row("/a/h", "/a/h", vec![]);
     r.set_signature(Some(Arc::new(big)), vec![0; 64]);
     let msg = crate::message::Message::Ack {
+        sender: ZonePath::parse("/a/h").unwrap(),
         rows: vec![Arc::new(r)],
     };
     assert!(crate::message::Message::decode(&msg.encode()).is_err());
