@@ -276,3 +276,65 @@ fn afcs_need_a_signer_allowed_their_scope() {
         );
     }
 }
+
+/// A node with keys restoring a data directory that holds a forged AFC: the
+/// check runs at restore (security is on before saved state comes back),
+/// so the forgery is dropped and counted, and a genuine AFC survives.
+#[tokio::test]
+async fn restored_afcs_are_checked_with_security_on() {
+    use armillary_agent::node::store::Store;
+    use armillary_agent::node::{Node, NodeConfig};
+    let now = security::now_micros();
+    let root = Identity::new_root(&ZonePath::root(), now - DAY, now + 365 * DAY);
+    let ops = root
+        .new_child(
+            CertKind::Client {
+                allow: vec![Right::parse("afc:/").unwrap()],
+            },
+            "ops",
+            now - DAY,
+            now + DAY,
+        )
+        .unwrap();
+    let mut good = AfcCert::new(ZonePath::root(), "good", "SELECT MAX(load) AS load", now);
+    sign_afc(&ops, &mut good);
+    let mut forged = AfcCert::new(ZonePath::root(), "forged", "SELECT MIN(load) AS low", now);
+    sign_afc(&ops, &mut forged);
+    forged.sql = "SELECT MAX(load) AS low".into();
+    let dir = std::env::temp_dir().join(format!("armillary-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let leaf = p("/a/h1");
+    Store::open(&dir, &leaf)
+        .unwrap()
+        .save_state(&[Arc::new(good), Arc::new(forged)], &Default::default())
+        .unwrap();
+    let id = root
+        .new_child(CertKind::Agent, "/a/h1", now - DAY, now + DAY)
+        .unwrap();
+    let sec = Security::for_agent(id, &leaf, now).unwrap();
+    let node = Node::start(
+        NodeConfig {
+            core: Config::new(leaf, ""),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: Some(dir.clone()),
+            security: Some(Arc::new(sec)),
+            sensors: None,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = node
+        .handle()
+        .afcs(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.cert.name.to_string())
+        .collect();
+    assert_eq!(names, ["good"]);
+    let status = node.handle().status().await.unwrap();
+    assert_eq!(status.rejected.get("bad_signature"), Some(&1));
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
