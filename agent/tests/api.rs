@@ -983,3 +983,99 @@ async fn no_cors_permission_is_ever_sent() {
         f.stop().await;
     }
 }
+
+/// The page's script and, within it, its API client section.
+fn dashboard_script(page: &str) -> (&str, &str) {
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .expect("the page has a script")
+        .0;
+    let client = script
+        .split_once("// api-client:begin")
+        .and_then(|(_, rest)| rest.split_once("// api-client:end"))
+        .expect("the script marks its API client")
+        .0;
+    (script, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_sends_json_and_the_token() {
+    let access = api::ApiAccess {
+        token: Some(api::ApiToken::new(TOKEN).unwrap()),
+        ..api::ApiAccess::default()
+    };
+    let f = Fixture::start_access(None, access).await;
+    let page = f.http.get(f.url("/")).send().await.unwrap().text().await;
+    let page = page.unwrap();
+    let (script, client) = dashboard_script(&page);
+    // Every request goes through the client, which declares JSON bodies;
+    // no EventSource (it cannot send the token), no token kept beyond the tab.
+    let outside = script.replace(client, "");
+    for banned in [
+        "fetch(",
+        "EventSource",
+        "localStorage",
+        "XMLHttpRequest",
+        "body:",
+    ] {
+        assert!(
+            !outside.contains(banned),
+            "the page uses {banned} outside its API client"
+        );
+    }
+    assert_eq!(client.matches("fetch(").count(), 1, "{client}");
+    assert!(client.contains(r#"headers["content-type"] = "application/json""#));
+
+    // The client itself, run by Node against this API.
+    let Ok(node) = std::process::Command::new("node").arg("--version").output() else {
+        eprintln!("node is not installed: the dashboard client was checked by reading only");
+        f.stop().await;
+        return;
+    };
+    assert!(node.status.success());
+    let harness = include_str!("dashboard_client.js").replace("/* api-client */", client);
+    let dir = std::env::temp_dir().join(format!("armillary-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client.js");
+    std::fs::write(&file, harness).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(&file)
+        .env("API", &f.base)
+        .env("TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["no_token"], 401, "{v}");
+    assert!(
+        v["no_token_asked"]
+            .as_str()
+            .unwrap()
+            .contains("bearer token"),
+        "{v}"
+    );
+    assert_eq!(v["wrong_token"], 401, "{v}");
+    assert!(
+        v["wrong_token_asked"]
+            .as_str()
+            .unwrap()
+            .contains("not this API's"),
+        "{v}"
+    );
+    assert_eq!(v["token"], "/a/h1", "{v}");
+    assert_eq!(v["token_asked"], Value::Null, "{v}");
+    assert_eq!(v["query"], json!(["n"]), "{v}");
+    assert_eq!(v["afcs"], 0, "{v}");
+    assert_eq!(v["first_event"], json!({"name": "row", "zone": "/"}), "{v}");
+    assert_eq!(v["body_types"], json!(["application/json"]), "{v}");
+    assert_eq!(v["token_in_url"], false, "{v}");
+    f.stop().await;
+}
