@@ -136,12 +136,12 @@ impl Rules {
             }
         };
         if !self.host_ok(host) {
-            return Err(Refusal::BadHost(host.to_string()));
+            return Err(Refusal::BadHost(shortened(host)));
         }
         if let Some(a) = authority
             && !self.host_ok(a.as_str())
         {
-            return Err(Refusal::BadHost(a.to_string()));
+            return Err(Refusal::BadHost(shortened(a.as_str())));
         }
         let dashboard = path == "/" && (method == Method::GET || method == Method::HEAD);
         if let Some(token) = &self.access.token
@@ -163,7 +163,7 @@ impl Rules {
         if has_body(headers) {
             let ty = headers
                 .get(CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                .map(|v| shortened(&String::from_utf8_lossy(v.as_bytes())));
             if !ty.as_deref().is_some_and(is_json) {
                 return Err(Refusal::NotJson(ty));
             }
@@ -219,6 +219,17 @@ impl Rules {
             );
         }
         res
+    }
+}
+
+/// Longest piece of a refused header quoted back in a message.
+const QUOTED: usize = 100;
+
+/// A header value as quoted in a message: at most [`QUOTED`] characters.
+fn shortened(v: &str) -> String {
+    match v.char_indices().nth(QUOTED) {
+        Some((i, _)) => format!("{}...", &v[..i]),
+        None => v.to_string(),
     }
 }
 
@@ -321,6 +332,11 @@ mod tests {
             );
         }
         assert_eq!(get(&r, &[]), Err(Refusal::NoHost));
+        let long = format!("{}.example", "a".repeat(300));
+        let Err(Refusal::BadHost(quoted)) = get(&r, &[("host", &long)]) else {
+            panic!("a long foreign name is refused");
+        };
+        assert_eq!(quoted.len(), QUOTED + 3);
         assert!(matches!(
             get(&r, &[("host", "localhost"), ("host", "localhost")]),
             Err(Refusal::BadHost(_))
