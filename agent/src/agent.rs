@@ -1157,13 +1157,16 @@ impl Agent {
         Some(seeds[self.rng.random_range(0..seeds.len())].clone())
     }
 
-    /// The versions held in tables `0..=depth`, upper tables first, cut to
-    /// the message budget (the peer then offers what the cut left out).
+    /// The versions held in tables `0..=depth`, in table order, cut to the
+    /// message budget: whole tables from `depth` (the one the exchange is
+    /// for) upwards, then as much of the next as fits; the peer offers what
+    /// the cut left out.
     fn digest(&self, depth: usize) -> Vec<DigestEntry> {
         let mut room = self.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD);
-        let mut out = Vec::new();
-        for (t, level) in self.levels.iter().enumerate().take(depth + 1) {
-            for r in level.table.rows() {
+        let mut tables: Vec<Vec<DigestEntry>> = Vec::new();
+        'tables: for t in (0..=depth.min(self.levels.len() - 1)).rev() {
+            let mut entries = Vec::new();
+            for r in self.levels[t].table.rows() {
                 let e = DigestEntry {
                     depth: t as u8,
                     name: r.name_arc().clone(),
@@ -1172,13 +1175,15 @@ impl Agent {
                 };
                 let len = e.encoded_len();
                 if len > room {
-                    return out;
+                    tables.push(entries);
+                    break 'tables;
                 }
                 room -= len;
-                out.push(e);
+                entries.push(e);
             }
+            tables.push(entries);
         }
-        out
+        tables.into_iter().rev().flatten().collect()
     }
 
     /// The deepest table shared with the agent at `sender`, or None if the two clash.

@@ -29,6 +29,11 @@ impl Fixture {
 
     /// A node with keys when `security` is given.
     async fn start_with(security: Option<Security>) -> Fixture {
+        Fixture::start_access(security, api::ApiAccess::default()).await
+    }
+
+    /// A node whose API lets in what `access` allows.
+    async fn start_access(security: Option<Security>, access: api::ApiAccess) -> Fixture {
         let cfg = NodeConfig {
             core: Config::new(ZonePath::parse("/a/h1").unwrap(), ""),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -40,7 +45,7 @@ impl Fixture {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(listener, node.handle(), async {
+        let server = tokio::spawn(api::serve(listener, node.handle(), access, async {
             let _ = stopped.await;
         }));
         Fixture {
@@ -70,6 +75,24 @@ impl Fixture {
                 .unwrap(),
         )
         .await
+    }
+
+    /// Sends `body` to `path`, declared as `ty` (no content type for `None`).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        ty: Option<&str>,
+        body: &str,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .body(body.to_string());
+        if let Some(t) = ty {
+            req = req.header("content-type", t);
+        }
+        req.send().await.unwrap()
     }
 
     /// Waits until `f` holds for GET `path`, or fails after 5 s.
@@ -442,12 +465,13 @@ async fn watch_streams_changes() {
     assert!(table["rows"].is_array(), "{table}");
 
     let r = f
-        .http
-        .put(f.url("/v1/attrs/load"))
-        .body("7")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::PUT,
+            "/v1/attrs/load",
+            Some("application/json"),
+            "7",
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let (mut saw_row, mut saw_table) = (false, false);
     while !(saw_row && saw_table) {
@@ -470,12 +494,13 @@ async fn watch_streams_changes() {
     let (name, first) = leaf.next().await;
     assert_eq!(name, "row");
     assert_eq!(first["attrs"]["load"], 7, "{first}");
-    f.http
-        .put(f.url("/v1/attrs/load"))
-        .body("8")
-        .send()
-        .await
-        .unwrap();
+    f.send(
+        reqwest::Method::PUT,
+        "/v1/attrs/load",
+        Some("application/json"),
+        "8",
+    )
+    .await;
     loop {
         let (name, data) = leaf.next().await;
         if name == "row" && data["attrs"]["load"] == 8 {
@@ -640,5 +665,417 @@ async fn dashboard_is_served_and_uses_only_documented_endpoints() {
     assert!(page.contains("/v1/query"));
     // Data from other agents goes in as text only.
     assert!(!page.contains("innerHTML"));
+    f.stop().await;
+}
+
+/// The host:port the fixture's API listens on.
+fn addr_of(f: &Fixture) -> String {
+    f.base.trim_start_matches("http://").to_string()
+}
+
+/// What `/v1/status` counts under `rejected` for `reason`.
+async fn refused(f: &Fixture, reason: &str) -> u64 {
+    let (_, s) = f.get("/v1/status").await;
+    s["rejected"][reason].as_u64().unwrap_or(0)
+}
+
+/// The names of the AFCs the agent holds.
+async fn afc_names(f: &Fixture) -> Vec<String> {
+    let (_, list) = f.get("/v1/afcs").await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// One request over a plain TCP connection, exactly as written; (status, body).
+async fn raw(addr: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_not_json_are_refused_and_change_nothing() {
+    let f = Fixture::start().await;
+    let afc = r#"{"name":"evil","zone":"/","sql":"SELECT MAX(load) AS evil"}"#;
+    // What a form or a fetch on any web page can send without a preflight.
+    for ty in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let (status, v) = reply(f.send(reqwest::Method::POST, "/v1/afcs", ty, afc).await).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ty:?}: {v}");
+        assert!(
+            error_of(&v).contains("Content-Type: application/json"),
+            "{v}"
+        );
+    }
+    assert!(!afc_names(&f).await.contains(&"evil".to_string()));
+    let r = f
+        .send(
+            reqwest::Method::PUT,
+            "/v1/attrs/role",
+            Some("text/plain"),
+            "\"web\"",
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (_, attrs) = f.get("/v1/attrs").await;
+    assert_eq!(attrs, json!({}));
+    let r = f
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/afcs?zone=/&name=x",
+            Some("text/plain"),
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(refused(&f, "api_bad_content_type").await, 7);
+
+    // JSON with parameters is fine; requests without a body need no type.
+    let json = Some("application/json; charset=utf-8");
+    let (status, v) = reply(f.send(reqwest::Method::POST, "/v1/afcs", json, afc).await).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let r = f
+        .http
+        .delete(f.url("/v1/afcs?zone=/&name=evil"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_host_names_are_refused() {
+    let f = Fixture::start().await;
+    let port = f.base.rsplit(':').next().unwrap().to_string();
+    for host in [
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        "evil.example".to_string(),
+    ] {
+        let r = f
+            .http
+            .get(f.url("/v1/status"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = reply(r).await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{host}: {v}");
+        assert!(error_of(&v).contains("--api-host"), "{v}");
+        let r = f
+            .http
+            .post(f.url("/v1/afcs"))
+            .header("host", &host)
+            .json(&json!({"name": "evil", "zone": "/", "sql": "SELECT MAX(load) AS evil"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
+        let r = f
+            .http
+            .get(f.url("/"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
+    }
+    assert!(!afc_names(&f).await.contains(&"evil".to_string()));
+    // HTTP/1.0 without a Host header.
+    let (status, body) = raw(&addr_of(&f), "GET /v1/status HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("no Host header"), "{body}");
+    assert_eq!(refused(&f, "api_bad_host").await, 10);
+
+    // The API's own loopback names, with its port.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let r = f
+            .http
+            .get(f.url("/v1/status"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{host}");
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_given_with_api_host_are_accepted() {
+    let mut access = api::ApiAccess::default();
+    access.allow_host("Mon.Example.com").unwrap();
+    let f = Fixture::start_access(None, access).await;
+    let host = |h: &'static str| f.http.get(f.url("/v1/status")).header("host", h).send();
+    assert_eq!(
+        host("mon.example.com:8080").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        host("MON.EXAMPLE.COM").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        host("other.example.com").await.unwrap().status(),
+        StatusCode::MISDIRECTED_REQUEST
+    );
+    let (status, body) = raw(
+        &addr_of(&f),
+        "GET /v1/attrs HTTP/1.1\r\nHost: mon.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    f.stop().await;
+}
+
+const TOKEN: &str = "sesame-0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_when_set() {
+    let access = api::ApiAccess {
+        token: Some(api::ApiToken::new(TOKEN).unwrap()),
+        ..api::ApiAccess::default()
+    };
+    let f = Fixture::start_access(None, access).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for path in [
+        "/v1/status",
+        "/v1/zones",
+        "/v1/afcs",
+        "/metrics",
+        "/v1/watch",
+    ] {
+        let r = f.http.get(f.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"armillary\""
+        );
+        let v: Value = r.json().await.unwrap();
+        assert!(error_of(&v).contains("ARMILLARY_API_TOKEN"), "{v}");
+    }
+    let r = f
+        .http
+        .post(f.url("/v1/afcs"))
+        .header("authorization", "Bearer not-the-token-at-all")
+        .json(&json!({"name": "evil", "zone": "/", "sql": "SELECT MAX(load) AS evil"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = reply(r).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error_of(&v).contains("--api-token-file"), "{v}");
+
+    // With the token everything works as before.
+    let authed = |req: reqwest::RequestBuilder| req.header("authorization", &bearer);
+    let r = authed(f.http.post(f.url("/v1/afcs")))
+        .json(&json!({"name": "maxload", "zone": "/", "sql": "SELECT MAX(load) AS load"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = authed(f.http.get(f.url("/v1/status")))
+        .send()
+        .await
+        .unwrap();
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(s["rejected"]["api_unauthorized"], 6, "{s}");
+    let r = authed(f.http.get(f.url("/v1/afcs"))).send().await.unwrap();
+    let list: Value = r.json().await.unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["maxload"]);
+    let text = authed(f.http.get(f.url("/metrics")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("armillary_rejected_total{reason=\"api_unauthorized\"} 6\n"),
+        "{text}"
+    );
+
+    // The dashboard page itself needs none: it asks for the token.
+    let r = f.http.get(f.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("<title>Armillary</title>"));
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cors_permission_is_ever_sent() {
+    let access = api::ApiAccess {
+        token: Some(api::ApiToken::new(TOKEN).unwrap()),
+        ..api::ApiAccess::default()
+    };
+    for f in [
+        Fixture::start().await,
+        Fixture::start_access(None, access).await,
+    ] {
+        let origin = "http://evil.example";
+        let no_cors = |r: &reqwest::Response, what: &str| {
+            for (name, _) in r.headers() {
+                assert!(
+                    !name.as_str().starts_with("access-control-"),
+                    "{what}: {name} sent"
+                );
+            }
+        };
+        // A preflight for a JSON POST gets no permission.
+        let r = f
+            .http
+            .request(reqwest::Method::OPTIONS, f.url("/v1/afcs"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.status().is_success(), "{}", r.status());
+        no_cors(&r, "preflight");
+        for path in ["/", "/v1/status", "/v1/zones", "/metrics", "/v1/nothing"] {
+            let r = f
+                .http
+                .get(f.url(path))
+                .header("origin", origin)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .send()
+                .await
+                .unwrap();
+            no_cors(&r, path);
+        }
+        let r = f
+            .send(
+                reqwest::Method::POST,
+                "/v1/query",
+                Some("text/plain"),
+                r#"{"sql":"SELECT 1"}"#,
+            )
+            .await;
+        no_cors(&r, "POST");
+        f.stop().await;
+    }
+}
+
+/// The page's script and, within it, its API client section.
+fn dashboard_script(page: &str) -> (&str, &str) {
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .expect("the page has a script")
+        .0;
+    let client = script
+        .split_once("// api-client:begin")
+        .and_then(|(_, rest)| rest.split_once("// api-client:end"))
+        .expect("the script marks its API client")
+        .0;
+    (script, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_sends_json_and_the_token() {
+    let access = api::ApiAccess {
+        token: Some(api::ApiToken::new(TOKEN).unwrap()),
+        ..api::ApiAccess::default()
+    };
+    let f = Fixture::start_access(None, access).await;
+    let page = f.http.get(f.url("/")).send().await.unwrap().text().await;
+    let page = page.unwrap();
+    let (script, client) = dashboard_script(&page);
+    // Every request goes through the client, which declares JSON bodies;
+    // no EventSource (it cannot send the token), no token kept beyond the tab.
+    let outside = script.replace(client, "");
+    for banned in [
+        "fetch(",
+        "EventSource",
+        "localStorage",
+        "XMLHttpRequest",
+        "body:",
+    ] {
+        assert!(
+            !outside.contains(banned),
+            "the page uses {banned} outside its API client"
+        );
+    }
+    assert_eq!(client.matches("fetch(").count(), 1, "{client}");
+    assert!(client.contains(r#"headers["content-type"] = "application/json""#));
+
+    // The client itself, run by Node against this API.
+    let Ok(node) = std::process::Command::new("node").arg("--version").output() else {
+        eprintln!("node is not installed: the dashboard client was checked by reading only");
+        f.stop().await;
+        return;
+    };
+    assert!(node.status.success());
+    let harness = include_str!("dashboard_client.js").replace("/* api-client */", client);
+    let dir = std::env::temp_dir().join(format!("armillary-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client.js");
+    std::fs::write(&file, harness).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(&file)
+        .env("API", &f.base)
+        .env("TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["no_token"], 401, "{v}");
+    assert!(
+        v["no_token_asked"]
+            .as_str()
+            .unwrap()
+            .contains("bearer token"),
+        "{v}"
+    );
+    assert_eq!(v["wrong_token"], 401, "{v}");
+    assert!(
+        v["wrong_token_asked"]
+            .as_str()
+            .unwrap()
+            .contains("not this API's"),
+        "{v}"
+    );
+    assert_eq!(v["token"], "/a/h1", "{v}");
+    assert_eq!(v["token_asked"], Value::Null, "{v}");
+    assert_eq!(v["query"], json!(["n"]), "{v}");
+    assert_eq!(v["afcs"], 0, "{v}");
+    assert_eq!(v["first_event"], json!({"name": "row", "zone": "/"}), "{v}");
+    assert_eq!(v["body_types"], json!(["application/json"]), "{v}");
+    assert_eq!(v["token_in_url"], false, "{v}");
     f.stop().await;
 }

@@ -506,3 +506,47 @@ fn agents_started_apart_in_one_zone_merge() {
         assert_eq!(members(&w, i), Some(4), "agent {i}");
     }
 }
+
+#[test]
+fn every_message_fits_the_budget_even_with_big_tables() {
+    // One agent of a zone of 300 children, a 4 KiB budget: its digest, its
+    // reply to a peer that holds nothing, and its pushes are all cut to it.
+    let mut c = Config::new(p("/z/a000"), "/z/a000");
+    c.max_message = 4096;
+    c.seeds = vec![Arc::from("/z/a001")];
+    let mut a = Agent::new(c, 0);
+    a.handle_timeout(0);
+    sent(&mut a);
+    for k in 1..300 {
+        let leaf = p(&format!("/z/a{k:03}"));
+        let mut attrs = Attrs::new();
+        attrs.set("nmembers", 1i64);
+        attrs.set("contacts", Value::list([leaf.as_str()]));
+        attrs.set("note", Value::Str("n".repeat(60).into()));
+        a.seed_row(
+            10,
+            Arc::new(Row::new(leaf.clone(), leaf, 10, attrs, vec![])),
+        );
+    }
+    a.handle_timeout(ROUND);
+    a.set_attr(ROUND, "probe", Value::Int(1)).unwrap();
+    a.handle_timeout(ROUND + 10_000);
+    let mut out = sent(&mut a);
+    a.handle_message(
+        ROUND + 20_000,
+        &Arc::from("/z/a001"),
+        Message::Syn {
+            sender: p("/z/a001"),
+            depth: 1,
+            digest: vec![],
+        },
+    );
+    out.extend(sent(&mut a));
+    assert!(out.iter().any(|m| matches!(m, Message::Syn { .. })));
+    assert!(out.iter().any(|m| matches!(m, Message::SynAck { .. })));
+    assert!(out.iter().any(|m| matches!(m, Message::Push { .. })));
+    for m in &out {
+        let len = m.encode().len();
+        assert!(len <= 4096, "a message of {len} bytes: {m:?}");
+    }
+}

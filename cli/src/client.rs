@@ -2,10 +2,13 @@
 //! (`zones`, `query`, `afc install|list|remove`, `watch`, `set`, `unset`).
 
 use crate::output::CliError;
+use armillary_agent::api::{ApiToken, JSON};
 use clap::Args;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the API is when neither `--api` nor `ARMILLARY_API` says.
@@ -14,12 +17,36 @@ pub const DEFAULT_API: &str = "127.0.0.1:8080";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `--api` flag of every client command.
-#[derive(Args, Clone, Debug)]
+/// The environment variable that holds the API's bearer token.
+pub const TOKEN_ENV: &str = "ARMILLARY_API_TOKEN";
+
+/// The `--api` and `--api-token-file` flags of every client command.
+#[derive(Args, Clone, Debug, Default)]
 pub struct ApiArgs {
     /// The agent's HTTP API: host:port or a URL.
     #[arg(long = "api", env = "ARMILLARY_API", default_value = DEFAULT_API, value_name = "ADDR")]
     pub api: String,
+    /// A file holding the API's bearer token [default: the token in
+    /// ARMILLARY_API_TOKEN, if set].
+    #[arg(long = "api-token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The token to send: from `--api-token-file`, else `ARMILLARY_API_TOKEN`.
+    fn token(&self) -> Result<Option<ApiToken>, CliError> {
+        if let Some(f) = &self.token_file {
+            return ApiToken::read(f)
+                .map(Some)
+                .map_err(|e| CliError::usage(format!("--api-token-file: {e}")));
+        }
+        match std::env::var(TOKEN_ENV) {
+            Ok(t) if !t.trim().is_empty() => ApiToken::new(&t)
+                .map(Some)
+                .map_err(|e| CliError::usage(format!("{TOKEN_ENV}: {e}"))),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// A connection to one agent's API.
@@ -44,8 +71,16 @@ impl Client {
                     "--api {text:?} is not an address; give host:port such as 127.0.0.1:8080 (plain http)"
                 ))
             })?;
+        let mut headers = HeaderMap::new();
+        if let Some(t) = args.token()? {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.secret()))
+                .map_err(|_| CliError::usage("the API token is not a valid header value"))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .default_headers(headers)
             .build()
             .map_err(|e| CliError::failed(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Client { base, http })
@@ -86,7 +121,7 @@ impl Client {
             .request(method, self.url(segments, query))
             .timeout(REQUEST_TIMEOUT);
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b);
+            req = req.header(CONTENT_TYPE, JSON).body(b);
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
@@ -197,7 +232,10 @@ mod tests {
     use super::*;
 
     fn client(api: &str) -> Result<Client, CliError> {
-        Client::new(&ApiArgs { api: api.into() })
+        Client::new(&ApiArgs {
+            api: api.into(),
+            token_file: None,
+        })
     }
 
     #[test]

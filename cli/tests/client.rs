@@ -18,11 +18,16 @@ fn free_port() -> u16 {
 
 /// One GET over plain HTTP/1.1; (status, body).
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_get_as(addr, path, &format!("Host: {addr}\r\n"))
+}
+
+/// One GET with the given header lines (each ending in CRLF).
+fn http_get_as(addr: &str, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
@@ -40,9 +45,15 @@ struct Dev {
 
 impl Dev {
     fn start() -> Dev {
+        Dev::start_with(&[])
+    }
+
+    /// With more `armillary dev` flags; ready once the API answers at all.
+    fn start_with(flags: &[&str]) -> Dev {
         let api = format!("127.0.0.1:{}", free_port());
         let child = Command::new(BIN)
             .args(["dev", "--agents", "4", "--round", "200ms", "--api", &api])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -51,7 +62,7 @@ impl Dev {
         let dev = Dev { child, api };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some((200, _)) = http_get(&dev.api, "/v1/status") {
+            if let Some((200 | 401, _)) = http_get(&dev.api, "/v1/status") {
                 return dev;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -67,23 +78,25 @@ impl Dev {
 
     /// Runs a client command against this system.
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.run_env(args, None)
+    }
+
+    /// Runs a client command with `ARMILLARY_API_TOKEN` set to `token`.
+    fn run_env(&self, args: &[&str], token: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .env("ARMILLARY_API", &self.api)
-            .stdin(Stdio::null())
-            .output()
-            .expect("the binary runs")
+            .env_remove("ARMILLARY_API_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            cmd.env("ARMILLARY_API_TOKEN", t);
+        }
+        cmd.output().expect("the binary runs")
     }
 
     /// Runs a command that must succeed and returns its standard output.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "armillary {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("UTF-8 output")
+        succeeded(self.run(args), &format!("armillary {args:?}"))
     }
 
     /// Runs a command that prints one JSON document.
@@ -350,19 +363,22 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Installs an AFC that carries `peak` to the root.
+const PEAK_AFC: &[&str] = &[
+    "afc",
+    "install",
+    "peak",
+    "--zone",
+    "/",
+    "--sql",
+    "SELECT MAX(peak) AS peak",
+];
+
 #[test]
 fn set_unset_and_watch() {
     let dev = Dev::start();
     let me = top_name(&dev);
-    dev.ok(&[
-        "afc",
-        "install",
-        "peak",
-        "--zone",
-        "/",
-        "--sql",
-        "SELECT MAX(peak) AS peak",
-    ]);
+    dev.ok(PEAK_AFC);
 
     let mut watch = Command::new(BIN)
         .args(["watch", "/", "--attr", "peak", "--count", "2", "--json"])
@@ -455,4 +471,107 @@ fn unreachable_agent_and_bad_addresses() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+const TOKEN: &str = "dev-token-0123456789abcdef";
+
+/// Succeeds, or fails the test with the command's error.
+fn succeeded(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn a_token_protected_api_with_the_token_from_env_or_flag() {
+    let dir = std::env::temp_dir().join(format!("armillary-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let dev = Dev::start_with(&["--api-token-file", file, "--api-host", "mon.example.com"]);
+
+    // Without the token, or with a wrong one: exit code 2 and what to do.
+    fails_with(&dev.run(&["zones"]), 2, "ARMILLARY_API_TOKEN");
+    fails_with(
+        &dev.run_env(&["zones"], Some("wrong-token-0123456789")),
+        2,
+        "not this API's",
+    );
+    fails_with(
+        &dev.run_env(&["zones"], Some("short")),
+        2,
+        "ARMILLARY_API_TOKEN",
+    );
+
+    // From the environment.
+    let env = Some(TOKEN);
+    let out = succeeded(dev.run_env(&["zones", "--json"], env), "zones");
+    assert!(out.starts_with('['), "{out}");
+    let out = dev.run_env(PEAK_AFC, env);
+    assert!(succeeded(out, "afc install").starts_with("installed peak in /"));
+    succeeded(dev.run_env(&["set", "peak", "7"], env), "set");
+    let out = dev.run_env(&["watch", "/", "--attr", "peak", "--count", "1"], env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut line = succeeded(out, "watch");
+    while !line.trim().ends_with("peak=7") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = dev.run_env(&["watch", "/", "--attr", "peak", "--count", "1"], env);
+        line = succeeded(out, "watch");
+    }
+    assert!(line.trim().ends_with("peak=7"), "{line}");
+
+    // From --api-token-file, which wins over the environment.
+    let flag = ["--api-token-file", file];
+    let out = dev.run_env(
+        &[&["afc", "list", "--json"][..], &flag].concat(),
+        Some("wrong-token-0123456789"),
+    );
+    let list: Value = serde_json::from_str(&succeeded(out, "afc list")).unwrap();
+    assert_eq!(row(&list, "peak").unwrap()["state"], "active");
+    succeeded(dev.run(&[&["unset", "peak"][..], &flag].concat()), "unset");
+    fails_with(
+        &dev.run(&["zones", "--api-token-file", "/nonexistent/token"]),
+        2,
+        "cannot read the API token file",
+    );
+
+    // The dashboard page needs no token; --api-host names are accepted.
+    let (code, page) = http_get(&dev.api, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>Armillary</title>"));
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let named = format!("Host: mon.example.com\r\n{bearer}");
+    assert_eq!(http_get_as(&dev.api, "/v1/attrs", &named).unwrap().0, 200);
+    let foreign = format!("Host: evil.example\r\n{bearer}");
+    let (code, body) = http_get_as(&dev.api, "/v1/attrs", &foreign).unwrap();
+    assert_eq!(code, 421, "{body}");
+    assert!(body.contains("--api-host"), "{body}");
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dev_refuses_an_api_beyond_loopback_without_a_token() {
+    let out = Command::new(BIN)
+        .args([
+            "dev",
+            "--agents",
+            "2",
+            "--api",
+            &format!("0.0.0.0:{}", free_port()),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fails_with(&out, 2, "--api-token-file");
+    let out = Command::new(BIN)
+        .args(["dev", "--agents", "2", "--api-host", "http://x"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fails_with(&out, 2, "--api-host");
 }

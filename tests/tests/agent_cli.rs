@@ -4,7 +4,8 @@
 
 use armillary_tests::{Processes, armillary_bin, free_port, run_cli, temp_dir, wait_for};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 fn ok(args: &[&str]) -> String {
     let out = run_cli(args);
@@ -14,6 +15,13 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command failed with `code` and said `text`.
+fn fails_with(out: &Output, code: i32, text: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(text), "expected {text:?} in: {err}");
 }
 
 fn start(
@@ -178,21 +186,26 @@ fn secure_agents_from_keys_to_restart() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// An insecure agent's settings file in `root` with its API on port `api`,
+/// and `extra` settings.
+fn settings_file(root: &Path, api: u16, extra: &str) -> std::path::PathBuf {
+    let file = root.join("agent.toml");
+    let text = format!(
+        "zone = \"/lab/h1\"\nlisten = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api}\"\n\
+         data_dir = \"{}\"\ninsecure = true\ngossip_interval = \"200ms\"\n{extra}",
+        free_port(),
+        root.join("data").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 #[test]
 fn settings_file_runs_an_agent_and_bad_settings_say_what_is_wrong() {
     let root = temp_dir("cli-config");
     std::fs::create_dir_all(&root).unwrap();
-    let (g, a) = (free_port(), free_port());
-    let good = root.join("agent.toml");
-    std::fs::write(
-        &good,
-        format!(
-            "zone = \"/lab/h1\"\nlisten = \"127.0.0.1:{g}\"\napi = \"127.0.0.1:{a}\"\n\
-             data_dir = \"{}\"\ninsecure = true\ngossip_interval = \"200ms\"\nreps = 2\n",
-            root.join("data").display()
-        ),
-    )
-    .unwrap();
+    let a = free_port();
+    let good = settings_file(&root, a, "reps = 2\n");
     let child = Command::new(armillary_bin())
         .args(["agent", "--config"])
         .arg(&good)
@@ -209,11 +222,84 @@ fn settings_file_runs_an_agent_and_bad_settings_say_what_is_wrong() {
     let bad = root.join("bad.toml");
     std::fs::write(&bad, "zone = \"/lab/h1\"\ngossip_intervall = \"1s\"\n").unwrap();
     let out = run_cli(&["agent", "--config", &bad.to_string_lossy()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("gossip_intervall"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fails_with(&out, 2, "gossip_intervall");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn an_api_with_a_token_and_names_from_the_settings_file() {
+    let root = temp_dir("cli-token");
+    std::fs::create_dir_all(&root).unwrap();
+    let token = root.join("api-token");
+    std::fs::write(&token, "agent-token-0123456789abcdef\n").unwrap();
+    let a = free_port();
+    let extra = format!(
+        "api_host = [\"mon.example.com\"]\napi_token_file = \"{}\"\n",
+        token.display()
+    );
+    let settings = settings_file(&root, a, &extra);
+    let child = Command::new(armillary_bin())
+        .args(["agent", "--config"])
+        .arg(&settings)
+        .env_remove("ARMILLARY_API_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    let agents = Processes(vec![child]);
+    let api = format!("127.0.0.1:{a}");
+    let query = |extra: &[&str]| {
+        Command::new(armillary_bin())
+            .args(["query", "SELECT SUM(nmembers) AS n FROM \"/\"", "--json"])
+            .args(["--api", &api])
+            .args(extra)
+            .env_remove("ARMILLARY_API_TOKEN")
+            .output()
+            .expect("armillary runs")
+    };
+    let with_token = ["--api-token-file", &token.to_string_lossy()];
+    wait_for("the agent answers the CLI with its token", || {
+        let out = query(&with_token);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"n\":1")
+    });
+    let out = query(&[]);
+    fails_with(&out, 2, "bearer token");
+    // The name from the settings file is one the API answers to.
+    let (status, _) = raw_get(&api, "mon.example.com", "agent-token-0123456789abcdef");
+    assert_eq!(status, 200);
+    let (status, body) = raw_get(&api, "evil.example", "agent-token-0123456789abcdef");
+    assert_eq!(status, 421, "{body}");
+    drop(agents);
+
+    // Beyond loopback without a token, the agent does not start.
+    let out = run_cli(&[
+        "agent",
+        "--zone",
+        "/lab/h2",
+        "--insecure",
+        "--data-dir",
+        &root.join("data2").to_string_lossy(),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "0.0.0.0:0",
+    ]);
+    fails_with(&out, 2, "--api-token-file");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// GET /v1/attrs with the given Host and bearer token; (status, body).
+fn raw_get(api: &str, host: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /v1/attrs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, text.split_once("\r\n\r\n").unwrap().1.to_string())
 }

@@ -188,6 +188,7 @@ async fn serve_api(c: &Cluster) -> (String, tokio::sync::oneshot::Sender<()>) {
     tokio::spawn(armillary_agent::api::serve(
         listener,
         c.handle(0),
+        armillary_agent::api::ApiAccess::default(),
         async move {
             let _ = rx.await;
         },

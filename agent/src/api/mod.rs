@@ -3,15 +3,21 @@
 //! touches the protocol core directly.
 //!
 //! Errors are `{"error": "..."}` with a fitting status. In insecure mode every
-//! response carries `x-armillary-insecure: true`.
+//! response carries `x-armillary-insecure: true`. Every request passes the
+//! [`guard`] first: its `Host` must name this API, a body must be JSON, and
+//! with a token set it must carry it.
 
+mod access;
 mod afcs;
 mod error;
+mod guard;
 mod metrics;
 mod tables;
 mod watch;
 
+pub use access::{AccessError, ApiAccess, ApiToken};
 pub use error::ApiError;
+pub use guard::JSON;
 
 use crate::node::NodeHandle;
 use axum::Router;
@@ -20,6 +26,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::{get, put};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, watch as signal};
 
@@ -49,14 +56,21 @@ impl ApiState {
     }
 }
 
-/// The API's routes, served over `handle`.
-pub fn router(handle: NodeHandle) -> Router {
+/// The API's routes, served over `handle` at `bound` (the address the
+/// `Host` check compares with) for those `access` lets in.
+pub fn router(handle: NodeHandle, bound: SocketAddr, access: ApiAccess) -> Router {
     let (_, closing) = signal::channel(false);
-    build(handle, closing)
+    build(handle, bound, access, closing)
 }
 
-fn build(handle: NodeHandle, closing: signal::Receiver<bool>) -> Router {
+fn build(
+    handle: NodeHandle,
+    bound: SocketAddr,
+    access: ApiAccess,
+    closing: signal::Receiver<bool>,
+) -> Router {
     let insecure = handle.info().insecure;
+    let guard = guard::Guard::new(bound, access, handle.clone());
     let state = ApiState {
         handle,
         closing,
@@ -82,6 +96,7 @@ fn build(handle: NodeHandle, closing: signal::Receiver<bool>) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
         .layer(axum::middleware::map_response(
             move |mut res: Response| async move {
                 if insecure {
@@ -107,15 +122,22 @@ async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(DASHBOARD)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; open event
-/// streams are ended then, so shutdown does not wait on watchers.
+/// Serves the API on `listener` to those `access` lets in, until `shutdown`
+/// resolves; open event streams are ended then, so shutdown does not wait
+/// on watchers. An API reachable beyond loopback without a token is refused
+/// ([`AccessError::NeedsToken`] as an `InvalidInput` error).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: NodeHandle,
+    access: ApiAccess,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let bound = listener.local_addr()?;
+    access
+        .check_exposure(bound)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (closing_tx, closing) = signal::channel(false);
-    let app = build(handle, closing);
+    let app = build(handle, bound, access, closing);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -27,6 +27,9 @@ pub struct ClusterSpec {
     /// The API address the first agent advertises in `servers`.
     pub api_addr: Option<String>,
     pub sensors: Option<watch::Receiver<Attrs>>,
+    /// Readings of each agent's own sensors, by index, in place of the
+    /// shared `sensors` (the network benchmark changes them one agent at a time).
+    pub own_sensors: Vec<watch::Receiver<Attrs>>,
 }
 
 impl ClusterSpec {
@@ -40,6 +43,7 @@ impl ClusterSpec {
             data_root: None,
             api_addr: None,
             sensors: None,
+            own_sensors: Vec::new(),
         }
     }
 }
@@ -118,7 +122,12 @@ impl Cluster {
                 listen,
                 data_dir: self.data_dir(i),
                 security,
-                sensors: self.spec.sensors.clone(),
+                sensors: self
+                    .spec
+                    .own_sensors
+                    .get(i)
+                    .or(self.spec.sensors.as_ref())
+                    .cloned(),
             },
             |_| {},
         )

@@ -200,6 +200,12 @@ impl NodeHandle {
         self.try_call(move |c| c.unset_attr(&name)).await
     }
 
+    /// Counts a request the API refused before it reached the node (a
+    /// foreign `Host`, a missing token, a body that is not JSON).
+    pub async fn count_rejected(&self, reason: &'static str) {
+        let _ = self.call(move |c| c.agent.reject(reason)).await;
+    }
+
     /// Changes from now on. A subscriber that falls behind loses the oldest
     /// changes and is told how many (tokio's broadcast `Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {

@@ -2,6 +2,7 @@
 
 use crate::output::{CliError, CliResult};
 use crate::runtime;
+use armillary_agent::api::{AccessError, ApiAccess, ApiToken};
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
 use armillary_agent::node::{Node, NodeConfig, Store};
 use armillary_agent::security::{Identity, Role, Security, now_micros};
@@ -46,6 +47,55 @@ pub struct AgentArgs {
     /// Gossip round length [default: 1s].
     #[arg(long)]
     gossip_interval: Option<humantime::Duration>,
+    #[command(flatten)]
+    access: ApiAccessArgs,
+}
+
+/// Who may use the API: `--api-host` and `--api-token-file`, on `agent` and `dev`.
+#[derive(Args, Default)]
+pub struct ApiAccessArgs {
+    /// Another name the API answers to in the Host header (repeatable). By
+    /// default only its own address: localhost, 127.0.0.1 and [::1] on loopback.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// A file holding the bearer token every API request must carry; needed
+    /// when the API is served beyond loopback.
+    #[arg(long = "api-token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ApiAccessArgs {
+    /// The access rules for an API bound to `api`; exit code 2 for a bad
+    /// name or token file, or an API beyond loopback without a token.
+    pub fn resolve(&self, api: SocketAddr) -> Result<ApiAccess, CliError> {
+        let usage = |e: AccessError| CliError::usage(e.to_string());
+        let mut access = ApiAccess::default();
+        for h in &self.hosts {
+            access.allow_host(h).map_err(usage)?;
+        }
+        if let Some(f) = &self.token_file {
+            access.token = Some(ApiToken::read(f).map_err(usage)?);
+            warn_if_readable(f);
+        }
+        access.check_exposure(api).map_err(usage)?;
+        Ok(access)
+    }
+}
+
+/// A token file others on the host can read is worth a warning.
+fn warn_if_readable(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: {} can be read by other users; `chmod 600` it",
+                path.display()
+            );
+        }
+    }
 }
 
 /// The settings file: the flags' names, with `_` for `-`.
@@ -70,6 +120,10 @@ struct FileSettings {
     /// Eager push of changed rows.
     push: Option<bool>,
     sensor_interval: Option<String>,
+    /// Names the API answers to besides its address (`--api-host`).
+    #[serde(default)]
+    api_host: Vec<String>,
+    api_token_file: Option<PathBuf>,
 }
 
 fn read_settings(path: &Path) -> Result<FileSettings, CliError> {
@@ -137,6 +191,15 @@ pub fn run(a: AgentArgs) -> CliResult {
         .or(file.api)
         .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid address"));
     let join: Vec<String> = if a.join.is_empty() { file.join } else { a.join };
+    let access = ApiAccessArgs {
+        hosts: if a.access.hosts.is_empty() {
+            file.api_host
+        } else {
+            a.access.hosts
+        },
+        token_file: a.access.token_file.or(file.api_token_file),
+    }
+    .resolve(api)?;
     let seeds = join
         .iter()
         .filter(|s| !s.trim().is_empty())
@@ -213,6 +276,7 @@ pub fn run(a: AgentArgs) -> CliResult {
         core.push = p;
     }
 
+    let has_token = access.token.is_some();
     runtime::init_logging(insecure);
     runtime::tokio()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(api).await.map_err(|e| {
@@ -236,6 +300,7 @@ pub fn run(a: AgentArgs) -> CliResult {
             zone = %leaf,
             gossip = %node.gossip_addr(),
             %api,
+            api_token = has_token,
             data_dir = %data_dir.display(),
             secure = !insecure,
             "agent started"
@@ -249,6 +314,7 @@ pub fn run(a: AgentArgs) -> CliResult {
         let server = tokio::spawn(armillary_agent::api::serve(
             listener,
             node.handle(),
+            access,
             async move {
                 let _ = stop_rx.await;
             },

@@ -4,19 +4,27 @@
 //! Each size runs twice in the same process: with the eager push (how
 //! Armillary runs) and with periodic gossip alone (the baseline, Astrolabe's
 //! protocol), so the figures compare on the same machine at the same time.
+//! With `--churn F` each of those runs once idle and once with a fraction F
+//! of the agents' `load` sensor changing every second, so rows change all
+//! the time while the changes spread.
 
 use crate::output::{CliError, CliResult, print_json};
 use crate::runtime;
 use armillary_agent::node::cluster::{Cluster, ClusterSpec};
-use armillary_agent::node::sensors::process_cpu_ms;
+use armillary_agent::node::sensors::{Sensors, process_cpu_ms};
 use armillary_agent::node::{Change, NodeHandle};
 use armillary_agent::security::sign_afc;
 use armillary_agent::{AfcCert, ZonePath};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use zone_sql::Value;
+use tokio::sync::watch;
+use zone_sql::{Attrs, Value};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -41,6 +49,10 @@ pub struct SpreadArgs {
     /// Run with certificates: authenticated connections, signed rows.
     #[arg(long)]
     secure: bool,
+    /// Also run with this fraction of agents changing their `load` sensor
+    /// every second (e.g. 0.2), beside the idle runs.
+    #[arg(long, value_name = "F")]
+    churn: Option<f64>,
     /// Skip the gossip-only baseline.
     #[arg(long)]
     no_baseline: bool,
@@ -56,12 +68,17 @@ struct Figures {
     levels: usize,
     secure: bool,
     reps: usize,
+    /// Fraction of agents whose `load` changes every second (0: idle).
+    churn: f64,
+    /// Sensor changes made per second over the run.
+    sensor_changes_per_s: f64,
     /// Seconds until an agent's root row showed the change, over every agent and change.
     p50_s: f64,
     max_s: f64,
     /// Mean over changes of the slowest agent.
     mean_max_s: f64,
-    /// Gossip bytes sent per agent per second while nothing changes.
+    /// Gossip bytes sent per agent per second while no `bench` change
+    /// spreads (with churn: sensors still changing).
     quiet_bytes_per_agent_s: f64,
     /// The same while the changes spread.
     bytes_per_agent_s: f64,
@@ -82,6 +99,15 @@ fn spread(a: SpreadArgs) -> CliResult {
             "--agents sizes must lie in 2..=1024 and --reps be at least 1",
         ));
     }
+    let churns = match a.churn {
+        None => vec![0.0],
+        Some(f) if f > 0.0 && f <= 1.0 => vec![0.0, f],
+        Some(f) => {
+            return Err(CliError::usage(format!(
+                "--churn {f}: give the fraction of agents changing per second, above 0 and at most 1"
+            )));
+        }
+    };
     runtime::init_logging(!a.secure);
     let rt = runtime::tokio()?;
     let modes: &[(&str, bool)] = if a.no_baseline {
@@ -92,7 +118,7 @@ fn spread(a: SpreadArgs) -> CliResult {
     let bar = if a.json {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new((a.agents.len() * modes.len()) as u64)
+        ProgressBar::new((a.agents.len() * modes.len() * churns.len()) as u64)
     };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
@@ -100,10 +126,12 @@ fn spread(a: SpreadArgs) -> CliResult {
     let mut all = Vec::new();
     for &n in &a.agents {
         for &(mode, push) in modes {
-            bar.set_message(format!("{n} agents, {mode}"));
-            let f = rt.block_on(measure(&a, n, mode, push))?;
-            all.push(f);
-            bar.inc(1);
+            for &churn in &churns {
+                bar.set_message(format!("{n} agents, {mode}, churn {churn}"));
+                let f = rt.block_on(measure(&a, n, mode, push, churn))?;
+                all.push(f);
+                bar.inc(1);
+            }
         }
     }
     bar.finish_and_clear();
@@ -111,9 +139,11 @@ fn spread(a: SpreadArgs) -> CliResult {
         return print_json(&all);
     }
     println!(
-        "{:>6} {:>7} {:>6} {:>8} {:>8} {:>10} {:>13} {:>13} {:>9}",
+        "{:>6} {:>7} {:>6} {:>9} {:>6} {:>8} {:>8} {:>10} {:>13} {:>13} {:>9}",
         "agents",
         "mode",
+        "churn",
+        "changes/s",
         "levels",
         "p50 s",
         "max s",
@@ -124,9 +154,11 @@ fn spread(a: SpreadArgs) -> CliResult {
     );
     for f in &all {
         println!(
-            "{:>6} {:>7} {:>6} {:>8.3} {:>8.3} {:>10.3} {:>13.0} {:>13.0} {:>9.2}{}",
+            "{:>6} {:>7} {:>6} {:>9.1} {:>6} {:>8.3} {:>8.3} {:>10.3} {:>13.0} {:>13.0} {:>9.2}{}",
             f.agents,
             f.mode,
+            f.churn,
+            f.sensor_changes_per_s,
             f.levels,
             f.p50_s,
             f.max_s,
@@ -142,15 +174,20 @@ fn spread(a: SpreadArgs) -> CliResult {
         );
     }
     for n in &a.agents {
-        let get = |m: &str| all.iter().find(|f| f.agents == *n && f.mode == m);
-        if let (Some(p), Some(g)) = (get("push"), get("gossip"))
-            && p.max_s > 0.0
-        {
-            println!(
-                "{n} agents: push reaches every root row {:.1}x sooner than gossip alone (max), for {:.2}x the bytes",
-                g.max_s / p.max_s,
-                p.bytes_per_agent_s / g.bytes_per_agent_s.max(1.0)
-            );
+        for &churn in &churns {
+            let get = |m: &str| {
+                all.iter()
+                    .find(|f| f.agents == *n && f.mode == m && f.churn == churn)
+            };
+            if let (Some(p), Some(g)) = (get("push"), get("gossip"))
+                && p.max_s > 0.0
+            {
+                println!(
+                    "{n} agents, churn {churn}: push reaches every root row {:.1}x sooner than gossip alone (max), for {:.2}x the bytes",
+                    g.max_s / p.max_s,
+                    p.bytes_per_agent_s / g.bytes_per_agent_s.max(1.0)
+                );
+            }
         }
     }
     Ok(())
@@ -222,16 +259,76 @@ async fn seen(h: NodeHandle, want: i64, start: Instant, limit: Duration) -> Opti
     tokio::time::timeout(limit, wait).await.ok().flatten()
 }
 
+/// The AFCs every run installs at the root: the measured one, and the
+/// fleet's load, which moves whenever a sensor changes.
+const AFCS: [(&str, &str); 2] = [
+    ("bench", "SELECT MAX(bench) AS bench"),
+    ("load", "SELECT AVG(load, nmembers) AS load"),
+];
+
+/// How often the churn driver wakes to change sensors.
+const CHURN_TICK: Duration = Duration::from_millis(50);
+
+/// Changes the `load` reading of random agents, `per_s` of them a second
+/// spread evenly, until dropped; counts the changes made.
+struct Churn {
+    task: tokio::task::JoinHandle<()>,
+    changes: Arc<AtomicU64>,
+}
+
+impl Churn {
+    fn start(feeds: Vec<watch::Sender<Attrs>>, per_s: f64) -> Churn {
+        let changes = Arc::new(AtomicU64::new(0));
+        let made = changes.clone();
+        let task = tokio::spawn(async move {
+            let mut rng = SmallRng::from_os_rng();
+            let mut tick = tokio::time::interval(CHURN_TICK);
+            let mut owed = 0.0;
+            loop {
+                tick.tick().await;
+                owed += per_s * CHURN_TICK.as_secs_f64();
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    let feed = &feeds[rng.random_range(0..feeds.len())];
+                    let old = feed.borrow().get("load").cloned();
+                    let load = loop {
+                        let v = Value::Float(f64::from(rng.random_range(0u32..400)) / 100.0);
+                        if Some(&v) != old.as_ref() {
+                            break v;
+                        }
+                    };
+                    feed.send_modify(|a| a.set("load", load));
+                    made.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Churn { task, changes }
+    }
+
+    /// Stops it; the changes made.
+    fn stop(self) -> u64 {
+        self.task.abort();
+        self.changes.load(Ordering::Relaxed)
+    }
+}
+
 async fn measure(
     a: &SpreadArgs,
     n: usize,
     mode: &'static str,
     push: bool,
+    churn: f64,
 ) -> Result<Figures, CliError> {
     let round = *a.round;
     let mut spec = ClusterSpec::new(n, a.branching, round);
     spec.push = push;
     spec.secure = a.secure;
+    // Every agent has sensors of its own, read once: rows have their usual
+    // size, and churn changes one agent's `load` at a time.
+    let reading = Sensors::new().read();
+    let (feeds, readers): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| watch::channel(reading.clone())).unzip();
+    spec.own_sensors = readers;
     let c = Cluster::start(spec)
         .await
         .map_err(|e| CliError::failed(format!("cannot start {n} agents: {e}")))?;
@@ -241,19 +338,23 @@ async fn measure(
         r.get("nmembers") == Some(&Value::Int(n as i64))
     })
     .await;
-    let mut afc = AfcCert::new(
-        ZonePath::root(),
-        "bench",
-        "SELECT MAX(bench) AS bench",
-        armillary_agent::node::now_micros(),
-    );
-    if let Some(auth) = c.authority() {
-        sign_afc(auth, &mut afc);
+    for (name, sql) in AFCS {
+        let mut afc = AfcCert::new(
+            ZonePath::root(),
+            name,
+            sql,
+            armillary_agent::node::now_micros(),
+        );
+        if let Some(auth) = c.authority() {
+            sign_afc(auth, &mut afc);
+        }
+        c.handle(0)
+            .install_afc(afc)
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
     }
-    c.handle(0)
-        .install_afc(afc)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let churning = Churn::start(feeds, churn * n as f64);
+    let churn_start = Instant::now();
     c.handle(0)
         .set_attr("bench".into(), Value::Int(0))
         .await
@@ -297,6 +398,7 @@ async fn measure(
     let secs = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_ms().saturating_sub(cpu0) as f64 / 1000.0;
     let bytes = total_bytes(&c).await.saturating_sub(bytes0) as f64;
+    let sensor_changes_per_s = churning.stop() as f64 / churn_start.elapsed().as_secs_f64();
     c.shutdown().await;
     samples.sort_by(f64::total_cmp);
     let p50 = samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN);
@@ -306,6 +408,8 @@ async fn measure(
         levels,
         secure: a.secure,
         reps: a.reps,
+        churn,
+        sensor_changes_per_s,
         p50_s: p50,
         max_s: samples.last().copied().unwrap_or(f64::NAN),
         mean_max_s: maxes.iter().sum::<f64>() / maxes.len().max(1) as f64,

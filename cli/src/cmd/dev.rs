@@ -3,9 +3,11 @@
 //! `--secure` certifies every agent with a throwaway root authority whose
 //! keys are written to a temporary directory for signing AFCs.
 
+use crate::cmd::agent::ApiAccessArgs;
 use crate::output::{CliError, CliResult};
 use crate::runtime;
 use armillary_agent::ZonePath;
+use armillary_agent::api::ApiAccess;
 use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
 use armillary_agent::sim::tree;
@@ -30,17 +32,20 @@ pub struct DevArgs {
     /// authenticated connections); AFCs then need `--key` with the printed directory.
     #[arg(long)]
     secure: bool,
+    #[command(flatten)]
+    access: ApiAccessArgs,
 }
 
 pub fn run(a: DevArgs) -> CliResult {
     if a.agents == 0 || a.agents > 4096 {
         return Err(CliError::usage("--agents must be between 1 and 4096"));
     }
+    let access = a.access.resolve(a.api)?;
     runtime::init_logging(!a.secure);
-    runtime::tokio()?.block_on(dev(a))
+    runtime::tokio()?.block_on(dev(a, access))
 }
 
-async fn dev(a: DevArgs) -> CliResult {
+async fn dev(a: DevArgs, access: ApiAccess) -> CliResult {
     let listener = tokio::net::TcpListener::bind(a.api).await.map_err(|e| {
         CliError::failed(format!(
             "cannot serve the API on {}: {e}; pick another address with --api",
@@ -68,9 +73,14 @@ async fn dev(a: DevArgs) -> CliResult {
     };
     print_intro(&a, &leaves, keys.as_deref());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(armillary_agent::api::serve(listener, first, async move {
-        let _ = stop_rx.await;
-    }));
+    let api = tokio::spawn(armillary_agent::api::serve(
+        listener,
+        first,
+        access,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     runtime::wait_for_signal().await;
     eprintln!("stopping {} agents...", leaves.len());
     let _ = stop_tx.send(());
@@ -92,11 +102,17 @@ fn print_intro(a: &DevArgs, leaves: &[ZonePath], keys: Option<&std::path::Path>)
     };
     let levels = tree::levels(leaves);
     let api = a.api;
-    let env = if api.to_string() == "127.0.0.1:8080" {
+    let mut env = if api.to_string() == "127.0.0.1:8080" {
         String::new()
     } else {
         format!("export ARMILLARY_API={api}\n  ")
     };
+    if let Some(f) = &a.access.token_file {
+        env.push_str(&format!(
+            "export ARMILLARY_API_TOKEN=$(cat {})   # the API needs its token\n  ",
+            f.display()
+        ));
+    }
     println!(
         "Armillary dev system: {} agents, {} levels, gossip every {}, {mode}.
 API of {} on http://{api}/v1/status, dashboard on http://{api}/

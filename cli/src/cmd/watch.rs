@@ -175,7 +175,7 @@ mod tests {
             attrs: vec!["load".into()],
             count: None,
             json: false,
-            api: ApiArgs { api: String::new() },
+            api: ApiArgs::default(),
         };
         let ev = |load: f64, n: u64| json!({"zone": "/", "time": 1_700_000_000_123_000u64, "attrs": {"load": load, "nmembers": n}});
         let mut last = None;

@@ -1,0 +1,58 @@
+//! `armillary bench spread` over real QUIC on loopback, small and quick:
+//! what it reports, not how fast (figures are for `docs/benchmarks.md`).
+
+use serde_json::Value;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_armillary");
+
+#[test]
+fn spread_with_churn_reports_idle_and_churning_runs() {
+    let out = Command::new(BIN)
+        .args(["bench", "spread", "--agents", "4", "--branching", "2"])
+        .args(["--reps", "2", "--round", "200ms", "--churn", "0.5"])
+        .args(["--no-baseline", "--json"])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (idle, churn) = (&runs[0], &runs[1]);
+    for r in runs {
+        assert_eq!(r["agents"], 4);
+        assert_eq!(r["mode"], "push");
+        assert_eq!(r["converged"], true, "{r}");
+        assert!(r["bytes_per_agent_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(idle["churn"], 0.0);
+    assert_eq!(idle["sensor_changes_per_s"], 0.0);
+    assert_eq!(churn["churn"], 0.5);
+    // Two agents' loads a second, spread over the run.
+    assert!(
+        churn["sensor_changes_per_s"].as_f64().unwrap() > 0.5,
+        "{churn}"
+    );
+}
+
+#[test]
+fn churn_must_be_a_fraction() {
+    for bad in ["0", "1.5", "-0.2"] {
+        let out = Command::new(BIN)
+            .args([
+                "bench",
+                "spread",
+                "--agents",
+                "4",
+                &format!("--churn={bad}"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--churn {bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--churn"));
+    }
+}
