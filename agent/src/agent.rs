@@ -137,6 +137,10 @@ struct Level {
     lost: Vec<(Arc<str>, Micros)>,
     /// AFCs whose output was left out of the last evaluation, and why.
     faults: Vec<AfcFault>,
+    /// When this agent last pushed its own row of this table, and whether
+    /// a newer one waits for the next slot (see [`Agent::paced`]).
+    last_push: Micros,
+    push_owed: bool,
 }
 
 /// Most hints and lost contacts kept per level.
@@ -187,6 +191,8 @@ impl Agent {
                 hints: Vec::new(),
                 lost: Vec::new(),
                 faults: Vec::new(),
+                last_push: 0,
+                push_owed: false,
             })
             .collect();
         let system = Program::compile(&system_afc(cfg.reps)).expect("the system AFC is valid");
@@ -615,9 +621,53 @@ impl Agent {
                 }
             }
         }
-        if self.cfg.push && !originated.is_empty() {
-            self.push_down(originated);
+        if self.cfg.push {
+            let originated = self.paced(now, originated);
+            if !originated.is_empty() {
+                self.push_down(originated);
+            }
         }
+    }
+
+    /// Paces the push of this agent's own rows: at most one version of each
+    /// per round. A row that changes again within the round (a busy zone
+    /// under churn changes with every child) waits, and the newest version
+    /// goes at the next slot; without pacing, push traffic would grow with
+    /// the rate of change below a zone, which grows with its size.
+    fn paced(&mut self, now: Micros, originated: Vec<(usize, Arc<Row>)>) -> Vec<(usize, Arc<Row>)> {
+        let gap = self.cfg.round;
+        for (t, _) in &originated {
+            self.levels[*t].push_owed = true;
+        }
+        let mut out = Vec::new();
+        let mut next: Option<Micros> = None;
+        for t in 0..self.levels.len() {
+            let level = &self.levels[t];
+            if !level.push_owed {
+                continue;
+            }
+            let due = level.last_push.saturating_add(gap);
+            if now < due && level.last_push > 0 {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            let name = self.zones[t + 1].name();
+            let own = level
+                .table
+                .get(name)
+                .filter(|r| r.issuer == self.cfg.leaf)
+                .cloned();
+            let level = &mut self.levels[t];
+            level.push_owed = false;
+            if let Some(row) = own {
+                level.last_push = now;
+                out.push((t, row));
+            }
+        }
+        if let Some(due) = next {
+            self.flush_at = Some(self.flush_at.map_or(due, |f| f.min(due)));
+        }
+        out
     }
 
     /// Whether this agent should issue a new row for child `name` of table
