@@ -82,14 +82,6 @@ impl Reject {
         "afc_not_allowed",
     ];
 
-    /// The label of a refusal from its text (`label: detail`, as
-    /// [`Reject`]'s display writes it), for refusals passed on as messages.
-    pub fn label_of(text: &str) -> Option<&'static str> {
-        Reject::LABELS.into_iter().find(|l| {
-            text.strip_prefix(l)
-                .is_some_and(|rest| rest.starts_with(':'))
-        })
-    }
 }
 
 impl From<SecurityError> for Reject {
