@@ -104,6 +104,17 @@ impl Message {
         }
     }
 
+    /// Rows carried, to replace in place (the simulator swaps decoded rows
+    /// for equal copies it already holds).
+    pub fn rows_mut(&mut self) -> &mut [Arc<Row>] {
+        match self {
+            Message::Syn { .. } => &mut [],
+            Message::SynAck { rows, .. } | Message::Ack { rows } | Message::Push { rows, .. } => {
+                rows
+            }
+        }
+    }
+
     /// The encoded size in bytes: an upper bound, cheap to compute.
     pub fn encoded_len(&self) -> usize {
         let rows = |rows: &[Arc<Row>]| 3 + rows.iter().map(|r| r.encoded_len()).sum::<usize>();

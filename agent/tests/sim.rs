@@ -7,6 +7,15 @@ use zone_sql::{Attrs, Value};
 
 const ROUND: u64 = 1_000_000;
 
+// Bounds a little above the values measured with these seeds: pure gossip
+// p50 6, max 8 (AFC max 7); under 15% loss and 8% crashed, max 11 without
+// push and 8 with; bytes per agent and round x1.32 from 1,000 to 4,000.
+const PURE_GOSSIP_P50: u64 = 7;
+const PURE_GOSSIP_MAX: u64 = 10;
+const LOSSY_GOSSIP_MAX: u64 = 13;
+const LOSSY_PUSH_MAX: u64 = 10;
+const BYTES_RATIO_1K_4K: f64 = 1.5;
+
 fn scenario(agents: usize, branching: usize) -> Scenario {
     Scenario {
         agents,
@@ -67,17 +76,19 @@ fn pure_gossip_converges_with_fixed_seed() {
     let mut s = scenario(512, 8);
     s.push = false;
     let r = sim::run(&s, |_, _| {});
-    assert!(r.converged, "{r:?}");
+    assert!(r.converged && r.stable, "{r:?}");
     assert_eq!(r.levels, 3);
     let q = r.rounds_to_converge.unwrap();
-    assert!(q.max <= 20, "pure gossip took {} rounds", q.max);
-    assert!(r.afc_rounds_to_converge.as_ref().unwrap().max <= 20);
+    assert!(q.max <= PURE_GOSSIP_MAX, "pure gossip took {q:?}");
+    assert!(q.p50 <= PURE_GOSSIP_P50, "pure gossip took {q:?}");
+    let afc = r.afc_rounds_to_converge.unwrap();
+    assert!(afc.max <= PURE_GOSSIP_MAX, "the AFC took {afc:?}");
 }
 
 #[test]
 fn push_reaches_every_agent_within_two_rounds() {
     let r = sim::run(&scenario(512, 8), |_, _| {});
-    assert!(r.converged, "{r:?}");
+    assert!(r.converged && r.stable, "{r:?}");
     assert!(r.rounds_to_converge.as_ref().unwrap().max <= 2, "{r:?}");
     assert!(r.afc_rounds_to_converge.as_ref().unwrap().max <= 2, "{r:?}");
 }
@@ -89,41 +100,52 @@ fn same_seed_same_result() {
     s.push = false;
     let a = sim::run(&s, |_, _| {});
     let b = sim::run(&s, |_, _| {});
-    assert_eq!(a.rounds_to_converge, b.rounds_to_converge);
-    assert_eq!(a.afc_rounds_to_converge, b.afc_rounds_to_converge);
-    assert_eq!(a.bytes_per_agent_round, b.bytes_per_agent_round);
-    assert_eq!(a.messages_lost, b.messages_lost);
+    assert_eq!(outcome(&a), outcome(&b));
     s.seed = 2;
     let c = sim::run(&s, |_, _| {});
     assert_ne!(a.messages_lost, c.messages_lost);
 }
 
 #[test]
-fn converges_under_loss_and_crashes() {
-    for push in [false, true] {
+fn converges_under_loss_and_crashes_within_bounds() {
+    for (push, max) in [(false, LOSSY_GOSSIP_MAX), (true, LOSSY_PUSH_MAX)] {
         let mut s = scenario(512, 8);
         s.loss = 0.15;
         s.crash = 0.08;
         s.push = push;
         s.rounds = 50;
         let r = sim::run(&s, |_, _| {});
-        assert!(r.converged, "push {push}: {r:?}");
-        assert!(r.crashed > 0);
+        assert!(r.converged && r.stable, "push {push}: {r:?}");
+        // Crashed at the change round: 8% dead when the change happens.
+        assert_eq!(r.crash_round, Some(s.change_round));
+        assert_eq!(r.crashed, 41);
         assert!(r.messages_lost > 0);
+        let q = r.rounds_to_converge.as_ref().unwrap();
+        assert!(q.max <= max, "push {push}: {q:?}");
+        // The new AFC's correct value counts the live agents only, which
+        // takes the failure timeout to settle.
+        assert!(r.afc_rounds_to_converge.is_some(), "push {push}: {r:?}");
     }
 }
 
 #[test]
 fn bytes_per_agent_stay_bounded_as_the_system_grows() {
-    let small = sim::run(&scenario(256, 16), |_, _| {});
-    let large = sim::run(&scenario(4096, 16), |_, _| {});
-    // One more level of tables, not sixteen times the traffic.
+    let mut s = scenario(1000, 16);
+    s.rounds = 20;
+    let small = sim::run(&s, |_, _| {});
+    s.agents = 4000;
+    let large = sim::run(&s, |_, _| {});
+    assert_eq!((small.levels, large.levels), (3, 3));
+    // Four times the agents, the same depth: about the same bytes per agent.
+    let ratio = large.bytes_per_agent_round.mean / small.bytes_per_agent_round.mean;
     assert!(
-        large.bytes_per_agent_round.mean < small.bytes_per_agent_round.mean * 2.5,
-        "small {:?} large {:?}",
+        ratio < BYTES_RATIO_1K_4K,
+        "x{ratio:.2}: small {:?} large {:?}",
         small.bytes_per_agent_round,
         large.bytes_per_agent_round
     );
+    // Real encoding: a leaf's digest alone is dozens of bytes.
+    assert!(small.bytes_per_agent_round.mean > 500.0, "{small:?}");
 }
 
 #[test]
@@ -303,6 +325,19 @@ fn outcome(r: &sim::Report) -> serde_json::Value {
     v
 }
 
+/// Runs `s` on one thread and on each of `threads`: the same outcome.
+fn same_on_threads(mut s: Scenario, threads: &[usize]) {
+    s.threads = 1;
+    let one = sim::run(&s, |_, _| {});
+    assert_eq!(one.threads, 1);
+    for &t in threads {
+        s.threads = t;
+        let many = sim::run(&s, |_, _| {});
+        assert_eq!(many.threads, t);
+        assert_eq!(outcome(&one), outcome(&many), "{t} threads");
+    }
+}
+
 #[test]
 fn thread_count_does_not_change_the_result() {
     let mut s = scenario(700, 8);
@@ -312,32 +347,27 @@ fn thread_count_does_not_change_the_result() {
     s.crash = 0.05;
     s.push = false;
     s.rounds = 30;
-    s.threads = 1;
-    let one = sim::run(&s, |_, _| {});
-    assert_eq!(one.threads, 1);
-    for threads in [2, 3] {
-        s.threads = threads;
-        let many = sim::run(&s, |_, _| {});
-        assert_eq!(many.threads, threads);
-        assert_eq!(outcome(&one), outcome(&many), "{threads} threads");
-    }
+    same_on_threads(s, &[2, 3]);
     // Large enough for the settled start to be built on several threads.
     let mut s = scenario(1100, 16);
     s.rounds = 12;
-    s.threads = 1;
-    let one = sim::run(&s, |_, _| {});
-    s.threads = 2;
-    assert_eq!(outcome(&one), outcome(&sim::run(&s, |_, _| {})));
+    same_on_threads(s, &[2]);
+    // Secure, skewed clocks, churn and typical AFCs.
+    let mut s = scenario(300, 6);
+    s.secure = true;
+    s.skew_ms = 1500;
+    s.churn = 0.2;
+    s.afcs = 3;
+    s.loss = 0.05;
+    s.rounds = 15;
+    same_on_threads(s, &[2]);
     // With push, and from a cold start.
     let mut s = scenario(300, 6);
     s.cold = true;
     s.rounds = 25;
     s.change_round = 15;
     s.afc_round = 15;
-    s.threads = 1;
-    let one = sim::run(&s, |_, _| {});
-    s.threads = 2;
-    assert_eq!(outcome(&one), outcome(&sim::run(&s, |_, _| {})));
+    same_on_threads(s, &[2]);
 }
 
 /// Every agent's counters and root row after a run with crashes, a restart,
@@ -417,4 +447,283 @@ fn world_runs_the_same_on_any_number_of_threads() {
             }
         }
     }
+}
+
+#[test]
+fn restart_after_the_failure_timeout_rejoins_everywhere_and_stays() {
+    let n = 64;
+    let mut w = world(n, 4, false, 0.0, 8);
+    run_rounds(&mut w, 3);
+    let gone = 21;
+    let cfg = w.agent(gone).unwrap().config().clone();
+    // The largest failure timeout any table of this world uses.
+    let t_fail = cfg.fail_timeout(n as u64) / ROUND;
+    w.crash(gone);
+    run_rounds(&mut w, t_fail + 10);
+    for i in (0..n).filter(|i| *i != gone) {
+        assert_eq!(
+            root_members(&w, i),
+            n as i64 - 1,
+            "agent {i} still counts it"
+        );
+    }
+    w.restart(gone);
+    run_rounds(&mut w, 20);
+    // Visible again everywhere, and it stays.
+    for _ in 0..10 {
+        run_rounds(&mut w, 1);
+        for i in 0..n {
+            assert_eq!(root_members(&w, i), n as i64, "agent {i}");
+            let a = w.agent(i).unwrap();
+            if cfg.leaf.parent() == a.leaf().parent() {
+                let table = a.table(&cfg.leaf.parent().unwrap()).unwrap();
+                assert!(table.iter().any(|r| r.zone == cfg.leaf), "agent {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn all_traffic_round_trips_through_the_codec() {
+    for secure in [false, true] {
+        let mut s = scenario(150, 5);
+        s.loss = 0.1;
+        s.crash = 0.05;
+        s.churn = 0.2;
+        s.afcs = 4;
+        s.secure = secure;
+        s.rounds = 20;
+        s.check_round_trip = true;
+        let r = sim::run(&s, |_, _| {});
+        assert!(r.converged, "secure {secure}: {r:?}");
+        assert_eq!(r.messages_undecodable, 0, "secure {secure}");
+        assert_eq!(r.round_trip_mismatches, 0, "secure {secure}");
+        // Every message that was not lost and reached a live agent was
+        // decoded and encoded again (a few are still in flight at the end,
+        // some went to crashed agents).
+        let delivered = r.messages_sent - r.messages_lost;
+        assert!(
+            r.round_trips as f64 > delivered as f64 * 0.9,
+            "secure {secure}: {} of {delivered}",
+            r.round_trips
+        );
+    }
+}
+
+/// The last round in which some live agent's root row came to show the
+/// change for good.
+fn last_gain(r: &sim::Report) -> u64 {
+    r.change_round + r.rounds_to_converge.as_ref().expect("converged").max - 1
+}
+
+#[test]
+fn final_state_stays_stable() {
+    for push in [false, true] {
+        let mut s = scenario(400, 8);
+        s.loss = 0.1;
+        s.crash = 0.05;
+        s.churn = 0.1;
+        s.afcs = 2;
+        s.push = push;
+        s.rounds = 60;
+        let r = sim::run(&s, |_, _| {});
+        assert!(r.stable, "push {push}: {r:?}");
+        assert_eq!((r.unconverged, r.afc_unconverged), (0, 0));
+        // Nobody lost or regained the change in the last 30 rounds, nor the
+        // AFC's value in the last 20 (it waits for the failure timeout).
+        assert!(last_gain(&r) <= s.rounds - 30, "push {push}: {r:?}");
+        let afc = r.afc_rounds_to_converge.as_ref().unwrap();
+        assert!(
+            s.afc_round + afc.max - 1 <= s.rounds - 20,
+            "push {push}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn skewed_clocks_converge_and_stay() {
+    for push in [false, true] {
+        let mut s = scenario(400, 8);
+        s.skew_ms = 2000;
+        s.push = push;
+        s.churn = 0.1;
+        s.rounds = 40;
+        let r = sim::run(&s, |_, _| {});
+        assert!(r.converged && r.stable, "push {push}: {r:?}");
+        assert!(last_gain(&r) <= s.rounds - 20, "push {push}: {r:?}");
+        assert_eq!(r.afc_flaps, 0, "push {push}: {r:?}");
+        // No row is refused as issued in the future, no host goes missing.
+        assert!(r.rejected.is_empty(), "push {push}: {:?}", r.rejected);
+        assert_eq!(
+            r.afc_value.get("largest_zone"),
+            Some(&serde_json::json!(58))
+        );
+    }
+}
+
+#[test]
+fn clocks_beyond_the_bound_are_refused() {
+    // Up to a minute apart: rows from clocks more than 10 s ahead are refused.
+    let mut s = scenario(200, 8);
+    s.skew_ms = 30_000;
+    s.rounds = 15;
+    let r = sim::run(&s, |_, _| {});
+    assert!(
+        r.rejected
+            .get("row issued in the future")
+            .is_some_and(|n| *n > 0),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn secure_runs_sign_and_verify_every_row() {
+    let mut s = scenario(200, 8);
+    s.afcs = 2;
+    s.rounds = 20;
+    let plain = sim::run(&s, |_, _| {});
+    s.secure = true;
+    let secure = sim::run(&s, |_, _| {});
+    assert!(plain.stable && secure.stable, "{secure:?}");
+    assert!(secure.rejected.is_empty(), "{:?}", secure.rejected);
+    assert_eq!(secure.messages_undecodable, 0);
+    // Signatures and certificates travel in every row.
+    let ratio = secure.bytes_per_agent_round.mean / plain.bytes_per_agent_round.mean;
+    assert!(ratio > 1.3, "x{ratio:.2}");
+}
+
+#[test]
+fn secure_world_refuses_unsigned_rows_and_afcs() {
+    use armillary_agent::sim::keys::SimAuthority;
+    let n = 50;
+    let mut w = world(n, 5, false, 0.0, 9);
+    let auth = SimAuthority::new(9);
+    let leaves = tree::balanced(n, 5);
+    // Every agent but the last signs; the last sends unsigned rows.
+    for (i, leaf) in leaves.iter().enumerate().take(n - 1) {
+        w.set_security(i, Some(auth.agent(i, leaf)));
+    }
+    run_rounds(&mut w, 25);
+    let unsigned: u64 = (0..n - 1)
+        .map(|i| {
+            w.agent(i)
+                .unwrap()
+                .stats()
+                .rejected
+                .get("unsigned")
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(unsigned > 0);
+    // Its rows timed out everywhere and no new one was let in.
+    for i in 0..n - 1 {
+        assert_eq!(root_members(&w, i), n as i64 - 1, "agent {i}");
+    }
+    // An unsigned AFC is refused at install; a signed one spreads.
+    let unsigned = AfcCert::new(
+        ZonePath::root(),
+        "m",
+        "SELECT MAX(COALESCE(m, load)) AS m",
+        0,
+    );
+    let r = w.with_agent(3, |a, now| {
+        a.install_afc(
+            now,
+            AfcCert {
+                issued: now,
+                ..unsigned.clone()
+            },
+        )
+    });
+    assert!(r.unwrap().is_err());
+    w.with_agent(3, |a, now| {
+        a.install_afc(
+            now,
+            auth.sign(AfcCert {
+                issued: now,
+                ..unsigned
+            }),
+        )
+    })
+    .unwrap()
+    .unwrap();
+    run_rounds(&mut w, 20);
+    for i in 0..n - 1 {
+        let a = w.agent(i).unwrap();
+        assert_eq!(a.root_row().get("m"), Some(&Value::Float(3.0)), "agent {i}");
+    }
+}
+
+#[test]
+fn churn_with_typical_afcs_converges_and_stays() {
+    for push in [false, true] {
+        let mut s = scenario(300, 8);
+        s.churn = 0.2;
+        s.afcs = 4;
+        s.push = push;
+        s.rounds = 30;
+        let r = sim::run(&s, |_, _| {});
+        assert!(r.converged && r.stable, "push {push}: {r:?}");
+        assert_eq!(r.messages_undecodable, 0);
+        // MIN and MAX of nmembers under the root.
+        assert!(r.afc_value.contains_key("largest_zone"), "{r:?}");
+    }
+}
+
+#[test]
+fn afc_convergence_is_measured_against_the_correct_value() {
+    // Load changes every round: an AFC of load never settles on the
+    // correct value, one of membership does.
+    let mut s = scenario(200, 8);
+    s.churn = 0.3;
+    s.push = false;
+    s.rounds = 25;
+    s.afc_sql = Some("SELECT AVG(COALESCE(mean, load), nmembers) AS mean".into());
+    let r = sim::run(&s, |_, _| {});
+    assert!(!r.stable && r.afc_unconverged > 0, "{r:?}");
+    assert_eq!(r.unconverged, 0);
+    s.churn = 0.0;
+    let r = sim::run(&s, |_, _| {});
+    assert!(r.stable, "{r:?}");
+    assert!(r.afc_value.contains_key("mean"));
+}
+
+#[test]
+fn oracle_agrees_with_settled_agents_and_leaves_invalid_output_out() {
+    use armillary_agent::sim::oracle::Oracle;
+    let n = 120;
+    let mut w = world(n, 5, true, 0.0, 10);
+    let afcs = [
+        Arc::new(AfcCert::new(
+            ZonePath::root(),
+            "peak",
+            "SELECT MAX(COALESCE(peak, load)) AS peak, AVG(COALESCE(mean, load), nmembers) AS mean",
+            0,
+        )),
+        Arc::new(AfcCert::new(
+            ZonePath::root(),
+            "nan",
+            "SELECT SUM(nmembers)*1e300*1e300*0.0 AS x",
+            0,
+        )),
+    ];
+    w.with_agent(0, |a, now| a.install_afc(now, (*afcs[0]).clone()).unwrap());
+    run_rounds(&mut w, 20);
+    let oracle = Oracle::new(3, afcs.iter().take(1).cloned());
+    let truth = oracle.root_row(&w);
+    for k in ["nmembers", "contacts", "peak", "mean"] {
+        assert!(truth.get(k).is_some(), "{k}");
+        for i in 0..n {
+            assert_eq!(
+                w.agent(i).unwrap().root_row().get(k),
+                truth.get(k),
+                "{k} at {i}"
+            );
+        }
+    }
+    let with_nan = Oracle::new(3, afcs.iter().cloned()).root_row(&w);
+    assert_eq!(with_nan.get("x"), None);
+    assert_eq!(with_nan.get("nmembers"), Some(&Value::Int(n as i64)));
+    assert_eq!(with_nan.get("peak"), truth.get("peak"));
 }

@@ -17,14 +17,32 @@
 //! same run whatever the number of threads. With no minimum latency the
 //! windows are 1 µs long: a message sent at `t` with no delay is delivered
 //! in a later window at the same `t`.
+//!
+//! # The wire
+//!
+//! Messages travel as their real encoding ([`Packet`]): the threads that run
+//! a window encode what each agent sends, and decode, with the receiver's
+//! validation, what each agent receives, so the merge thread only moves
+//! bytes. Bytes are counted per sending agent from the encoded length; a
+//! message that does not decode is counted and dropped, as a real receiver
+//! would.
+//!
+//! # Clocks
+//!
+//! World time starts at 0; each agent reads its own [`Clock`] (a real-date
+//! epoch, an offset and a drift). Every time handed to an agent is its local
+//! time, and its wake-up times are converted back to world time.
 
+use super::clock::Clock;
 use super::pool::Pool;
+use super::shared::SharedRows;
+use super::wire::Packet;
 use crate::afc::AfcCert;
 use crate::agent::{Agent, Stats};
 use crate::config::Config;
-use crate::message::Message;
 use crate::path::ZonePath;
 use crate::row::{Micros, Row};
+use crate::security::Security;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
@@ -52,7 +70,7 @@ impl Default for NetConfig {
 
 /// What falls due for an agent: a wake-up, or a message's delivery.
 enum Due {
-    Deliver { from: u32, msg: Message },
+    Deliver { from: u32, packet: Packet },
     Wake,
 }
 
@@ -64,37 +82,58 @@ struct Scheduled {
     due: Due,
 }
 
-/// Messages and bytes counted by the network.
-#[derive(Debug, Clone, Default)]
+/// Messages counted by the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetStats {
     pub sent: u64,
     pub lost: u64,
     pub partitioned: u64,
     pub to_dead: u64,
+    /// Delivered messages that the receiver could not decode (dropped).
+    pub undecodable: u64,
+    /// With [`World::set_check_round_trip`]: decoded messages encoded again
+    /// and compared with the bytes that arrived, and those that differed.
+    pub round_trips: u64,
+    pub round_trip_mismatches: u64,
 }
 
-/// What an agent keeps across a crash: its configuration and durable state.
+/// What one agent put on the wire, from the real encoding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireStats {
+    pub msgs: u64,
+    pub bytes: u64,
+    /// The share of eager pushes (`Message::Push`).
+    pub push_msgs: u64,
+    pub push_bytes: u64,
+}
+
+/// What an agent keeps across a crash: its configuration, keys and durable state.
 #[derive(Clone)]
 struct Durable {
     cfg: Config,
+    security: Option<Arc<Security>>,
     afcs: Vec<Arc<AfcCert>>,
     local: Attrs,
     sensors: Attrs,
 }
 
-/// What every worker reads: the address book.
+/// What every worker reads: the address book and the agents' clocks; and
+/// the world's one copy of each decoded row.
 struct Directory {
     index: FxHashMap<Arc<str>, u32>,
     addrs: Vec<Arc<str>>,
+    clocks: Vec<Clock>,
+    rows: SharedRows,
 }
 
-/// A message an agent sent during a window, before the network saw it.
+/// A message an agent sent during a window, encoded, before the network saw it.
 struct Sent {
     from: u32,
+    /// World time.
     at: Micros,
     /// The addressee's index, if the address is known.
     to: Option<u32>,
-    msg: Message,
+    packet: Packet,
 }
 
 /// One agent's share of a window: the agent itself (moved out of the world
@@ -110,7 +149,7 @@ struct Task {
 struct Delivery {
     at: Micros,
     from: u32,
-    msg: Message,
+    packet: Packet,
 }
 
 /// A run of consecutive agents processed by one thread; its output is
@@ -123,6 +162,11 @@ struct Chunk {
     deliveries: Vec<Delivery>,
     sent: Vec<Sent>,
     events: usize,
+    /// Encode every decoded message again and compare.
+    check_round_trip: bool,
+    undecodable: u64,
+    round_trips: u64,
+    round_trip_mismatches: u64,
 }
 
 /// Windows with fewer events than this run on the calling thread alone
@@ -133,6 +177,8 @@ const PARALLEL_MIN_EVENTS: usize = 64;
 const CHUNKS_PER_THREAD: usize = 8;
 /// Worlds smaller than this many agents per thread are set up on one thread.
 const PARALLEL_MIN_AGENTS: usize = 512;
+/// Windows between two purges of the shared rows nobody holds.
+const PURGE_EVERY: u64 = 256;
 
 /// Many agents in one process, one clock, one seeded generator.
 pub struct World {
@@ -151,7 +197,12 @@ pub struct World {
     rng: SmallRng,
     net: NetConfig,
     partitions: Vec<(ZonePath, ZonePath)>,
+    /// Windows run, to forget unheld shared rows now and then.
+    windows: u64,
     pub net_stats: NetStats,
+    /// Per agent: what it sent, from the real encoding.
+    wire: Vec<WireStats>,
+    check_round_trip: bool,
     restarts: u64,
     threads: usize,
     parallel_min_events: usize,
@@ -167,9 +218,22 @@ pub fn available_threads() -> usize {
 
 impl World {
     /// A world of agents with the given configurations; addresses must be
-    /// unique. It runs on as many threads as the machine offers
+    /// unique. Every clock reads world time from [`super::clock::EPOCH`].
+    /// It runs on as many threads as the machine offers
     /// ([`World::set_threads`] changes that; results do not depend on it).
     pub fn new(configs: Vec<Config>, net: NetConfig, seed: u64) -> World {
+        let clocks = vec![Clock::default(); configs.len()];
+        World::with_clocks(configs, clocks, net, seed)
+    }
+
+    /// [`World::new`] with each agent's own clock.
+    pub fn with_clocks(
+        configs: Vec<Config>,
+        clocks: Vec<Clock>,
+        net: NetConfig,
+        seed: u64,
+    ) -> World {
+        assert_eq!(configs.len(), clocks.len(), "one clock per agent");
         let index = configs
             .iter()
             .enumerate()
@@ -177,18 +241,21 @@ impl World {
             .collect();
         let addrs = configs.iter().map(|c| c.addr.clone()).collect();
         let threads = available_threads();
-        let agents = par_map(&configs, threads, |c| {
-            Some(Box::new(Agent::new(c.clone(), 0)))
+        let started: Vec<(&Config, &Clock)> = configs.iter().zip(&clocks).collect();
+        let agents = par_map(&started, threads, |(c, clock)| {
+            Some(Box::new(Agent::new((*c).clone(), clock.local(0))))
         });
         let durable = configs
             .into_iter()
             .map(|cfg| Durable {
                 cfg,
+                security: None,
                 afcs: Vec::new(),
                 local: Attrs::new(),
                 sensors: Attrs::new(),
             })
             .collect();
+        let n = agents.len();
         let mut w = World {
             now: 0,
             buckets: BTreeMap::new(),
@@ -196,14 +263,22 @@ impl World {
             spare_chunks: Vec::new(),
             // Offsets inside a window must fit in 32 bits.
             width: net.latency.0.clamp(1, u32::MAX as u64),
-            scheduled: vec![Micros::MAX; agents.len()],
+            scheduled: vec![Micros::MAX; n],
             agents,
             durable,
-            dir: Arc::new(Directory { index, addrs }),
+            dir: Arc::new(Directory {
+                index,
+                addrs,
+                clocks,
+                rows: SharedRows::new(),
+            }),
+            windows: 0,
             rng: SmallRng::seed_from_u64(seed ^ 0x5157_0001),
             net,
             partitions: Vec::new(),
             net_stats: NetStats::default(),
+            wire: vec![WireStats::default(); n],
+            check_round_trip: false,
             restarts: 0,
             threads: 1,
             parallel_min_events: PARALLEL_MIN_EVENTS,
@@ -244,8 +319,30 @@ impl World {
         self.parallel_min_events = n;
     }
 
+    /// Encode every decoded message again and count those whose bytes
+    /// differ from what arrived (in [`NetStats`]); for tests of the wire.
+    pub fn set_check_round_trip(&mut self, on: bool) {
+        self.check_round_trip = on;
+    }
+
+    /// World time (agents read their own clocks: [`World::local_now`]).
     pub fn now(&self) -> Micros {
         self.now
+    }
+
+    /// What agent `i`'s clock reads now.
+    pub fn local_now(&self, i: usize) -> Micros {
+        self.dir.clocks[i].local(self.now)
+    }
+
+    pub fn clock(&self, i: usize) -> Clock {
+        self.dir.clocks[i]
+    }
+
+    /// What agent `i` has sent so far, from the real encoding (kept across
+    /// its restarts).
+    pub fn wire_stats(&self, i: usize) -> WireStats {
+        self.wire[i]
     }
 
     pub fn len(&self) -> usize {
@@ -260,13 +357,14 @@ impl World {
         self.agents[i].as_deref()
     }
 
-    /// Mutable access for set-up and scenario steps; reschedules the agent after.
+    /// Mutable access for set-up and scenario steps, with the agent's local
+    /// time; reschedules the agent after.
     pub fn with_agent<T>(
         &mut self,
         i: usize,
         f: impl FnOnce(&mut Agent, Micros) -> T,
     ) -> Option<T> {
-        let now = self.now;
+        let now = self.local_now(i);
         let out = self.agents[i].as_deref_mut().map(|a| f(a, now));
         self.drain(i as u32);
         out
@@ -275,10 +373,10 @@ impl World {
     /// [`World::with_agent`] for every live agent, `f` running on the
     /// world's threads; what the agents send goes out in agent order.
     pub fn with_each_agent(&mut self, f: impl Fn(usize, &mut Agent, Micros) + Sync) {
-        let now = self.now;
+        let (now, dir) = (self.now, self.dir.clone());
         self.par_agents(|i, a| {
             if let Some(a) = a {
-                f(i, a, now)
+                f(i, a, dir.clocks[i].local(now))
             }
         });
         for i in 0..self.agents.len() {
@@ -300,6 +398,16 @@ impl World {
 
     pub fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// Turns security on for agent `i` (kept across restarts): it signs the
+    /// rows it issues and verifies those it receives. Set it before the
+    /// agent holds AFCs, which must then be signed.
+    pub fn set_security(&mut self, i: usize, security: Option<Arc<Security>>) {
+        self.durable[i].security = security.clone();
+        if let Some(a) = self.agents[i].as_mut() {
+            a.set_security(security);
+        }
     }
 
     /// Sets the sensor readings an agent reports (kept across restarts).
@@ -330,7 +438,9 @@ impl World {
         cfg.rng_seed = cfg
             .rng_seed
             .wrapping_add(0x9e37_79b9_7f4a_7c15 * self.restarts);
-        let mut a = Agent::new(cfg, self.now);
+        let mut a = Agent::new(cfg, self.local_now(i));
+        // Security first, so that the restored AFCs are checked.
+        a.set_security(d.security);
         a.restore(d.afcs, d.local);
         a.set_sensors(d.sensors);
         self.agents[i] = Some(Box::new(a));
@@ -434,9 +544,9 @@ impl World {
                         first.get_or_insert(at);
                     }
                 }
-                Due::Deliver { from, msg } => {
+                Due::Deliver { from, packet } => {
                     if self.agents[to as usize].is_some() {
-                        chunk.deliveries.push(Delivery { at, from, msg });
+                        chunk.deliveries.push(Delivery { at, from, packet });
                         *n += 1;
                         first.get_or_insert(at);
                     } else {
@@ -463,24 +573,34 @@ impl World {
 
         // Merge in agent order: first the network, then the agents' timers.
         for c in chunks.iter_mut() {
+            self.net_stats.undecodable += std::mem::take(&mut c.undecodable);
+            self.net_stats.round_trips += std::mem::take(&mut c.round_trips);
+            self.net_stats.round_trip_mismatches += std::mem::take(&mut c.round_trip_mismatches);
             for s in c.sent.drain(..) {
-                self.send(s.from, s.at, s.to, s.msg);
+                self.send(s.from, s.at, s.to, s.packet);
             }
         }
         for mut c in chunks {
             for t in c.tasks.drain(..) {
-                let at = t.agent.poll_timeout().max(end);
+                let at = self.dir.clocks[t.id as usize]
+                    .world(t.agent.poll_timeout())
+                    .max(end);
                 self.agents[t.id as usize] = Some(t.agent);
                 self.arm(t.id, at);
             }
             c.events = 0;
             self.spare_chunks.push(c);
         }
+        self.windows += 1;
+        if self.windows.is_multiple_of(PURGE_EVERY) {
+            self.dir.rows.purge();
+        }
     }
 
     fn take_chunk(&mut self, end: Micros) -> Chunk {
         let mut c = self.spare_chunks.pop().unwrap_or_default();
         c.end = end;
+        c.check_round_trip = self.check_round_trip;
         c
     }
 
@@ -520,13 +640,22 @@ impl World {
         let Some(a) = self.agents[i as usize].as_ref() else {
             return;
         };
-        let at = a.poll_timeout().max(self.now);
+        let at = self.dir.clocks[i as usize]
+            .world(a.poll_timeout())
+            .max(self.now);
         self.arm(i, at);
     }
 
     /// Passes one message through the network: loss, partitions, latency.
-    fn send(&mut self, from: u32, at: Micros, to: Option<u32>, msg: Message) {
+    fn send(&mut self, from: u32, at: Micros, to: Option<u32>, packet: Packet) {
         self.net_stats.sent += 1;
+        let w = &mut self.wire[from as usize];
+        w.msgs += 1;
+        w.bytes += packet.len() as u64;
+        if packet.is_push() {
+            w.push_msgs += 1;
+            w.push_bytes += packet.len() as u64;
+        }
         let Some(to) = to else {
             self.net_stats.to_dead += 1;
             return;
@@ -545,7 +674,7 @@ impl World {
         } else {
             lo
         };
-        self.schedule(at + delay, to, Due::Deliver { from, msg });
+        self.schedule(at + delay, to, Due::Deliver { from, packet });
     }
 
     /// Moves an agent's outgoing messages onto the network and re-arms its
@@ -556,7 +685,7 @@ impl World {
             .and_then(|a| a.poll_transmit())
         {
             let to = self.dir.index.get(&t.to).copied();
-            self.send(i, self.now, to, t.msg);
+            self.send(i, self.now, to, Packet::seal(&t.msg));
         }
         while self.agents[i as usize]
             .as_mut()
@@ -607,7 +736,11 @@ impl World {
 }
 
 /// `f` over `items` on up to `threads` threads, results in order.
-fn par_map<T: Sync, U: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+pub(super) fn par_map<T: Sync, U: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> U + Sync,
+) -> Vec<U> {
     let threads = threads.min(items.len() / PARALLEL_MIN_AGENTS).max(1);
     if threads == 1 {
         return items.iter().map(f).collect();
@@ -629,24 +762,41 @@ fn par_map<T: Sync, U: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> U + 
 }
 
 /// Runs each agent of a chunk through its events of the window, in time
-/// order, firing its timers between them, and collects what it sends.
+/// order, firing its timers between them, and collects what it sends. The
+/// agent reads its own clock; times here are world times.
 fn run_chunk(c: &mut Chunk, dir: &Directory) {
     let last = c.end - 1;
     let mut deliveries = c.deliveries.drain(..);
     for t in c.tasks.iter_mut() {
         let (a, id) = (&mut *t.agent, t.id);
+        let clock = dir.clocks[id as usize];
         let mut now = t.start;
         for d in deliveries.by_ref().take(t.deliveries) {
             fire_timers(a, id, &mut now, d.at, dir, &mut c.sent);
             now = d.at;
-            a.handle_message(now, &dir.addrs[d.from as usize], d.msg);
+            let mut msg = match d.packet.open() {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(to = %a.leaf(), "undecodable message dropped: {e}");
+                    c.undecodable += 1;
+                    continue;
+                }
+            };
+            if c.check_round_trip {
+                c.round_trips += 1;
+                if Packet::seal(&msg) != d.packet {
+                    c.round_trip_mismatches += 1;
+                }
+            }
+            dir.rows.share_rows(&mut msg);
+            a.handle_message(clock.local(now), &dir.addrs[d.from as usize], msg);
             collect(a, id, now, dir, &mut c.sent);
         }
         fire_timers(a, id, &mut now, last, dir, &mut c.sent);
     }
 }
 
-/// Fires the agent's timers due at or before `upto`.
+/// Fires the agent's timers due at or before world time `upto`.
 fn fire_timers(
     a: &mut Agent,
     id: u32,
@@ -655,25 +805,26 @@ fn fire_timers(
     dir: &Directory,
     sent: &mut Vec<Sent>,
 ) {
+    let clock = dir.clocks[id as usize];
     loop {
-        let due = a.poll_timeout();
+        let due = clock.world(a.poll_timeout());
         if due > upto {
             return;
         }
         *now = due.max(*now);
-        a.handle_timeout(*now);
+        a.handle_timeout(clock.local(*now));
         collect(a, id, *now, dir, sent);
     }
 }
 
-/// Takes what the agent wants sent (and drops its events: nobody listens).
+/// Encodes what the agent wants sent (and drops its events: nobody listens).
 fn collect(a: &mut Agent, id: u32, at: Micros, dir: &Directory, sent: &mut Vec<Sent>) {
     while let Some(t) = a.poll_transmit() {
         sent.push(Sent {
             from: id,
             at,
             to: dir.index.get(&t.to).copied(),
-            msg: t.msg,
+            packet: Packet::seal(&t.msg),
         });
     }
     while a.poll_event().is_some() {}
@@ -693,8 +844,9 @@ impl World {
         }
         let leaves: Vec<ZonePath> = self.durable.iter().map(|d| d.cfg.leaf.clone()).collect();
         let depth = leaves[0].depth();
+        let dir = self.dir.clone();
         let now = self.now;
-        self.par_agents(|_, a| settle(a, now));
+        self.par_agents(|i, a| settle(a, dir.clocks[i].local(now)));
         // Zone at depth d (a row in the table at depth d-1), bottom-up: its
         // first agent computes the row, every agent of the parent zone gets it.
         for d in (1..=depth).rev() {
@@ -709,7 +861,7 @@ impl World {
                 }
                 self.par_agents(|i, a| {
                     if first[i] {
-                        settle(a, now)
+                        settle(a, dir.clocks[i].local(now))
                     }
                 });
             }
@@ -725,6 +877,7 @@ impl World {
                 .collect();
             self.par_agents(|j, a| {
                 let Some(a) = a else { return };
+                let local = dir.clocks[j].local(now);
                 let (ps, pe) = parents[parents.partition_point(|(_, e)| *e <= j)];
                 let from = rows.partition_point(|(start, _)| *start < ps);
                 for (start, row) in &rows[from..] {
@@ -734,14 +887,14 @@ impl World {
                     if *start != j
                         && let Some(row) = row
                     {
-                        a.seed_row(now, row.clone());
+                        a.seed_row(local, row.clone());
                     }
                 }
             });
         }
         self.now += 1;
         let now = self.now;
-        self.par_agents(|_, a| settle(a, now));
+        self.par_agents(|i, a| settle(a, dir.clocks[i].local(now)));
         for i in 0..n {
             self.scheduled[i] = Micros::MAX;
             self.reschedule(i as u32);

@@ -5,6 +5,13 @@ use armillary_agent::sim::{self, Report, Scenario};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Most typical AFCs: with the base AFC and the one installed during the
+/// run, within the AFCs one row may carry.
+const MAX_AFCS: usize = armillary_agent::message::MAX_AFCS_PER_ROW - 2;
+/// Largest clock offset: a minute (the protocol tolerates 10 s between two
+/// clocks; beyond, the run shows what breaks).
+const MAX_SKEW_MS: u64 = 60_000;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OnOff {
     On,
@@ -25,9 +32,35 @@ pub struct SimArgs {
     /// Probability that each message is lost.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
-    /// Fraction of agents that crash, each at a random round.
+    /// Fraction of agents that crash (at --crash-round, or spread with --crash-spread).
     #[arg(long, default_value_t = 0.0)]
     crash: f64,
+    /// Round at whose start the crashes happen (default: the change round,
+    /// so that the fraction is dead when the change happens).
+    #[arg(long, conflicts_with = "crash_spread")]
+    crash_round: Option<u64>,
+    /// Crash each agent at a random round of the run instead.
+    #[arg(long)]
+    crash_spread: bool,
+    /// Fraction of agents whose sensor attribute `load` changes each round.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Typical AFCs installed at the root from the start (weighted AVG, MAX,
+    /// COUNT and SUM with WHERE, FIRST with ORDER BY, cycled).
+    #[arg(long, default_value_t = 0)]
+    afcs: usize,
+    /// The AFC installed at --afc-round (default: MIN and MAX of nmembers);
+    /// its convergence is the round each root row shows its correct value.
+    #[arg(long, value_name = "SQL")]
+    afc: Option<String>,
+    /// Rows signed and verified, certificates carried (a throwaway authority
+    /// certifies every agent and signs the AFCs).
+    #[arg(long)]
+    secure: bool,
+    /// Each agent's clock is off by up to MS milliseconds either way, and
+    /// drifts by up to 100 ppm.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    skew: u64,
     /// Rounds to simulate (1 simulated second each).
     #[arg(long, default_value_t = 40)]
     rounds: u64,
@@ -75,8 +108,24 @@ pub fn run(a: SimArgs) -> CliResult {
             return Err(CliError::usage(format!("{name} must be in [0, 1)")));
         }
     }
+    if !(0.0..=1.0).contains(&a.churn) {
+        return Err(CliError::usage("--churn must be in [0, 1]"));
+    }
     if a.rounds == 0 {
         return Err(CliError::usage("--rounds must be at least 1"));
+    }
+    if a.crash_round == Some(0) {
+        return Err(CliError::usage("--crash-round must be at least 1"));
+    }
+    if a.afcs > MAX_AFCS {
+        return Err(CliError::usage(format!(
+            "--afcs must be at most {MAX_AFCS}"
+        )));
+    }
+    if a.skew > MAX_SKEW_MS {
+        return Err(CliError::usage(format!(
+            "--skew must be at most {MAX_SKEW_MS} ms"
+        )));
     }
     let latency = parse_latency(&a.latency_ms)?;
     let scenario = Scenario {
@@ -91,9 +140,18 @@ pub fn run(a: SimArgs) -> CliResult {
         latency,
         change_round: a.change_round,
         afc_round: a.afc_round,
+        afc_sql: a.afc,
+        crash_round: a.crash_round,
+        crash_spread: a.crash_spread,
+        churn: a.churn,
+        afcs: a.afcs,
+        secure: a.secure,
+        skew_ms: a.skew,
         cold: a.cold,
         threads: a.threads,
+        check_round_trip: false,
     };
+    scenario.check().map_err(CliError::usage)?;
     let bar = ProgressBar::new(a.rounds);
     bar.set_style(
         ProgressStyle::with_template(
@@ -131,24 +189,40 @@ fn print_human(r: &Report) {
         Some(q) => format!("p50 {}  p99 {}  max {}", q.p50, q.p99, q.max),
         None => "never".to_string(),
     };
+    let crashes = match r.crash_round {
+        Some(round) => format!("at round {round}"),
+        None => "spread".to_string(),
+    };
     println!(
-        "{} agents, {} levels, branching {}, {} reps, loss {}, crash {}, push {}, seed {}",
+        "{} agents, {} levels, branching {}, {} reps, loss {}, crash {} ({crashes}), churn {}, {} AFCs, push {}, {}, skew {} ms, seed {}",
         r.agents,
         r.levels,
         r.branching,
         r.reps,
         r.loss,
         r.crash,
+        r.churn,
+        r.afcs,
         if r.push { "on" } else { "off" },
+        if r.secure { "secure" } else { "insecure" },
+        r.skew_ms,
         r.seed
     );
     println!(
-        "  change reached root rows   {} rounds",
-        q(&r.rounds_to_converge)
+        "  change reached root rows   {} rounds ({} unconverged, {} flaps)",
+        q(&r.rounds_to_converge),
+        r.unconverged,
+        r.flaps
     );
     println!(
-        "  new AFC evaluated          {} rounds",
-        q(&r.afc_rounds_to_converge)
+        "  new AFC correct            {} rounds ({} unconverged, {} flaps)",
+        q(&r.afc_rounds_to_converge),
+        r.afc_unconverged,
+        r.afc_flaps
+    );
+    println!(
+        "  AFC correct value          {}",
+        serde_json::Value::Object(r.afc_value.clone())
     );
     println!(
         "  messages / agent / round   mean {:.2}  max {:.2}",
@@ -161,10 +235,20 @@ fn print_human(r: &Report) {
         r.push_bytes_per_agent_round.mean
     );
     println!(
-        "  live agents                {} of {} ({} unconverged)",
-        r.live_agents,
-        r.agents,
-        r.unconverged.max(r.afc_unconverged)
+        "  messages                   {} sent, {} lost, {} undecodable",
+        r.messages_sent, r.messages_lost, r.messages_undecodable
+    );
+    if !r.rejected.is_empty() {
+        let why: Vec<String> = r
+            .rejected
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!("  refused by agents          {}", why.join(", "));
+    }
+    println!(
+        "  live agents                {} of {}",
+        r.live_agents, r.agents
     );
     println!(
         "  cost                       {:.1} s wall, {:.0} MiB peak, {:.0} agent-rounds/s, {} threads",
@@ -173,5 +257,9 @@ fn print_human(r: &Report) {
     println!(
         "  converged                  {}",
         if r.converged { "yes" } else { "NO" }
+    );
+    println!(
+        "  stable                     {}",
+        if r.stable { "yes" } else { "NO" }
     );
 }
