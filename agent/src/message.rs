@@ -109,9 +109,9 @@ impl Message {
     pub fn rows_mut(&mut self) -> &mut [Arc<Row>] {
         match self {
             Message::Syn { .. } => &mut [],
-            Message::SynAck { rows, .. } | Message::Ack { rows } | Message::Push { rows, .. } => {
-                rows
-            }
+            Message::SynAck { rows, .. }
+            | Message::Ack { rows, .. }
+            | Message::Push { rows, .. } => rows,
         }
     }
 

@@ -81,7 +81,6 @@ impl Reject {
         "issuer_outside_zone",
         "afc_not_allowed",
     ];
-
 }
 
 impl From<SecurityError> for Reject {

@@ -8,19 +8,19 @@
 //! checks: the system AFC, then each applicable AFC in name order, an
 //! output already set by an earlier AFC skipped, an output that is invalid
 //! on a zone (a NaN or infinite number, a list over
-//! [`MAX_LIST_LEN`], more than the row's share of bytes) left out.
+//! [`limits::MAX_LIST_LEN`], more than the row's share of bytes) left out.
 
 use super::world::World;
 use crate::afc::{AfcCert, AfcStore};
 use crate::agent::system_afc;
-use crate::message::{MAX_LIST_LEN, MAX_ROW_BYTES};
+use crate::limits::{self, MAX_ATTRS_BYTES, SYSTEM_ATTRS_BYTES};
 use crate::path::ZonePath;
 use crate::row::stable_hash;
 use crate::table::cmp_names;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use zone_sql::{Attrs, Frame, Program, Value};
+use zone_sql::{Attrs, Frame, Program};
 
 /// A zone's child rows by name: leaf rows as the agents hold them, zone
 /// rows as computed here.
@@ -37,7 +37,7 @@ impl Oracle {
     pub fn new(reps: usize, afcs: impl IntoIterator<Item = Arc<AfcCert>>) -> Oracle {
         let mut store = AfcStore::default();
         for a in afcs {
-            store.offer(a);
+            store.offer(a, 0);
         }
         Oracle {
             system: Program::compile(&system_afc(reps)).expect("the system AFC is valid"),
@@ -91,31 +91,23 @@ impl Oracle {
         out.set("depth", zone.depth() as i64);
         out.set("nchildren", n);
         out.set("nreporting", n);
-        let mut budget = MAX_ROW_BYTES / 2;
+        let mut budget = MAX_ATTRS_BYTES - SYSTEM_ATTRS_BYTES;
         for afc in self.afcs.applicable(zone) {
             let Some(Ok(a)) = afc.program.as_ref().map(|p| p.eval(&frame, seed)) else {
                 continue;
             };
             let len = a.encoded_len();
-            if len > budget || !a.iter().all(|(_, v)| valid(v)) {
+            if len > budget
+                || limits::check_output(&a).is_err()
+                || a.names().any(|n| out.get(n).is_some())
+            {
                 continue;
             }
             budget -= len;
             for (name, v) in a.iter() {
-                if out.get(name).is_none() {
-                    out.set(name.clone(), v.clone());
-                }
+                out.set(name.clone(), v.clone());
             }
         }
         out
-    }
-}
-
-/// A value a row may carry.
-fn valid(v: &Value) -> bool {
-    match v {
-        Value::Float(f) => f.is_finite(),
-        Value::List(l) => l.len() <= MAX_LIST_LEN,
-        _ => true,
     }
 }

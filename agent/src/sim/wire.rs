@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn sealed_messages_open_to_the_same_bytes() {
-        let m = Message::Ack { rows: Vec::new() };
+        let m = Message::Ack {
+            sender: ZonePath::parse("/a/b").unwrap(),
+            rows: Vec::new(),
+        };
         let p = Packet::seal(&m);
         assert_eq!(p.len(), m.encode().len());
         assert!(!p.is_push());

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Most typical AFCs: with the base AFC and the one installed during the
 /// run, within the AFCs one row may carry.
-const MAX_AFCS: usize = armillary_agent::message::MAX_AFCS_PER_ROW - 2;
+const MAX_AFCS: usize = armillary_agent::limits::MAX_AFCS_PER_SCOPE - 2;
 /// Largest clock offset: a minute (the protocol tolerates 10 s between two
 /// clocks; beyond, the run shows what breaks).
 const MAX_SKEW_MS: u64 = 60_000;
