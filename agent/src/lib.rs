@@ -11,6 +11,7 @@ pub mod message;
 pub mod node;
 pub mod path;
 pub mod row;
+pub mod row_wire;
 pub mod security;
 pub mod sim;
 pub mod table;

@@ -12,6 +12,7 @@ use crate::limits::{
 };
 use crate::path::{MAX_COMPONENT_LEN, ZonePath};
 use crate::row::{MAX_INPUTS, Micros, Row};
+use crate::row_wire::{self, RowDecodeError};
 use crate::security::SecurityError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -33,16 +34,19 @@ pub enum Message {
     },
     SynAck {
         sender: ZonePath,
+        #[serde(with = "crate::row_wire::rows")]
         rows: Vec<Arc<Row>>,
         wanted: Vec<Wanted>,
     },
     Ack {
         sender: ZonePath,
+        #[serde(with = "crate::row_wire::rows")]
         rows: Vec<Arc<Row>>,
     },
     /// Rows to deliver to every agent inside `target`.
     Push {
         target: ZonePath,
+        #[serde(with = "crate::row_wire::rows")]
         rows: Vec<Arc<Row>>,
     },
 }
@@ -104,17 +108,6 @@ impl Message {
         }
     }
 
-    /// Rows carried, to replace in place (the simulator swaps decoded rows
-    /// for equal copies it already holds).
-    pub fn rows_mut(&mut self) -> &mut [Arc<Row>] {
-        match self {
-            Message::Syn { .. } => &mut [],
-            Message::SynAck { rows, .. }
-            | Message::Ack { rows, .. }
-            | Message::Push { rows, .. } => rows,
-        }
-    }
-
     /// The encoded size in bytes: an upper bound, cheap to compute.
     pub fn encoded_len(&self) -> usize {
         let rows = |rows: &[Arc<Row>]| 3 + rows.iter().map(|r| r.encoded_len()).sum::<usize>();
@@ -141,7 +134,8 @@ impl Message {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+        // Sized once from the upper bound: no regrowth while encoding.
+        postcard::to_extend(self, Vec::with_capacity(self.encoded_len())).unwrap_or_default()
     }
 
     /// Decodes and checks a message from untrusted bytes. Never panics.
@@ -149,30 +143,15 @@ impl Message {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        let msg: Message =
-            postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        // Rows are decoded, validated and sealed one by one as their own
+        // encodings (`row_wire`); a refused row refuses the message.
+        let _ = row_wire::take_failure();
+        let msg: Message = postcard::from_bytes(bytes).map_err(|e| match row_wire::take_failure() {
+            Some(RowDecodeError::Invalid(r)) => DecodeError::Row(r),
+            _ => DecodeError::Malformed(e.to_string()),
+        })?;
         msg.validate()?;
-        // Rows lose their caches on the wire: recompute them.
-        Ok(match msg {
-            Message::SynAck {
-                sender,
-                rows,
-                wanted,
-            } => Message::SynAck {
-                sender,
-                rows: reseal(rows),
-                wanted,
-            },
-            Message::Ack { sender, rows } => Message::Ack {
-                sender,
-                rows: reseal(rows),
-            },
-            Message::Push { target, rows } => Message::Push {
-                target,
-                rows: reseal(rows),
-            },
-            m => m,
-        })
+        Ok(msg)
     }
 
     fn validate(&self) -> Result<(), DecodeError> {
@@ -189,17 +168,8 @@ impl Message {
         if self.rows().len() > MAX_ITEMS {
             return bad(format!("{} rows", self.rows().len()));
         }
-        for r in self.rows() {
-            validate_row(r)?;
-        }
         Ok(())
     }
-}
-
-fn reseal(rows: Vec<Arc<Row>>) -> Vec<Arc<Row>> {
-    rows.into_iter()
-        .map(|r| Arc::new(Arc::unwrap_or_clone(r).sealed()))
-        .collect()
 }
 
 /// Why a row breaks the rules every receiver applies.

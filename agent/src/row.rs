@@ -5,7 +5,7 @@ use crate::path::ZonePath;
 use crate::security::Certificate;
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use zone_sql::{Attrs, Value};
 
 /// Time in microseconds since the Unix epoch (the simulator starts at 0).
@@ -39,7 +39,7 @@ pub struct Row {
     /// more than [`MAX_INPUTS`] children. Another representative replaces
     /// a fresh row only when it holds all of these inputs at least as new,
     /// so a zone row never rolls back to older content.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zone_sql::intern::deserialize_named")]
     pub inputs: Vec<(Arc<str>, Micros)>,
     /// The issuer's signature over [`Row::signing_bytes`] (empty in insecure mode).
     pub signature: Vec<u8>,
@@ -60,6 +60,9 @@ struct RowCache {
     name: Arc<str>,
     depth: usize,
     contacts: Option<Arc<[Arc<str>]>>,
+    /// The row's encoding, made the first time it is sent (or kept from
+    /// the wire): a row sent many times is encoded once.
+    wire: OnceLock<Arc<[u8]>>,
 }
 
 impl Row {
@@ -103,8 +106,24 @@ impl Row {
                 Some(Value::List(l)) => Some(l.clone()),
                 _ => None,
             },
+            wire: OnceLock::new(),
         };
         self
+    }
+
+    /// [`Row::sealed`] for a row just decoded from `bytes`, which it keeps
+    /// as its encoding.
+    pub(crate) fn sealed_from_wire(self, bytes: &[u8]) -> Row {
+        let row = self.sealed();
+        let _ = row.cache.wire.set(Arc::from(bytes));
+        row
+    }
+
+    /// The row's encoding as it travels inside a message.
+    pub fn wire(&self) -> &[u8] {
+        self.cache
+            .wire
+            .get_or_init(|| postcard::to_allocvec(self).unwrap_or_default().into())
     }
 
     /// A hash of what the row says (attributes and carried AFC versions), not who said it or when.
@@ -156,6 +175,7 @@ impl Row {
         self.cert = cert;
         self.signature = signature;
         self.cache.encoded_len = self.compute_encoded_len();
+        self.cache.wire = OnceLock::new();
     }
 
     /// The bytes an issuer signs: everything but the signature and the
@@ -181,8 +201,9 @@ impl Row {
 
     fn compute_encoded_len(&self) -> usize {
         // Varint-encoded lengths are approximated by one or two bytes each; the
-        // message codec's test checks this stays an upper bound.
-        3 + self.zone.as_str().len()
+        // message codec's test checks this stays an upper bound. The first 3
+        // bytes are the row's length prefix inside a message.
+        3 + 3 + self.zone.as_str().len()
             + 3
             + self.issuer.as_str().len()
             + 10

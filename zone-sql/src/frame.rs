@@ -144,7 +144,11 @@ fn merge_names(names: &mut Vec<Name>, row: &Attrs) {
     let entries = row.entries();
     while i < names.len() || j < entries.len() {
         match (names.get(i), entries.get(j)) {
-            (Some(a), Some((b, _))) => match a.cmp(b) {
+            (Some(a), Some((b, _))) => match if Arc::ptr_eq(a, b) {
+                std::cmp::Ordering::Equal
+            } else {
+                a.cmp(b)
+            } {
                 std::cmp::Ordering::Less => {
                     out.push(a.clone());
                     i += 1;

@@ -5,6 +5,7 @@
 pub mod adhoc;
 pub mod afc;
 pub mod frame;
+pub mod intern;
 pub mod json;
 pub mod value;
 

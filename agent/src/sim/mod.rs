@@ -5,7 +5,6 @@ pub mod keys;
 pub mod oracle;
 mod pool;
 pub mod scenario;
-mod shared;
 pub mod tree;
 pub mod wire;
 pub mod world;

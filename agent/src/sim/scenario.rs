@@ -27,6 +27,8 @@ pub const STATS_AFC: &str =
     "SELECT AVG(load, nmembers) AS load, MAX(load_max) AS load_max, MAX(probe) AS probe";
 /// The AFC installed during the run unless the scenario names another.
 pub const NEW_AFC: &str = "SELECT MIN(nmembers) AS smallest_zone, MAX(nmembers) AS largest_zone";
+/// Length of a simulated round.
+const ROUND: Micros = 1_000_000;
 /// The name the AFC installed during the run goes by.
 pub const NEW_AFC_NAME: &str = "new_afc";
 
@@ -113,7 +115,7 @@ impl Default for Scenario {
             reps: 3,
             loss: 0.0,
             crash: 0.0,
-            rounds: 40,
+            rounds: 60,
             seed: 1,
             push: true,
             latency: (5_000, 50_000),
@@ -295,21 +297,16 @@ fn sensors(load: f64) -> Attrs {
     .collect()
 }
 
-/// Runs the scenario; `progress(round, rounds)` is called after each round.
-pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
-    let started = Instant::now();
-    let round: Micros = 1_000_000;
-    let mut rng = SmallRng::seed_from_u64(s.seed);
-    let leaves = tree::balanced(s.agents, s.branching);
-    let levels = tree::levels(&leaves);
+/// The agents' settings: the scenario's protocol choices and, for each,
+/// an operator's seed list (an agent nearby and one anywhere).
+fn configs(s: &Scenario, leaves: &[ZonePath], rng: &mut SmallRng) -> Vec<Config> {
     let n = leaves.len();
-
-    let configs: Vec<Config> = leaves
+    leaves
         .iter()
         .enumerate()
         .map(|(i, leaf)| {
             let mut c = Config::new(leaf.clone(), leaf.as_arc().clone());
-            c.round = round;
+            c.round = ROUND;
             c.reps = s.reps;
             c.push = s.push;
             c.events = false;
@@ -318,7 +315,6 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             if !s.cold {
                 c.seed_probe = 0.0;
             }
-            // An operator's seed list: an agent nearby and one anywhere.
             let near = (i / s.branching) * s.branching + rng.random_range(0..s.branching);
             let far = rng.random_range(0..n);
             c.seeds = [near.min(n - 1), far]
@@ -328,7 +324,100 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
                 .collect();
             c
         })
-        .collect();
+        .collect()
+}
+
+/// How the live agents fared with one value (the change or the AFC).
+struct Outcome {
+    /// Rounds from `from` to showing it for good, over those that end with it.
+    rounds: Option<Quantiles>,
+    /// Live agents that do not show it at the end.
+    missing: usize,
+    flaps: u64,
+    /// Every live agent showed it at some round.
+    reached: bool,
+}
+
+impl Outcome {
+    fn of(live: &[usize], tracks: &[Track], from: u64) -> Outcome {
+        let mut got: Vec<u64> = live
+            .iter()
+            .filter_map(|i| tracks[*i].since.map(|r| r - from + 1))
+            .collect();
+        got.sort_unstable();
+        Outcome {
+            missing: live.len() - got.len(),
+            rounds: quantiles(&got),
+            flaps: live.iter().map(|i| tracks[*i].flaps).sum(),
+            reached: live.iter().all(|i| tracks[*i].ever),
+        }
+    }
+}
+
+/// What the live agents sent per round since the baseline, from the wire
+/// counts, and what they refused.
+struct Traffic {
+    msgs: MeanMax,
+    bytes: MeanMax,
+    push_bytes: MeanMax,
+    exchanges: MeanMax,
+    max_zones_represented: usize,
+    rejected: BTreeMap<String, u64>,
+}
+
+impl Traffic {
+    fn of(
+        world: &World,
+        live: &[usize],
+        baseline: &[Option<(WireStats, u64)>],
+        rounds: u64,
+    ) -> Traffic {
+        let rounds = rounds as f64;
+        let mut per_agent: Vec<[f64; 4]> = Vec::new();
+        let mut max_rep = 0;
+        let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+        for &i in live {
+            let Some(a) = world.agent(i) else { continue };
+            for (why, k) in &a.stats().rejected {
+                *rejected.entry(why.to_string()).or_default() += k;
+            }
+            let Some((b, syns)) = baseline[i] else {
+                continue;
+            };
+            let w = world.wire_stats(i);
+            per_agent.push([
+                (w.msgs - b.msgs) as f64 / rounds,
+                (w.bytes - b.bytes) as f64 / rounds,
+                (w.push_bytes - b.push_bytes) as f64 / rounds,
+                (a.stats().syns_sent - syns) as f64 / rounds,
+            ]);
+            let reps = a.zones().iter().skip(1).filter(|z| a.represents(z)).count();
+            max_rep = max_rep.max(reps);
+        }
+        let mm = |k: usize| MeanMax {
+            mean: per_agent.iter().map(|x| x[k]).sum::<f64>() / per_agent.len().max(1) as f64,
+            max: per_agent.iter().map(|x| x[k]).fold(0.0, f64::max),
+        };
+        Traffic {
+            msgs: mm(0),
+            bytes: mm(1),
+            push_bytes: mm(2),
+            exchanges: mm(3),
+            max_zones_represented: max_rep,
+            rejected,
+        }
+    }
+}
+
+/// Runs the scenario; `progress(round, rounds)` is called after each round.
+pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
+    let started = Instant::now();
+    let mut rng = SmallRng::seed_from_u64(s.seed);
+    let leaves = tree::balanced(s.agents, s.branching);
+    let levels = tree::levels(&leaves);
+    let n = leaves.len();
+
+    let configs = configs(s, &leaves, &mut rng);
     let mut world = World::with_clocks(
         configs,
         clocks(n, s.skew_ms, s.seed),
@@ -451,7 +540,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             ));
             installed = Some(cert);
         }
-        world.run_until(r * round);
+        world.run_until(r * ROUND);
         if let Some(o) = &oracle {
             correct = o.root_row(&world);
         }
@@ -474,47 +563,11 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
     }
 
     let live: Vec<usize> = (0..n).filter(|i| world.alive(*i)).collect();
-    let summary = |v: &[Track], from: u64| -> (Option<Quantiles>, usize, u64, bool) {
-        let mut got: Vec<u64> = live
-            .iter()
-            .filter_map(|i| v[*i].since.map(|r| r - from + 1))
-            .collect();
-        let missing = live.len() - got.len();
-        got.sort_unstable();
-        let flaps = live.iter().map(|i| v[*i].flaps).sum();
-        let ever = live.iter().all(|i| v[*i].ever);
-        (quantiles(&got), missing, flaps, ever)
-    };
-    let (rounds_to_converge, unconverged, flaps, reached) = summary(&seen, s.change_round);
-    let (afc_rounds_to_converge, afc_unconverged, afc_flaps, afc_reached) =
-        summary(&afc_seen, s.afc_round);
+    let change = Outcome::of(&live, &seen, s.change_round);
+    let afc = Outcome::of(&live, &afc_seen, s.afc_round);
 
-    let window = (s.rounds + 1).saturating_sub(window_start).max(1) as f64;
-    let mut per_agent = Vec::new();
-    let mut max_rep = 0;
-    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-    for &i in &live {
-        let Some(a) = world.agent(i) else { continue };
-        for (why, k) in &a.stats().rejected {
-            *rejected.entry(why.to_string()).or_default() += k;
-        }
-        let Some(Some((b, syns))) = baseline.get(i) else {
-            continue;
-        };
-        let w = world.wire_stats(i);
-        per_agent.push((
-            (w.msgs - b.msgs) as f64 / window,
-            (w.bytes - b.bytes) as f64 / window,
-            (w.push_bytes - b.push_bytes) as f64 / window,
-            (a.stats().syns_sent - syns) as f64 / window,
-        ));
-        let reps = a.zones().iter().skip(1).filter(|z| a.represents(z)).count();
-        max_rep = max_rep.max(reps);
-    }
-    let mm = |f: fn(&(f64, f64, f64, f64)) -> f64| MeanMax {
-        mean: per_agent.iter().map(f).sum::<f64>() / per_agent.len().max(1) as f64,
-        max: per_agent.iter().map(f).fold(0.0, f64::max),
-    };
+    let window = (s.rounds + 1).saturating_sub(window_start).max(1);
+    let t = Traffic::of(&world, &live, &baseline, window);
     let afc_value = zone_sql::json::attrs_to_json(
         &outputs
             .iter()
@@ -542,20 +595,20 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         change_round: s.change_round,
         afc_round: s.afc_round,
         afc_sql: s.new_afc_sql().to_string(),
-        converged: reached && afc_reached && some_live,
-        stable: unconverged == 0 && afc_unconverged == 0 && some_live,
-        rounds_to_converge,
-        afc_rounds_to_converge,
-        unconverged,
-        afc_unconverged,
-        flaps,
-        afc_flaps,
+        converged: change.reached && afc.reached && some_live,
+        stable: change.missing == 0 && afc.missing == 0 && some_live,
+        rounds_to_converge: change.rounds,
+        afc_rounds_to_converge: afc.rounds,
+        unconverged: change.missing,
+        afc_unconverged: afc.missing,
+        flaps: change.flaps,
+        afc_flaps: afc.flaps,
         afc_value,
-        msgs_per_agent_round: mm(|x| x.0),
-        bytes_per_agent_round: mm(|x| x.1),
-        push_bytes_per_agent_round: mm(|x| x.2),
-        exchanges_per_agent_round: mm(|x| x.3),
-        max_zones_represented: max_rep,
+        msgs_per_agent_round: t.msgs,
+        bytes_per_agent_round: t.bytes,
+        push_bytes_per_agent_round: t.push_bytes,
+        exchanges_per_agent_round: t.exchanges,
+        max_zones_represented: t.max_zones_represented,
         live_agents: live.len(),
         crashed: n - live.len(),
         messages_sent: net.sent,
@@ -563,7 +616,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         messages_undecodable: net.undecodable,
         round_trips: net.round_trips,
         round_trip_mismatches: net.round_trip_mismatches,
-        rejected,
+        rejected: t.rejected,
         peak_rss_mb: peak_rss_mb(),
         wall_s,
         threads: world.threads(),

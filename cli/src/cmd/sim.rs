@@ -61,8 +61,10 @@ pub struct SimArgs {
     /// drifts by up to 100 ppm.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     skew: u64,
-    /// Rounds to simulate (1 simulated second each).
-    #[arg(long, default_value_t = 40)]
+    /// Rounds to simulate (1 simulated second each): enough, by default,
+    /// for crashed agents to time out everywhere (42 rounds at 100,000
+    /// agents) and the membership to settle.
+    #[arg(long, default_value_t = 60)]
     rounds: u64,
     /// Seed of every random choice: the same seed gives the same result.
     #[arg(long, default_value_t = 1)]

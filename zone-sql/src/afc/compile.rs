@@ -358,7 +358,7 @@ impl Compiler {
         let first_agg = self.aggs.len();
         let node = self.expr(e, Ctx::Output, 1, p)?;
         let name: Name = match alias {
-            Some(a) => a.value.as_str().into(),
+            Some(a) => crate::intern::intern(&a.value),
             None => match &node {
                 Node::Agg(k) => match self.aggs.get(*k) {
                     Some(AggSpec {
@@ -396,7 +396,7 @@ impl Compiler {
         match self.inputs.iter().position(|n| &**n == name) {
             Some(i) => i,
             None => {
-                self.inputs.push(name.into());
+                self.inputs.push(crate::intern::intern(name));
                 self.inputs.len() - 1
             }
         }
