@@ -734,3 +734,18 @@ fn oracle_agrees_with_settled_agents_and_leaves_invalid_output_out() {
     assert_eq!(with_nan.get("nmembers"), Some(&Value::Int(n as i64)));
     assert_eq!(with_nan.get("peak"), truth.get("peak"));
 }
+
+#[test]
+fn an_afc_with_invalid_output_is_reported_faulty_and_the_tree_still_converges() {
+    let mut s = scenario(200, 8);
+    s.afc_sql = Some("SELECT SUM(nmembers)*1e300*1e300*0.0 AS x".into());
+    s.rounds = 25;
+    let r = sim::run(&s, |_, _| {});
+    assert!(r.converged && r.stable, "{r:?}");
+    assert!(r.afc_value.is_empty(), "{r:?}");
+    assert_eq!(r.afc_faulty, r.live_agents, "{r:?}");
+    assert!(
+        r.afc_fault_reason.as_deref().is_some_and(|m| m.contains("left out")),
+        "{r:?}"
+    );
+}

@@ -216,6 +216,10 @@ pub struct Report {
     /// The AFC's correct outputs at the root at the end (from the true tree
     /// of live agents); an output left out as invalid is absent.
     pub afc_value: serde_json::Map<String, serde_json::Value>,
+    /// Live agents that report the new AFC faulty on some zone at the end
+    /// (an output that would break a row limit, left out), and one reason.
+    pub afc_faulty: usize,
+    pub afc_fault_reason: Option<String>,
     /// Per agent per round from the change on, from the real encoding.
     pub msgs_per_agent_round: MeanMax,
     pub bytes_per_agent_round: MeanMax,
@@ -574,6 +578,15 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             .filter_map(|o| correct.get(o).map(|v| (o.as_str(), v.clone())))
             .collect(),
     );
+    let faults: Vec<String> = live
+        .iter()
+        .filter_map(|&i| world.agent(i))
+        .filter_map(|a| {
+            a.afc_faults()
+                .find(|f| &*f.name == NEW_AFC_NAME)
+                .map(|f| f.reason.clone())
+        })
+        .collect();
     let some_live = !live.is_empty();
     let net = &world.net_stats;
     let wall_s = started.elapsed().as_secs_f64();
@@ -604,6 +617,8 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         flaps: change.flaps,
         afc_flaps: afc.flaps,
         afc_value,
+        afc_faulty: faults.len(),
+        afc_fault_reason: faults.into_iter().next(),
         msgs_per_agent_round: t.msgs,
         bytes_per_agent_round: t.bytes,
         push_bytes_per_agent_round: t.push_bytes,

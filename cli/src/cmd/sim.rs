@@ -226,6 +226,13 @@ fn print_human(r: &Report) {
         "  AFC correct value          {}",
         serde_json::Value::Object(r.afc_value.clone())
     );
+    if r.afc_faulty > 0 {
+        println!(
+            "  new AFC faulty             on {} agents: {}",
+            r.afc_faulty,
+            r.afc_fault_reason.as_deref().unwrap_or("")
+        );
+    }
     println!(
         "  messages / agent / round   mean {:.2}  max {:.2}",
         r.msgs_per_agent_round.mean, r.msgs_per_agent_round.max
