@@ -1,20 +1,21 @@
-//! The Armillary agent: the zone-tree protocol core as a deterministic
-//! state machine (no I/O), and the simulator that drives thousands of them.
+//! The Armillary agent's runtime: it drives the protocol cores of
+//! `armillary-proto` over QUIC with tokio, keeps the data directory, serves
+//! the HTTP API and reads the sensors. The protocol modules are re-exported
+//! here so that the binary and the tests name one crate.
 
-pub mod afc;
-pub mod agent;
 pub mod api;
-pub mod config;
 pub mod fsutil;
-pub mod limits;
-pub mod message;
+pub mod keys;
 pub mod node;
-pub mod path;
-pub mod row;
-pub mod row_wire;
-pub mod security;
-pub mod sim;
-pub mod table;
+
+pub use armillary_proto::{afc, agent, config, limits, message, path, row, row_wire, sim, table};
+
+/// The security layer of `armillary-proto`, with the keys directory the
+/// runtime reads and writes.
+pub mod security {
+    pub use crate::keys::{ANCHOR_FILE, KeysDir, KeysError};
+    pub use armillary_proto::security::*;
+}
 
 pub use afc::{AfcCert, AfcState, AfcStore};
 pub use agent::{Agent, Event, InstallError, Stats, Transmit};

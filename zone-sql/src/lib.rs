@@ -1,7 +1,8 @@
 //! Armillary's data model and SQL: typed values, rows and zone tables; the
 //! AFC dialect (parse, validate, compile, evaluate); DataFusion for ad-hoc
-//! queries over zone tables.
+//! queries over zone tables (feature `adhoc`, on by default).
 
+#[cfg(feature = "adhoc")]
 pub mod adhoc;
 pub mod afc;
 pub mod frame;

@@ -6,7 +6,7 @@ use crate::cmd::zones::print_table;
 use crate::output::{CliError, CliResult, print_json};
 use armillary_agent::afc::AfcCert;
 use armillary_agent::path::ZonePath;
-use armillary_agent::security::{Identity, Role, format_time, now_micros, sign_afc};
+use armillary_agent::security::{Identity, KeysDir, Role, format_time, now_micros, sign_afc};
 use clap::Args;
 use reqwest::Method;
 use serde_json::{Map, Value, json};

@@ -5,7 +5,7 @@ use crate::runtime;
 use armillary_agent::api::{AccessError, ApiAccess, ApiToken};
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
 use armillary_agent::node::{Node, NodeConfig, Store};
-use armillary_agent::security::{Identity, Role, Security, now_micros};
+use armillary_agent::security::{Identity, KeysDir, Role, Security, now_micros};
 use armillary_agent::{Config, ZonePath};
 use clap::Args;
 use serde::Deserialize;

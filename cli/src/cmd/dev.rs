@@ -10,6 +10,7 @@ use armillary_agent::ZonePath;
 use armillary_agent::api::ApiAccess;
 use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
+use armillary_agent::security::KeysDir;
 use armillary_agent::sim::tree;
 use clap::Args;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 use crate::output::{CliError, CliResult, print_json};
 use armillary_agent::ZonePath;
 use armillary_agent::security::{
-    CertKind, Certificate, DAY, Identity, KeysError, Right, Role, format_time, now_micros,
+    CertKind, Certificate, DAY, Identity, KeysDir, KeysError, Right, Role, format_time, now_micros,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};

@@ -6,14 +6,14 @@ use super::error::{AfcError, Pos};
 use super::expr::{self, Arith, CastTo, Cmp, Func, Node};
 use super::{MAX_AFC_TEXT, MAX_DEPTH, MAX_FIRST_N, MAX_NODES, MAX_OUTPUTS};
 use crate::value::{Name, Value};
-use datafusion::sql::sqlparser::ast::{
+use sqlparser::ast::{
     self, BinaryOperator, CastKind, DataType, DuplicateTreatment, Expr, FunctionArg,
     FunctionArgExpr, FunctionArguments, GroupByExpr, ObjectNamePart, OrderByKind, SelectItem,
     SetExpr, Spanned, Statement, TableFactor, UnaryOperator,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Span;
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Span;
 
 /// The parser's own recursion limit: a little above the expression depth
 /// limit, to leave room for the statement and query levels.

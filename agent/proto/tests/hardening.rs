@@ -2,11 +2,11 @@
 //! faulty AFCs kept out of rows, no rollback, no alternation, removals that
 //! stay removed, and pushes that neither storm nor stop at a lost message.
 
-use armillary_agent::afc::ScopeFull;
-use armillary_agent::limits::{LimitError, MAX_AFCS_PER_SCOPE};
-use armillary_agent::message::validate_row;
-use armillary_agent::sim::{NetConfig, World, tree};
-use armillary_agent::{AfcCert, AfcState, Agent, Config, InstallError, Message, Row, ZonePath};
+use armillary_proto::afc::ScopeFull;
+use armillary_proto::limits::{LimitError, MAX_AFCS_PER_SCOPE};
+use armillary_proto::message::validate_row;
+use armillary_proto::sim::{NetConfig, World, tree};
+use armillary_proto::{AfcCert, AfcState, Agent, Config, InstallError, Message, Row, ZonePath};
 use std::sync::Arc;
 use zone_sql::{Attrs, Value};
 

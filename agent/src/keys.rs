@@ -1,9 +1,5 @@
-//! An identity: a secret key with its certificate and trust anchor, and the
-//! keys directory that holds them.
-//!
-//! # Keys directory
-//!
-//! One directory per identity, written by `armillary keys`:
+//! The keys directory: one identity (a secret key, its certificate and the
+//! trust anchor) per directory, written by `armillary keys`.
 //!
 //! | role | files |
 //! | --- | --- |
@@ -25,17 +21,13 @@
 //! certificate, that the anchor is a root, and that the certificate verifies
 //! against the anchor.
 
-use super::b64;
-use super::cert::{CertKind, Certificate, MAX_CERT_BYTES};
-use super::clock::now_micros;
-use super::error::SecurityError;
-use super::trust::Trust;
 use crate::fsutil::{read_bounded, write_atomic};
-use crate::path::ZonePath;
-use crate::row::Micros;
-use ed25519_dalek::{Signer, SigningKey};
+use armillary_proto::row::Micros;
+use armillary_proto::security::{
+    CertKind, Certificate, Identity, MAX_CERT_BYTES, Role, SecurityError, b64, now_micros,
+};
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,52 +35,6 @@ use std::sync::Arc;
 const MAX_FILE_BYTES: u64 = 8 * MAX_CERT_BYTES as u64;
 /// The anchor's file name in every keys directory.
 pub const ANCHOR_FILE: &str = "anchor.cert";
-
-/// What a keys directory is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Authority,
-    Agent,
-    Client,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Authority, Role::Agent, Role::Client];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Authority => "authority",
-            Role::Agent => "agent",
-            Role::Client => "client",
-        }
-    }
-
-    /// The role a certificate kind plays.
-    pub fn of(kind: &CertKind) -> Role {
-        match kind {
-            CertKind::Authority => Role::Authority,
-            CertKind::Agent => Role::Agent,
-            CertKind::Client { .. } => Role::Client,
-        }
-    }
-
-    /// `ROLE.key`
-    pub fn key_file(self) -> String {
-        format!("{}.key", self.label())
-    }
-
-    /// `ROLE.cert`
-    pub fn cert_file(self) -> String {
-        format!("{}.cert", self.label())
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
 
 /// Why a keys directory could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -153,98 +99,25 @@ struct KeyFile {
     public_key: [u8; 32],
 }
 
-/// A secret key, its certificate, and the trust anchor its chain rests on.
-pub struct Identity {
-    pub key: SigningKey,
-    pub cert: Arc<Certificate>,
-    pub anchor: Arc<Certificate>,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the secret.
-        f.debug_struct("Identity")
-            .field("kind", &self.cert.kind)
-            .field("subject", &self.cert.subject)
-            .field("key", &self.cert.fingerprint())
-            .finish()
-    }
-}
-
-/// A fresh secret key from the operating system's generator.
-pub fn generate_key() -> SigningKey {
-    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
-}
-
-impl Identity {
-    /// A new root authority for `zone`, valid from `now` until `expires`.
-    pub fn new_root(zone: &ZonePath, now: Micros, expires: Micros) -> Identity {
-        let key = generate_key();
-        let cert = Arc::new(Certificate::self_signed(&key, zone, now, expires));
-        Identity {
-            key,
-            anchor: cert.clone(),
-            cert,
-        }
-    }
-
-    /// A new identity certified by this authority: a sub-authority, an
-    /// agent or a client, with a fresh key.
-    pub fn new_child(
-        &self,
-        kind: CertKind,
-        subject: &str,
-        now: Micros,
-        expires: Micros,
-    ) -> Result<Identity, SecurityError> {
-        let key = generate_key();
-        let cert = self.issue(kind, subject, key.verifying_key().to_bytes(), now, expires)?;
-        Ok(Identity {
-            key,
-            cert: Arc::new(cert),
-            anchor: self.anchor.clone(),
-        })
-    }
-
-    /// Certifies someone else's public key (this identity must be an authority).
-    pub fn issue(
-        &self,
-        kind: CertKind,
-        subject: &str,
-        key: [u8; 32],
-        now: Micros,
-        expires: Micros,
-    ) -> Result<Certificate, SecurityError> {
-        Certificate::issue(&self.key, &self.cert, kind, subject, key, now, expires)
-    }
-
-    pub fn role(&self) -> Role {
-        Role::of(&self.cert.kind)
-    }
-
-    pub fn public_key(&self) -> [u8; 32] {
-        self.cert.key
-    }
-
-    /// The ed25519 signature of `bytes`.
-    pub fn sign(&self, bytes: &[u8]) -> Vec<u8> {
-        self.key.sign(bytes).to_bytes().to_vec()
-    }
-
-    /// Trust in this identity's anchor alone.
-    pub fn trust(&self) -> Result<Trust, SecurityError> {
-        Trust::new([self.anchor.clone()])
-    }
-
-    /// Checks that the certificate verifies against the anchor at `now`.
-    pub fn check(&self, now: Micros) -> Result<(), SecurityError> {
-        self.trust()?.verify(&self.cert, now)
-    }
-
+/// Reading and writing an [`Identity`]'s keys directory.
+pub trait KeysDir: Sized {
     /// Writes the keys directory (created if missing). Refuses to replace
     /// any existing key or certificate file unless `force`. Returns the
     /// files written.
-    pub fn save(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, KeysError> {
+    fn save(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, KeysError>;
+    /// Loads and fully checks the keys directory `dir`, whatever its role.
+    fn load(dir: &Path) -> Result<Self, KeysError>;
+    /// Loads and fully checks a keys directory that must hold `role` keys.
+    fn load_as(dir: &Path, role: Role) -> Result<Self, KeysError>;
+    /// [`KeysDir::load`] at a given time, optionally requiring a role.
+    fn load_at(dir: &Path, role: Option<Role>, now: Micros) -> Result<Self, KeysError>;
+    /// Reads a keys directory, checking its files' form and that they belong
+    /// together, but not the certificate's validity (see [`Identity::check`]).
+    fn read(dir: &Path) -> Result<Self, KeysError>;
+}
+
+impl KeysDir for Identity {
+    fn save(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, KeysError> {
         let role = self.role();
         if !force {
             let mut existing: Vec<String> = Role::ALL.iter().map(|r| r.key_file()).collect();
@@ -275,18 +148,15 @@ impl Identity {
         Ok(files.into_iter().map(|(p, _, _)| p).collect())
     }
 
-    /// Loads and fully checks the keys directory `dir`, whatever its role.
-    pub fn load(dir: &Path) -> Result<Identity, KeysError> {
+    fn load(dir: &Path) -> Result<Identity, KeysError> {
         Self::load_at(dir, None, now_micros())
     }
 
-    /// Loads and fully checks a keys directory that must hold `role` keys.
-    pub fn load_as(dir: &Path, role: Role) -> Result<Identity, KeysError> {
+    fn load_as(dir: &Path, role: Role) -> Result<Identity, KeysError> {
         Self::load_at(dir, Some(role), now_micros())
     }
 
-    /// [`Identity::load`] at a given time, optionally requiring a role.
-    pub fn load_at(dir: &Path, role: Option<Role>, now: Micros) -> Result<Identity, KeysError> {
+    fn load_at(dir: &Path, role: Option<Role>, now: Micros) -> Result<Identity, KeysError> {
         let id = Self::read(dir)?;
         if let Some(wanted) = role
             && id.role() != wanted
@@ -304,9 +174,7 @@ impl Identity {
         Ok(id)
     }
 
-    /// Reads a keys directory, checking its files' form and that they belong
-    /// together, but not the certificate's validity (see [`Identity::check`]).
-    pub fn read(dir: &Path) -> Result<Identity, KeysError> {
+    fn read(dir: &Path) -> Result<Identity, KeysError> {
         let role = detect_role(dir)?;
         let key_path = dir.join(role.key_file());
         let cert_path = dir.join(role.cert_file());
@@ -424,4 +292,111 @@ fn create_dir(dir: &Path) -> Result<(), KeysError> {
 
 fn show(p: &Path) -> String {
     p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use armillary_proto::path::ZonePath;
+    use armillary_proto::security::DAY;
+
+    const NOW: Micros = 1_700_000_000_000_000;
+    const YEAR: Micros = 365 * DAY;
+
+    fn root(zone: &str) -> Identity {
+        Identity::new_root(&ZonePath::parse(zone).unwrap(), NOW, NOW + 10 * YEAR)
+    }
+
+    fn agent(auth: &Identity, leaf: &str) -> Identity {
+        auth.new_child(CertKind::Agent, leaf, NOW, NOW + YEAR)
+            .unwrap()
+    }
+
+    #[test]
+    fn keys_directories_round_trip_and_refuse_what_does_not_belong() {
+        let base = std::env::temp_dir().join(format!("armillary-keys-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let ca = root("/");
+        let h7 = agent(&ca, "/eu/h7");
+        let (ca_dir, h7_dir) = (base.join("ca"), base.join("h7"));
+        ca.save(&ca_dir, false).unwrap();
+        let written = h7.save(&h7_dir, false).unwrap();
+        assert_eq!(written.len(), 3);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(h7_dir.join("agent.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let back = Identity::load_at(&h7_dir, Some(Role::Agent), NOW).unwrap();
+        assert_eq!(back.cert, h7.cert);
+        assert_eq!(back.public_key(), h7.public_key());
+        let ca_back = Identity::load_at(&ca_dir, None, NOW).unwrap();
+        assert_eq!(ca_back.role(), Role::Authority);
+        // The certificate file is readable JSON with base64 keys.
+        let text = std::fs::read_to_string(h7_dir.join("agent.cert")).unwrap();
+        assert!(text.contains("\"subject\": \"/eu/h7\""), "{text}");
+        assert!(text.contains(&b64::encode(&h7.cert.key)));
+        // Refusals.
+        assert!(matches!(
+            h7.save(&h7_dir, false),
+            Err(KeysError::Exists { .. })
+        ));
+        h7.save(&h7_dir, true).unwrap();
+        assert!(matches!(
+            Identity::load_at(&h7_dir, Some(Role::Authority), NOW),
+            Err(KeysError::WrongRole { .. })
+        ));
+        assert!(matches!(
+            Identity::load_at(&base, None, NOW),
+            Err(KeysError::NoKeys { .. })
+        ));
+        assert!(matches!(
+            Identity::load_at(&h7_dir, None, NOW + 2 * YEAR),
+            Err(KeysError::Invalid { .. })
+        ));
+        // A key from another identity.
+        std::fs::copy(ca_dir.join("authority.key"), h7_dir.join("agent.key")).unwrap();
+        assert!(matches!(
+            Identity::load_at(&h7_dir, None, NOW),
+            Err(KeysError::Malformed { .. })
+        ));
+        let other = agent(&ca, "/eu/h7");
+        let other_dir = base.join("other");
+        other.save(&other_dir, false).unwrap();
+        std::fs::copy(other_dir.join("agent.key"), h7_dir.join("agent.key")).unwrap();
+        assert!(matches!(
+            Identity::load_at(&h7_dir, None, NOW),
+            Err(KeysError::KeyMismatch { .. })
+        ));
+        // Garbage and oversized files.
+        std::fs::write(h7_dir.join("agent.cert"), "not json").unwrap();
+        assert!(matches!(
+            Identity::load_at(&h7_dir, None, NOW),
+            Err(KeysError::Malformed { .. })
+        ));
+        std::fs::write(h7_dir.join("agent.cert"), vec![b' '; 1 << 20]).unwrap();
+        assert!(matches!(
+            Identity::load_at(&h7_dir, None, NOW),
+            Err(KeysError::Read { .. })
+        ));
+        // A foreign anchor.
+        other.save(&h7_dir, true).unwrap();
+        assert!(Identity::load_at(&h7_dir, None, NOW).is_ok());
+        let foreign = root("/");
+        foreign.save(&base.join("foreign"), false).unwrap();
+        std::fs::copy(
+            base.join("foreign").join("anchor.cert"),
+            h7_dir.join("anchor.cert"),
+        )
+        .unwrap();
+        assert!(matches!(
+            Identity::load_at(&h7_dir, None, NOW),
+            Err(KeysError::Invalid { .. })
+        ));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

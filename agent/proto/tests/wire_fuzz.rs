@@ -3,8 +3,8 @@
 //! whatever decodes re-encodes within the size limit. (A coverage-guided
 //! target for the same function lives in `agent/fuzz`.)
 
-use armillary_agent::message::MAX_MESSAGE_BYTES;
-use armillary_agent::{AfcCert, Message, Row, ZonePath};
+use armillary_proto::message::MAX_MESSAGE_BYTES;
+use armillary_proto::{AfcCert, Message, Row, ZonePath};
 use proptest::prelude::*;
 use std::sync::Arc;
 use zone_sql::{Attrs, Value};

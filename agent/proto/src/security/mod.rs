@@ -2,7 +2,7 @@
 //!
 //! - [`cert`]: certificates and their chains (authority, agent, client).
 //! - [`trust`]: the trust anchors and chain verification, with its cache.
-//! - [`identity`]: a secret key with its certificate, and the keys directory.
+//! - [`identity`]: a secret key with its certificate and trust anchor.
 //! - [`Security`]: what the protocol core holds to sign the rows it issues
 //!   and verify the rows and AFCs it receives.
 //!
@@ -27,7 +27,7 @@ mod tests;
 pub use cert::{CertKind, Certificate, MAX_CERT_BYTES, MAX_CHAIN, Right, fingerprint};
 pub use clock::{DAY, format_time, now_micros};
 pub use error::SecurityError;
-pub use identity::{Identity, KeysError, Role};
+pub use identity::{Identity, Role};
 pub use trust::{CLOCK_SKEW, Trust};
 
 use crate::afc::AfcCert;

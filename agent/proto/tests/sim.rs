@@ -1,7 +1,7 @@
 //! Protocol properties checked in the deterministic simulator, fixed seeds.
 
-use armillary_agent::sim::{self, NetConfig, Scenario, World, tree};
-use armillary_agent::{AfcCert, AfcState, Config, ZonePath};
+use armillary_proto::sim::{self, NetConfig, Scenario, World, tree};
+use armillary_proto::{AfcCert, AfcState, Config, ZonePath};
 use std::sync::Arc;
 use zone_sql::{Attrs, Value};
 
@@ -601,7 +601,7 @@ fn secure_runs_sign_and_verify_every_row() {
 
 #[test]
 fn secure_world_refuses_unsigned_rows_and_afcs() {
-    use armillary_agent::sim::keys::SimAuthority;
+    use armillary_proto::sim::keys::SimAuthority;
     let n = 50;
     let mut w = world(n, 5, false, 0.0, 9);
     let auth = SimAuthority::new(9);
@@ -698,7 +698,7 @@ fn afc_convergence_is_measured_against_the_correct_value() {
 
 #[test]
 fn oracle_agrees_with_settled_agents_and_leaves_invalid_output_out() {
-    use armillary_agent::sim::oracle::Oracle;
+    use armillary_proto::sim::oracle::Oracle;
     let n = 120;
     let mut w = world(n, 5, true, 0.0, 10);
     let afcs = [
