@@ -21,10 +21,11 @@
 //! certificate, that the anchor is a root, and that the certificate verifies
 //! against the anchor.
 
+use crate::clock::now_micros;
 use crate::fsutil::{read_bounded, write_atomic};
 use armillary_proto::row::Micros;
 use armillary_proto::security::{
-    CertKind, Certificate, Identity, MAX_CERT_BYTES, Role, SecurityError, b64, now_micros,
+    CertKind, Certificate, Identity, MAX_CERT_BYTES, Role, SecurityError, b64,
 };
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};

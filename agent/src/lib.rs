@@ -4,22 +4,26 @@
 //! here so that the binary and the tests name one crate.
 
 pub mod api;
+pub mod clock;
 pub mod fsutil;
 pub mod keys;
 pub mod node;
 
-pub use armillary_proto::{afc, agent, config, limits, message, path, row, row_wire, sim, table};
+pub use armillary_proto::{
+    afc, config, gossip, limits, message, path, row, row_wire, sim, table, time,
+};
 
 /// The security layer of `armillary-proto`, with the keys directory the
-/// runtime reads and writes.
+/// runtime reads and writes and the wall clock certificates are checked against.
 pub mod security {
+    pub use crate::clock::now_micros;
     pub use crate::keys::{ANCHOR_FILE, KeysDir, KeysError};
     pub use armillary_proto::security::*;
 }
 
 pub use afc::{AfcCert, AfcState, AfcStore};
-pub use agent::{Agent, Event, InstallError, Stats, Transmit};
 pub use config::Config;
+pub use gossip::{Agent, Event, InstallError, Stats, Transmit};
 pub use message::Message;
 pub use path::ZonePath;
 pub use row::{Micros, Row};

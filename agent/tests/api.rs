@@ -41,7 +41,7 @@ impl Fixture {
             security: security.map(Arc::new),
             sensors: None,
         };
-        let node = Node::start(cfg, |_| {}).await.expect("node starts");
+        let node = Node::start(cfg).await.expect("node starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();

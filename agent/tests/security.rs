@@ -312,16 +312,13 @@ async fn restored_afcs_are_checked_with_security_on() {
         .new_child(CertKind::Agent, "/a/h1", now - DAY, now + DAY)
         .unwrap();
     let sec = Security::for_agent(id, &leaf, now).unwrap();
-    let node = Node::start(
-        NodeConfig {
-            core: Config::new(leaf, ""),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: Some(dir.clone()),
-            security: Some(Arc::new(sec)),
-            sensors: None,
-        },
-        |_| {},
-    )
+    let node = Node::start(NodeConfig {
+        core: Config::new(leaf, ""),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: Some(dir.clone()),
+        security: Some(Arc::new(sec)),
+        sensors: None,
+    })
     .await
     .unwrap();
     let names: Vec<String> = node

@@ -73,16 +73,13 @@ async fn stranger(leaf: &str, seed: &str, security: Option<Security>) -> Node {
     let mut core = Config::new(leaf, "");
     core.round = ROUND.as_micros() as u64;
     core.seeds = vec![seed.into()];
-    Node::start(
-        NodeConfig {
-            core,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: None,
-            security: security.map(Arc::new),
-            sensors: None,
-        },
-        |_| {},
-    )
+    Node::start(NodeConfig {
+        core,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: None,
+        security: security.map(Arc::new),
+        sensors: None,
+    })
     .await
     .unwrap()
 }

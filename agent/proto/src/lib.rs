@@ -3,8 +3,8 @@
 //! runtime (`armillary-agent`) drives the same cores over QUIC.
 
 pub mod afc;
-pub mod agent;
 pub mod config;
+pub mod gossip;
 pub mod limits;
 pub mod message;
 pub mod path;
@@ -13,10 +13,11 @@ pub mod row_wire;
 pub mod security;
 pub mod sim;
 pub mod table;
+pub mod time;
 
 pub use afc::{AfcCert, AfcState, AfcStore};
-pub use agent::{Agent, Event, InstallError, Stats, Transmit};
 pub use config::Config;
+pub use gossip::{Agent, Event, InstallError, Stats, Transmit};
 pub use message::Message;
 pub use path::ZonePath;
 pub use row::{Micros, Row};

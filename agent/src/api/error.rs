@@ -2,7 +2,7 @@
 //! `{"error": "..."}`.
 
 use crate::afc::ScopeFull;
-use crate::agent::InstallError;
+use crate::gossip::InstallError;
 use crate::message::AfcError;
 use crate::node::NodeError;
 use axum::Json;

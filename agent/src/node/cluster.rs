@@ -116,21 +116,18 @@ impl Cluster {
                 .expect("the root authority certifies any zone");
             Arc::new(Security::for_agent(id, &leaf, now_micros()).expect("fresh keys verify"))
         });
-        Node::start(
-            NodeConfig {
-                core,
-                listen,
-                data_dir: self.data_dir(i),
-                security,
-                sensors: self
-                    .spec
-                    .own_sensors
-                    .get(i)
-                    .or(self.spec.sensors.as_ref())
-                    .cloned(),
-            },
-            |_| {},
-        )
+        Node::start(NodeConfig {
+            core,
+            listen,
+            data_dir: self.data_dir(i),
+            security,
+            sensors: self
+                .spec
+                .own_sensors
+                .get(i)
+                .or(self.spec.sensors.as_ref())
+                .cloned(),
+        })
         .await
     }
 

@@ -5,7 +5,7 @@ use super::handle::{AfcView, Change, NodeError, RowView, Status};
 use super::store::Store;
 use super::transport::NetCounters;
 use crate::afc::{AfcCert, AfcState};
-use crate::agent::{Agent, Event, InstallError};
+use crate::gossip::{Agent, Event, InstallError};
 use crate::path::ZonePath;
 use crate::security::now_micros;
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 
 use super::core::NodeCore;
 use crate::afc::AfcCert;
-use crate::agent::InstallError;
+use crate::gossip::InstallError;
 use crate::path::ZonePath;
 use crate::row::Micros;
 use serde::Serialize;

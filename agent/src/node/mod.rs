@@ -17,8 +17,8 @@ pub use handle::{AfcView, Change, NodeError, NodeHandle, NodeInfo, RowView, Stat
 pub use store::{Store, StoreError};
 pub use transport::{NetCounters, PeerAuth, Transport, TransportError};
 
-use crate::agent::Agent;
 use crate::config::Config;
+use crate::gossip::Agent;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,11 +67,7 @@ pub struct Node {
 
 impl Node {
     /// Binds the transport, restores saved state and starts the protocol.
-    /// `prepare` may adjust the core before it runs.
-    pub async fn start(
-        cfg: NodeConfig,
-        prepare: impl FnOnce(&mut Agent),
-    ) -> Result<Node, StartError> {
+    pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         let auth: Option<Arc<dyn PeerAuth>> = cfg.security.as_ref().map(|s| {
             Arc::new(auth::CertAuth::new(s.identity().clone(), s.trust().clone()))
                 as Arc<dyn PeerAuth>
@@ -115,7 +111,6 @@ impl Node {
             );
             agent.restore(saved.afcs, saved.attrs);
         }
-        prepare(&mut agent);
         let (jobs_tx, mut jobs_rx) =
             mpsc::channel::<Box<dyn FnOnce(&mut NodeCore) + Send>>(JOB_QUEUE);
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);

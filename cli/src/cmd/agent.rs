@@ -284,16 +284,13 @@ pub fn run(a: AgentArgs) -> CliResult {
                 "cannot serve the API on {api}: {e}; choose another --api"
             ))
         })?;
-        let node = Node::start(
-            NodeConfig {
-                core,
-                listen,
-                data_dir: Some(data_dir.clone()),
-                security: security.map(Arc::new),
-                sensors: Some(Sensors::spawn(sensor_interval)),
-            },
-            |_| {},
-        )
+        let node = Node::start(NodeConfig {
+            core,
+            listen,
+            data_dir: Some(data_dir.clone()),
+            security: security.map(Arc::new),
+            sensors: Some(Sensors::spawn(sensor_interval)),
+        })
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
         tracing::info!(

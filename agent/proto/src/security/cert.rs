@@ -9,10 +9,10 @@
 //! leaf first, so decoding never recurses.
 
 use super::b64;
-use super::clock::format_time;
 use super::error::SecurityError;
 use crate::path::ZonePath;
 use crate::row::Micros;
+use crate::time::format_time;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;

@@ -16,7 +16,6 @@
 pub mod b64;
 mod cache;
 pub mod cert;
-pub mod clock;
 pub mod error;
 pub mod identity;
 pub mod trust;
@@ -24,8 +23,8 @@ pub mod trust;
 #[cfg(test)]
 mod tests;
 
+pub use crate::time::{DAY, format_time};
 pub use cert::{CertKind, Certificate, MAX_CERT_BYTES, MAX_CHAIN, Right, fingerprint};
-pub use clock::{DAY, format_time, now_micros};
 pub use error::SecurityError;
 pub use identity::{Identity, Role};
 pub use trust::{CLOCK_SKEW, Trust};

@@ -23,7 +23,6 @@ pub const TRUST_CACHE: usize = 4096;
 /// The trust anchors of one agent or client, and its cache of verified chains.
 pub struct Trust {
     anchors: Vec<Arc<Certificate>>,
-    skew: Micros,
     verified: VerifiedSet,
 }
 
@@ -34,7 +33,6 @@ impl std::fmt::Debug for Trust {
                 "anchors",
                 &self.anchors.iter().map(|a| &a.subject).collect::<Vec<_>>(),
             )
-            .field("skew", &self.skew)
             .field("cached", &self.verified.len())
             .finish()
     }
@@ -59,19 +57,13 @@ impl Trust {
         }
         Ok(Trust {
             anchors,
-            skew: CLOCK_SKEW,
             verified: VerifiedSet::new(TRUST_CACHE),
         })
     }
 
-    /// The clock skew tolerated on validity times.
-    pub fn with_skew(mut self, skew: Micros) -> Trust {
-        self.skew = skew;
-        self
-    }
-
+    /// The clock skew tolerated on validity times ([`CLOCK_SKEW`]).
     pub fn skew(&self) -> Micros {
-        self.skew
+        CLOCK_SKEW
     }
 
     pub fn anchors(&self) -> &[Arc<Certificate>] {
@@ -160,13 +152,13 @@ impl Trust {
     fn check_times(&self, cert: &Certificate, now: Micros) -> Result<(), SecurityError> {
         let mut last = cert;
         for c in cert.chain().take(MAX_CHAIN) {
-            c.check_time(now, self.skew)?;
+            c.check_time(now, CLOCK_SKEW)?;
             last = c;
         }
         if let Some(anchor) = self.anchor(&last.signer)
             && !last.is_self_signed()
         {
-            anchor.check_time(now, self.skew)?;
+            anchor.check_time(now, CLOCK_SKEW)?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@
 
 use super::world::World;
 use crate::afc::{AfcCert, AfcStore};
-use crate::agent::system_afc;
+use crate::gossip::system_afc;
 use crate::limits::{self, MAX_ATTRS_BYTES, SYSTEM_ATTRS_BYTES};
 use crate::path::ZonePath;
 use crate::row::stable_hash;

@@ -39,8 +39,8 @@ use super::clock::Clock;
 use super::pool::Pool;
 use super::wire::Packet;
 use crate::afc::AfcCert;
-use crate::agent::{Agent, Stats};
 use crate::config::Config;
+use crate::gossip::{Agent, Stats};
 use crate::path::ZonePath;
 use crate::row::{Micros, Row};
 use crate::security::Security;
@@ -379,14 +379,6 @@ impl World {
 
     pub fn alive(&self, i: usize) -> bool {
         self.agents[i].is_some()
-    }
-
-    pub fn live_count(&self) -> usize {
-        self.agents.iter().filter(|a| a.is_some()).count()
-    }
-
-    pub fn index_of(&self, addr: &str) -> Option<usize> {
-        self.dir.index.get(addr).map(|i| *i as usize)
     }
 
     pub fn restarts(&self) -> u64 {

@@ -1,18 +1,12 @@
-//! Wall-clock time for certificates: reading it, and printing it for people.
+//! Dates as the cores see them: microseconds since the Unix epoch, passed
+//! in by the driver (the runtime reads the system clock, the simulator its
+//! simulated clocks), and printed for people.
 
 use crate::row::Micros;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// Microseconds in one day.
 pub const DAY: Micros = 86_400_000_000;
-
-/// The system clock in microseconds since the Unix epoch.
-pub fn now_micros() -> Micros {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as Micros)
-        .unwrap_or(0)
-}
 
 /// A time as UTC text, e.g. `2025-03-01T12:00:00Z`.
 pub fn format_time(t: Micros) -> String {
