@@ -26,4 +26,5 @@ pub use config::Config;
 pub use gossip::{Agent, Event, InstallError, Stats, Transmit};
 pub use message::Message;
 pub use path::ZonePath;
+pub use refusal::Refusal;
 pub use row::{Micros, Row};

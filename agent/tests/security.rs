@@ -3,7 +3,7 @@
 
 use armillary_agent::security::{CertKind, DAY, Identity, Reject, Right, Security, sign_afc};
 use armillary_agent::{AfcCert, AfcState, Agent, Config, InstallError, Message, Micros, Row};
-use armillary_agent::{ZonePath, security};
+use armillary_agent::{Refusal, ZonePath, security};
 use std::sync::Arc;
 use zone_sql::Value;
 
@@ -87,11 +87,11 @@ impl Net {
         }
     }
 
-    fn rejected(&self, i: usize, reason: &str) -> u64 {
+    fn rejected(&self, i: usize, reason: Refusal) -> u64 {
         self.agents[i]
             .stats()
             .rejected
-            .get(reason)
+            .get(&reason)
             .copied()
             .unwrap_or(0)
     }
@@ -143,7 +143,7 @@ fn signed_agents_converge_and_refuse_forgeries() {
     )
     .unwrap();
     net.agents[2].handle_message(net.now, &from, msg);
-    assert_eq!(net.rejected(2, "bad_signature"), 1);
+    assert_eq!(net.rejected(2, Refusal::BadSignature), 1);
     assert_eq!(net.agents[2].row_of(&p("/a")).unwrap().issued, h1.issued);
 
     // An agent of /b signs a row claiming to be /a/h1: outside its certificate.
@@ -157,7 +157,7 @@ fn signed_agents_converge_and_refuse_forgeries() {
         rows: vec![Arc::new(fake)],
     };
     net.agents[1].handle_message(net.now, &from, Message::decode(&msg.encode()).unwrap());
-    assert_eq!(net.rejected(1, "issuer_outside_zone"), 1);
+    assert_eq!(net.rejected(1, Refusal::IssuerOutsideZone), 1);
 
     // An unsigned row, and one signed under a foreign root.
     let plain = Row::new(p("/b/h9"), p("/b/h9"), net.now, attrs.clone(), vec![]);
@@ -169,7 +169,7 @@ fn signed_agents_converge_and_refuse_forgeries() {
             rows: vec![Arc::new(plain)],
         },
     );
-    assert_eq!(net.rejected(2, "unsigned"), 1);
+    assert_eq!(net.rejected(2, Refusal::Unsigned), 1);
     let other = Identity::new_root(&ZonePath::root(), NOW, NOW + DAY);
     let stranger = other
         .new_child(CertKind::Agent, "/b/h9", NOW, NOW + DAY)
@@ -185,7 +185,7 @@ fn signed_agents_converge_and_refuse_forgeries() {
             rows: vec![Arc::new(r)],
         },
     );
-    assert_eq!(net.rejected(2, "untrusted_cert"), 1);
+    assert_eq!(net.rejected(2, Refusal::UntrustedCert), 1);
     assert!(net.agents[2].row_of(&p("/b/h9")).is_none());
 
     // Gossip goes on undisturbed.
@@ -250,7 +250,7 @@ fn afcs_need_a_signer_allowed_their_scope() {
     sign_afc(&ops, &mut g);
     assert!(net.agents[0].install_afc(net.now, g.clone()).is_err());
     assert!(!net.agents[2].offer_afc(net.now, Arc::new(g)));
-    assert_eq!(net.rejected(2, "afc_not_allowed"), 1);
+    assert_eq!(net.rejected(2, Refusal::AfcNotAllowed), 1);
 
     // The client's signed tombstone removes it everywhere in /a.
     let mut t = AfcCert::tombstone(p("/a"), "load", net.now);

@@ -3,8 +3,8 @@
 
 use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use armillary_agent::node::{NetCounters, Node, NodeConfig, NodeError, Transport};
-use armillary_agent::security::{CertKind, Identity, Security, now_micros, sign_afc};
-use armillary_agent::{AfcCert, Config, Message, ZonePath};
+use armillary_agent::security::{CertKind, Identity, Reject, Security, now_micros, sign_afc};
+use armillary_agent::{AfcCert, Config, InstallError, Message, ZonePath};
 use armillary_tests::{ROUND, Views, wait_all};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,9 @@ async fn certified_agents_converge_and_only_signed_afcs_install() {
     // Unsigned: refused, and says how to fix it.
     let unsigned = AfcCert::new(ZonePath::root(), "maxx", "SELECT MAX(x) AS x", now_micros());
     match c.handle(3).install_afc(unsigned.clone()).await {
-        Err(NodeError::Unsigned(msg)) => assert!(msg.contains("--key")),
+        Err(e @ NodeError::Install(InstallError::Refused(Reject::Unsigned(_)))) => {
+            assert!(e.to_string().contains("--key"), "{e}")
+        }
         other => panic!("unsigned AFC accepted: {other:?}"),
     }
     // Signed by a client without the right to install at the root: refused.

@@ -6,7 +6,9 @@ use armillary_proto::afc::ScopeFull;
 use armillary_proto::limits::{LimitError, MAX_AFCS_PER_SCOPE};
 use armillary_proto::message::validate_row;
 use armillary_proto::sim::{NetConfig, World, tree};
-use armillary_proto::{AfcCert, AfcState, Agent, Config, InstallError, Message, Row, ZonePath};
+use armillary_proto::{
+    AfcCert, AfcState, Agent, Config, InstallError, Message, Refusal, Row, ZonePath,
+};
 use std::sync::Arc;
 use zone_sql::{Attrs, Value};
 
@@ -150,7 +152,7 @@ fn sensors_that_would_not_travel_are_left_out() {
     assert!(validate_row(row).is_ok());
     assert_eq!(row.get("cpu"), Some(&Value::Float(0.5)));
     assert!(row.get("load").is_none());
-    assert_eq!(a.stats().rejected.get("invalid_sensor"), Some(&2));
+    assert_eq!(a.stats().rejected.get(&Refusal::InvalidSensor), Some(&2));
 }
 
 #[test]
@@ -375,7 +377,7 @@ fn a_representative_does_not_replace_a_zone_row_computed_from_newer_inputs() {
         assert_eq!(x_of(&ag[to]), Some(Value::Int(7)), "agent {to}");
     }
     assert_eq!(
-        ag[1].stats().rejected.get("zone_row_from_older_inputs"),
+        ag[1].stats().rejected.get(&Refusal::ZoneRowFromOlderInputs),
         Some(&1)
     );
     // a hears b's zone row and b's leaf row, not c's change: it keeps

@@ -577,7 +577,7 @@ fn clocks_beyond_the_bound_are_refused() {
     let r = sim::run(&s, |_, _| {});
     assert!(
         r.rejected
-            .get("row issued in the future")
+            .get(armillary_proto::Refusal::RowFromFuture.label())
             .is_some_and(|n| *n > 0),
         "{r:?}"
     );
@@ -617,7 +617,7 @@ fn secure_world_refuses_unsigned_rows_and_afcs() {
                 .unwrap()
                 .stats()
                 .rejected
-                .get("unsigned")
+                .get(&armillary_proto::Refusal::Unsigned)
                 .copied()
                 .unwrap_or(0)
         })

@@ -1,9 +1,7 @@
 //! API errors: a status and a message that says what to do, sent as
 //! `{"error": "..."}`.
 
-use crate::afc::ScopeFull;
-use crate::gossip::InstallError;
-use crate::message::AfcError;
+use crate::Refusal;
 use crate::node::NodeError;
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -42,28 +40,26 @@ impl IntoResponse for ApiError {
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
-        let status = match &e {
-            NodeError::UnknownZone { .. } => StatusCode::NOT_FOUND,
-            NodeError::Install(i) => match i {
-                InstallError::NotFound { .. } => StatusCode::NOT_FOUND,
-                InstallError::Refused(_) => StatusCode::FORBIDDEN,
-                InstallError::ScopeFull(ScopeFull::Count { .. }) => StatusCode::CONFLICT,
-                InstallError::ScopeFull(ScopeFull::Bytes { .. })
-                | InstallError::Invalid(AfcError::TooLarge { .. } | AfcError::Text(_)) => {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                }
-                InstallError::OutOfScope(_)
-                | InstallError::Invalid(_)
-                | InstallError::BadAfc(_) => StatusCode::BAD_REQUEST,
-            },
-            NodeError::Limit(l) if l.is_size() => StatusCode::PAYLOAD_TOO_LARGE,
-            NodeError::Limit(_) => StatusCode::BAD_REQUEST,
-            NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            NodeError::Unsigned(_) => StatusCode::FORBIDDEN,
-            NodeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
-            NodeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match e.refusal() {
+            Some(r) => status_of(r),
+            None if matches!(e, NodeError::Stopped) => StatusCode::SERVICE_UNAVAILABLE,
+            None => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// The HTTP status of a refused request.
+pub fn status_of(r: Refusal) -> StatusCode {
+    match r {
+        Refusal::ApiUnknownZone | Refusal::ApiAfcNotFound => StatusCode::NOT_FOUND,
+        Refusal::ApiAfcRefused => StatusCode::FORBIDDEN,
+        Refusal::ApiAfcScopeFull => StatusCode::CONFLICT,
+        Refusal::ApiAfcTooLarge | Refusal::ApiAttrTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::ApiBadHost => StatusCode::MISDIRECTED_REQUEST,
+        Refusal::ApiUnauthorized => StatusCode::UNAUTHORIZED,
+        Refusal::ApiBadContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -120,6 +116,8 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::afc::ScopeFull;
+    use crate::gossip::InstallError;
     use crate::path::ZonePath;
 
     #[test]
@@ -173,10 +171,6 @@ mod tests {
         assert_eq!(
             status(InstallError::OutOfScope(root).into()),
             StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            status(NodeError::Unsigned("sign it".into())),
-            StatusCode::FORBIDDEN
         );
         assert_eq!(status(NodeError::Stopped), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(

@@ -14,7 +14,8 @@
 //! `api_unauthorized`, `api_bad_content_type`).
 
 use super::access::{ApiAccess, is_loopback};
-use super::error::ApiError;
+use super::error::{ApiError, status_of};
+use crate::Refusal;
 use crate::node::NodeHandle;
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
@@ -42,9 +43,9 @@ struct Rules {
     access: ApiAccess,
 }
 
-/// Why a request was refused.
+/// Why a request was refused, with what the answer tells.
 #[derive(Debug, PartialEq, Eq)]
-enum Refusal {
+enum Denied {
     NoHost,
     BadHost(String),
     NoToken,
@@ -52,12 +53,13 @@ enum Refusal {
     NotJson(Option<String>),
 }
 
-impl Refusal {
-    fn label(&self) -> &'static str {
+impl Denied {
+    /// The reason it is counted under, which also gives its status.
+    fn refusal(&self) -> Refusal {
         match self {
-            Refusal::NoHost | Refusal::BadHost(_) => "api_bad_host",
-            Refusal::NoToken | Refusal::WrongToken => "api_unauthorized",
-            Refusal::NotJson(_) => "api_bad_content_type",
+            Denied::NoHost | Denied::BadHost(_) => Refusal::ApiBadHost,
+            Denied::NoToken | Denied::WrongToken => Refusal::ApiUnauthorized,
+            Denied::NotJson(_) => Refusal::ApiBadContentType,
         }
     }
 }
@@ -124,24 +126,24 @@ impl Rules {
         path: &str,
         authority: Option<&Authority>,
         headers: &HeaderMap,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Denied> {
         let mut hosts = headers.get_all(HOST).iter();
         let host = match (hosts.next(), hosts.next()) {
             (Some(h), None) => h
                 .to_str()
-                .map_err(|_| Refusal::BadHost("(not text)".into()))?,
-            (None, _) => return Err(Refusal::NoHost),
+                .map_err(|_| Denied::BadHost("(not text)".into()))?,
+            (None, _) => return Err(Denied::NoHost),
             (Some(_), Some(_)) => {
-                return Err(Refusal::BadHost("(more than one Host header)".into()));
+                return Err(Denied::BadHost("(more than one Host header)".into()));
             }
         };
         if !self.host_ok(host) {
-            return Err(Refusal::BadHost(shortened(host)));
+            return Err(Denied::BadHost(shortened(host)));
         }
         if let Some(a) = authority
             && !self.host_ok(a.as_str())
         {
-            return Err(Refusal::BadHost(shortened(a.as_str())));
+            return Err(Denied::BadHost(shortened(a.as_str())));
         }
         let dashboard = path == "/" && (method == Method::GET || method == Method::HEAD);
         if let Some(token) = &self.access.token
@@ -149,15 +151,15 @@ impl Rules {
         {
             let presented = headers
                 .get(AUTHORIZATION)
-                .ok_or(Refusal::NoToken)?
+                .ok_or(Denied::NoToken)?
                 .as_bytes();
             let bearer = presented
                 .split_at_checked(7)
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
                 .map(|(_, t)| t.trim_ascii())
-                .ok_or(Refusal::WrongToken)?;
+                .ok_or(Denied::WrongToken)?;
             if !token.matches(bearer) {
-                return Err(Refusal::WrongToken);
+                return Err(Denied::WrongToken);
             }
         }
         if has_body(headers) {
@@ -165,51 +167,37 @@ impl Rules {
                 .get(CONTENT_TYPE)
                 .map(|v| shortened(&String::from_utf8_lossy(v.as_bytes())));
             if !ty.as_deref().is_some_and(is_json) {
-                return Err(Refusal::NotJson(ty));
+                return Err(Denied::NotJson(ty));
             }
         }
         Ok(())
     }
 
-    fn refuse(&self, r: &Refusal) -> Response {
-        let (status, message) = match r {
-            Refusal::NoHost => (
-                StatusCode::MISDIRECTED_REQUEST,
-                format!(
+    fn refuse(&self, r: &Denied) -> Response {
+        let status = status_of(r.refusal());
+        let message = match r {
+            Denied::NoHost => format!(
                     "the request has no Host header; send one naming this API ({})",
                     self.own_names()
                 ),
-            ),
-            Refusal::BadHost(h) => (
-                StatusCode::MISDIRECTED_REQUEST,
-                format!(
+            Denied::BadHost(h) => format!(
                     "this API does not answer to the host {h:?}; reach it as {}, \
                      or start the agent with --api-host NAME to allow another name",
                     self.own_names()
                 ),
-            ),
-            Refusal::NoToken => (
-                StatusCode::UNAUTHORIZED,
-                "this API needs a bearer token: send `Authorization: Bearer <token>` \
+            Denied::NoToken => "this API needs a bearer token: send `Authorization: Bearer <token>` \
                  (the CLI reads it from ARMILLARY_API_TOKEN or --api-token-file FILE)"
                     .to_string(),
-            ),
-            Refusal::WrongToken => (
-                StatusCode::UNAUTHORIZED,
-                "the bearer token is not this API's: send `Authorization: Bearer <token>` \
+            Denied::WrongToken => "the bearer token is not this API's: send `Authorization: Bearer <token>` \
                  with the token in the agent's --api-token-file"
                     .to_string(),
-            ),
-            Refusal::NotJson(ty) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
+            Denied::NotJson(ty) => format!(
                     "send the request body as JSON with `Content-Type: {JSON}` (it came {})",
                     match ty {
                         Some(t) => format!("as {t:?}"),
                         None => "without a content type".to_string(),
                     }
                 ),
-            ),
         };
         let mut res = ApiError::new(status, message).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -266,7 +254,7 @@ pub(crate) async fn guard(State(g): State<Guard>, req: Request, next: Next) -> R
         Ok(()) => next.run(req).await,
         Err(r) => {
             tracing::debug!(refusal = ?r, "API request refused");
-            g.handle.count_rejected(r.label()).await;
+            g.handle.count_rejected(r.refusal()).await;
             g.rules.refuse(&r)
         }
     }
@@ -299,7 +287,7 @@ mod tests {
         h
     }
 
-    fn get(r: &Rules, pairs: &[(&'static str, &str)]) -> Result<(), Refusal> {
+    fn get(r: &Rules, pairs: &[(&'static str, &str)]) -> Result<(), Denied> {
         r.check(&Method::GET, "/v1/status", None, &headers(pairs))
     }
 
@@ -327,19 +315,19 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(get(&r, &[("host", bad)]), Err(Refusal::BadHost(_))),
+                matches!(get(&r, &[("host", bad)]), Err(Denied::BadHost(_))),
                 "{bad}"
             );
         }
-        assert_eq!(get(&r, &[]), Err(Refusal::NoHost));
+        assert_eq!(get(&r, &[]), Err(Denied::NoHost));
         let long = format!("{}.example", "a".repeat(300));
-        let Err(Refusal::BadHost(quoted)) = get(&r, &[("host", &long)]) else {
+        let Err(Denied::BadHost(quoted)) = get(&r, &[("host", &long)]) else {
             panic!("a long foreign name is refused");
         };
         assert_eq!(quoted.len(), QUOTED + 3);
         assert!(matches!(
             get(&r, &[("host", "localhost"), ("host", "localhost")]),
-            Err(Refusal::BadHost(_))
+            Err(Denied::BadHost(_))
         ));
         // An absolute request URI names the host too.
         let evil: Authority = "evil.example:8080".parse().unwrap();
@@ -350,7 +338,7 @@ mod tests {
                 Some(&evil),
                 &headers(&[("host", "localhost")])
             ),
-            Err(Refusal::BadHost(_))
+            Err(Denied::BadHost(_))
         ));
     }
 
@@ -375,7 +363,7 @@ mod tests {
         for bad in ["other.example.com:8080", "example.com"] {
             assert!(matches!(
                 get(&r, &[("host", bad), auth]),
-                Err(Refusal::BadHost(_))
+                Err(Denied::BadHost(_))
             ));
         }
         // Bound to one address: that address, not another or loopback.
@@ -384,10 +372,10 @@ mod tests {
         for bad in ["10.1.2.4:8080", "localhost:8080", "127.0.0.1:8080"] {
             assert!(matches!(
                 get(&r, &[("host", bad), auth]),
-                Err(Refusal::BadHost(_))
+                Err(Denied::BadHost(_))
             ));
         }
-        let msg = r.refuse(&Refusal::BadHost("x".into()));
+        let msg = r.refuse(&Denied::BadHost("x".into()));
         assert_eq!(msg.status(), StatusCode::MISDIRECTED_REQUEST);
     }
 
@@ -395,7 +383,7 @@ mod tests {
     fn tokens() {
         let r = rules("127.0.0.1:8080", &[], Some("0123456789abcdef"));
         let host = ("host", "127.0.0.1:8080");
-        assert_eq!(get(&r, &[host]), Err(Refusal::NoToken));
+        assert_eq!(get(&r, &[host]), Err(Denied::NoToken));
         for wrong in [
             "Bearer 0123456789abcdeX",
             "Basic 0123456789abcdef",
@@ -404,7 +392,7 @@ mod tests {
         ] {
             assert_eq!(
                 get(&r, &[host, ("authorization", wrong)]),
-                Err(Refusal::WrongToken),
+                Err(Denied::WrongToken),
                 "{wrong}"
             );
         }
@@ -415,13 +403,13 @@ mod tests {
         assert_eq!(r.check(&Method::GET, "/", None, &headers(&[host])), Ok(()));
         assert_eq!(
             r.check(&Method::POST, "/", None, &headers(&[host])),
-            Err(Refusal::NoToken)
+            Err(Denied::NoToken)
         );
         assert_eq!(
             r.check(&Method::GET, "/metrics", None, &headers(&[host])),
-            Err(Refusal::NoToken)
+            Err(Denied::NoToken)
         );
-        let res = r.refuse(&Refusal::NoToken);
+        let res = r.refuse(&Denied::NoToken);
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
     }
@@ -455,25 +443,25 @@ mod tests {
         ] {
             assert_eq!(
                 post(&[("content-length", "2"), ("content-type", bad)]),
-                Err(Refusal::NotJson(Some(bad.to_string()))),
+                Err(Denied::NotJson(Some(bad.to_string()))),
                 "{bad}"
             );
         }
         assert_eq!(
             post(&[("content-length", "2")]),
-            Err(Refusal::NotJson(None))
+            Err(Denied::NotJson(None))
         );
         assert_eq!(
             post(&[
                 ("transfer-encoding", "chunked"),
                 ("content-type", "text/plain")
             ]),
-            Err(Refusal::NotJson(Some("text/plain".into())))
+            Err(Denied::NotJson(Some("text/plain".into())))
         );
         // No body, no type needed (GET, DELETE without a body).
         assert_eq!(post(&[("content-length", "0")]), Ok(()));
         assert_eq!(post(&[]), Ok(()));
-        let res = r.refuse(&Refusal::NotJson(Some("text/plain".into())));
+        let res = r.refuse(&Denied::NotJson(Some("text/plain".into())));
         assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 }

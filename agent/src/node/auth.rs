@@ -3,6 +3,7 @@
 //! session's exported keying material (see [`PeerAuth`]).
 
 use super::transport::PeerAuth;
+use crate::Refusal;
 use crate::security::{CertKind, Certificate, Identity, Trust, now_micros};
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -35,18 +36,20 @@ impl PeerAuth for CertAuth {
         postcard::to_allocvec(&hello).unwrap_or_default()
     }
 
-    fn check(&self, bytes: &[u8], binding: &[u8]) -> Result<String, &'static str> {
-        let hello: Hello = postcard::from_bytes(bytes).map_err(|_| "malformed_hello")?;
+    fn check(&self, bytes: &[u8], binding: &[u8]) -> Result<String, Refusal> {
+        let hello: Hello = postcard::from_bytes(bytes).map_err(|_| Refusal::BadHello)?;
         self.trust
             .verify(&hello.cert, now_micros())
-            .map_err(|_| "untrusted_peer")?;
+            .map_err(|_| Refusal::UntrustedPeer)?;
         if hello.cert.kind != CertKind::Agent {
-            return Err("peer_not_agent");
+            return Err(Refusal::PeerNotAgent);
         }
-        let key = VerifyingKey::from_bytes(&hello.cert.key).map_err(|_| "untrusted_peer")?;
-        let sig = Signature::from_slice(&hello.signature).map_err(|_| "bad_hello_signature")?;
+        let key =
+            VerifyingKey::from_bytes(&hello.cert.key).map_err(|_| Refusal::UntrustedPeer)?;
+        let sig =
+            Signature::from_slice(&hello.signature).map_err(|_| Refusal::BadHelloSignature)?;
         key.verify_strict(binding, &sig)
-            .map_err(|_| "bad_hello_signature")?;
+            .map_err(|_| Refusal::BadHelloSignature)?;
         Ok(hello.cert.subject)
     }
 }

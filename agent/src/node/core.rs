@@ -54,23 +54,11 @@ impl NodeCore {
         }
     }
 
-    /// Counts a refused API request under a metric label.
+    /// Counts a refused API request under its reason.
     pub(super) fn count_refusal(&mut self, e: &NodeError) {
-        let reason = match e {
-            NodeError::UnknownZone { .. } => "api_unknown_zone",
-            NodeError::Install(InstallError::OutOfScope(_)) => "api_afc_out_of_scope",
-            NodeError::Install(InstallError::NotFound { .. }) => "api_afc_not_found",
-            NodeError::Install(InstallError::Refused(r)) => r.reason(),
-            NodeError::Install(InstallError::ScopeFull(_)) => "api_afc_scope_full",
-            NodeError::Install(InstallError::Invalid(_) | InstallError::BadAfc(_)) => {
-                "api_afc_invalid"
-            }
-            NodeError::Limit(_) => "api_attr_limit",
-            NodeError::Unsigned(_) => "api_unsigned",
-            NodeError::BadRequest(_) => "api_bad_request",
-            NodeError::Stopped | NodeError::Store(_) => return,
-        };
-        self.agent.reject(reason);
+        if let Some(r) = e.refusal() {
+            self.agent.reject(r);
+        }
     }
 
     fn check_zone(&self, zone: &ZonePath) -> Result<(), NodeError> {
@@ -112,7 +100,7 @@ impl NodeCore {
         let mut rejected: BTreeMap<String, u64> = s
             .rejected
             .iter()
-            .map(|(k, v)| (k.to_string(), *v))
+            .map(|(k, v)| (k.label().to_string(), *v))
             .collect();
         self.net.add_rejected(&mut rejected);
         Status {
@@ -211,18 +199,7 @@ impl NodeCore {
             .collect()
     }
 
-    /// With keys, AFC changes must come signed by a client or authority.
-    fn require_signature(&self, signed: bool) -> Result<(), NodeError> {
-        if !self.insecure && !signed {
-            return Err(NodeError::Unsigned(
-                "sign the AFC with a client or authority key (`--key DIR`)".into(),
-            ));
-        }
-        Ok(())
-    }
-
     pub(super) fn install_afc(&mut self, cert: AfcCert) -> Result<(), NodeError> {
-        self.require_signature(!cert.signature.is_empty())?;
         let now = now_micros();
         self.agent.install_afc(now, cert)?;
         self.after_input();
@@ -255,13 +232,9 @@ impl NodeCore {
                         "the signed removal must be a tombstone for {name} in {scope}"
                     )));
                 }
-                self.require_signature(!t.signature.is_empty())?;
                 self.agent.install_afc(now, t)?;
             }
-            None => {
-                self.require_signature(false)?;
-                self.agent.remove_afc(now, &scope, name)?;
-            }
+            None => self.agent.remove_afc(now, &scope, name)?,
         }
         self.after_input();
         Ok(())

@@ -3,8 +3,10 @@
 //! protocol steps, so the protocol core needs no locks.
 
 use super::core::NodeCore;
-use crate::afc::AfcCert;
+use crate::Refusal;
+use crate::afc::{AfcCert, ScopeFull};
 use crate::gossip::InstallError;
+use crate::message::AfcError;
 use crate::path::ZonePath;
 use crate::row::Micros;
 use serde::Serialize;
@@ -27,12 +29,35 @@ pub enum NodeError {
     /// The change would make this agent's row break a limit.
     #[error(transparent)]
     Limit(#[from] crate::limits::LimitError),
-    #[error("this agent runs with keys: {0}")]
-    Unsigned(String),
     #[error("the agent has stopped")]
     Stopped,
     #[error("could not save the agent's state: {0}")]
     Store(#[from] super::store::StoreError),
+}
+
+impl NodeError {
+    /// The reason a refused request is counted and answered under; None
+    /// for failures that are not refusals (the node stopped, the disk).
+    pub fn refusal(&self) -> Option<Refusal> {
+        Some(match self {
+            NodeError::UnknownZone { .. } => Refusal::ApiUnknownZone,
+            NodeError::Install(i) => match i {
+                InstallError::OutOfScope(_) => Refusal::ApiAfcOutOfScope,
+                InstallError::NotFound { .. } => Refusal::ApiAfcNotFound,
+                InstallError::Refused(_) => Refusal::ApiAfcRefused,
+                InstallError::ScopeFull(ScopeFull::Count { .. }) => Refusal::ApiAfcScopeFull,
+                InstallError::ScopeFull(ScopeFull::Bytes { .. })
+                | InstallError::Invalid(AfcError::TooLarge { .. } | AfcError::Text(_)) => {
+                    Refusal::ApiAfcTooLarge
+                }
+                InstallError::Invalid(_) | InstallError::BadAfc(_) => Refusal::ApiAfcInvalid,
+            },
+            NodeError::Limit(l) if l.is_size() => Refusal::ApiAttrTooLarge,
+            NodeError::Limit(_) => Refusal::ApiAttrInvalid,
+            NodeError::BadRequest(_) => Refusal::ApiBadRequest,
+            NodeError::Stopped | NodeError::Store(_) => return None,
+        })
+    }
 }
 
 /// A change a subscriber may want to hear about.
@@ -202,7 +227,7 @@ impl NodeHandle {
 
     /// Counts a request the API refused before it reached the node (a
     /// foreign `Host`, a missing token, a body that is not JSON).
-    pub async fn count_rejected(&self, reason: &'static str) {
+    pub async fn count_rejected(&self, reason: Refusal) {
         let _ = self.call(move |c| c.agent.reject(reason)).await;
     }
 

@@ -8,6 +8,7 @@
 //! send before we read it.
 
 use super::tls;
+use crate::Refusal;
 use crate::message::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ pub trait PeerAuth: Send + Sync + 'static {
     /// Our hello for a connection whose binding (for our role) is `binding`.
     fn hello(&self, binding: &[u8]) -> Vec<u8>;
     /// Checks the peer's hello against the binding of its role; returns its name.
-    fn check(&self, hello: &[u8], binding: &[u8]) -> Result<String, &'static str>;
+    fn check(&self, hello: &[u8], binding: &[u8]) -> Result<String, Refusal>;
 }
 
 /// A message from the network, decoded and bounded.
@@ -54,11 +55,11 @@ pub struct NetCounters {
     pub send_dropped: AtomicU64,
     pub send_failed: AtomicU64,
     pub connects: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<Refusal, u64>>,
 }
 
 impl NetCounters {
-    pub fn reject(&self, reason: &'static str) {
+    pub fn reject(&self, reason: Refusal) {
         *self
             .rejected
             .lock()
@@ -83,7 +84,7 @@ impl NetCounters {
 
     pub fn add_rejected(&self, out: &mut BTreeMap<String, u64>) {
         for (k, v) in self.rejected.lock().expect("counter lock").iter() {
-            *out.entry(k.to_string()).or_default() += v;
+            *out.entry(k.label().to_string()).or_default() += v;
         }
     }
 }
@@ -180,7 +181,7 @@ impl Transport {
     /// Queues `msg` for the agent at `to`; drops it when that peer's queue is full.
     pub fn send(&self, to: &str, msg: &Message) {
         let Ok(addr) = to.parse::<SocketAddr>() else {
-            self.shared.counters.reject("bad_contact_address");
+            self.shared.counters.reject(Refusal::BadContactAddress);
             return;
         };
         if self.shared.is_blocked(&addr) {
@@ -262,12 +263,12 @@ enum Role {
 
 /// The TLS session's exported keying material for our role and the peer's:
 /// what each side's hello signs.
-fn bindings(conn: &quinn::Connection, role: Role) -> Result<([u8; 32], [u8; 32]), &'static str> {
+fn bindings(conn: &quinn::Connection, role: Role) -> Result<([u8; 32], [u8; 32]), Refusal> {
     let export = |label: &[u8]| {
         let mut out = [0u8; 32];
         conn.export_keying_material(&mut out, HELLO_LABEL, label)
             .map(|_| out)
-            .map_err(|_| "no keying material")
+            .map_err(|_| Refusal::BadHello)
     };
     let (client, server) = (export(b"client")?, export(b"server")?);
     Ok(match role {
@@ -281,18 +282,18 @@ fn bindings(conn: &quinn::Connection, role: Role) -> Result<([u8; 32], [u8; 32])
 async fn authenticate(
     shared: &Shared,
     conn: &quinn::Connection,
-    exchange: impl std::future::Future<Output = Result<String, &'static str>>,
-) -> Result<(), &'static str> {
+    exchange: impl std::future::Future<Output = Result<String, Refusal>>,
+) -> Result<(), Refusal> {
     let remote = conn.remote_address();
     let reason = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
         Ok(Ok(peer)) => {
             tracing::debug!(%remote, %peer, "authenticated peer");
             return Ok(());
         }
-        Ok(Err(reason)) => reason_label(reason),
-        Err(_) => "hello_timeout",
+        Ok(Err(reason)) => reason,
+        Err(_) => Refusal::HelloTimeout,
     };
-    tracing::warn!(%remote, reason, "refused an unauthenticated peer");
+    tracing::warn!(%remote, %reason, "refused an unauthenticated peer");
     shared.counters.reject(reason);
     conn.close(1u32.into(), b"unauthenticated");
     Err(reason)
@@ -313,7 +314,7 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
             match connect(&shared, addr).await {
                 Ok(c) => conn = Some(c),
                 Err(reason) => {
-                    tracing::debug!(%addr, reason, "cannot reach peer");
+                    tracing::debug!(%addr, %reason, "cannot reach peer");
                     shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -342,39 +343,47 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
     }
 }
 
-async fn connect(shared: &Shared, addr: SocketAddr) -> Result<quinn::Connection, &'static str> {
+/// Why a peer could not be reached.
+#[derive(Debug, thiserror::Error)]
+enum Unreached {
+    #[error("bad address")]
+    BadAddress,
+    #[error("connect timed out")]
+    Timeout,
+    #[error("connect failed")]
+    Failed,
+    #[error("refused at the hello: {0}")]
+    Refused(Refusal),
+}
+
+async fn connect(shared: &Shared, addr: SocketAddr) -> Result<quinn::Connection, Unreached> {
     let connecting = shared
         .endpoint
         .connect(addr, tls::SERVER_NAME)
-        .map_err(|_| "bad address")?;
+        .map_err(|_| Unreached::BadAddress)?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| "connect timed out")?
-        .map_err(|_| "connect failed")?;
+        .map_err(|_| Unreached::Timeout)?
+        .map_err(|_| Unreached::Failed)?;
     shared.counters.connects.fetch_add(1, Ordering::Relaxed);
     if let Some(auth) = &shared.auth {
         let hello = async {
             let (ours, theirs) = bindings(&conn, Role::Client)?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "hello failed")?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Refusal::BadHello)?;
             send.write_all(&auth.hello(&ours))
                 .await
-                .map_err(|_| "hello failed")?;
+                .map_err(|_| Refusal::BadHello)?;
             let _ = send.finish();
-            let reply = recv.read_to_end(MAX_HELLO).await.map_err(|_| "bad hello")?;
+            let reply = recv.read_to_end(MAX_HELLO).await.map_err(|_| Refusal::BadHello)?;
             auth.check(&reply, &theirs)
         };
-        authenticate(shared, &conn, hello).await?;
+        authenticate(shared, &conn, hello)
+            .await
+            .map_err(Unreached::Refused)?;
     }
     Ok(conn)
 }
 
-/// Metric labels for authentication failures.
-fn reason_label(reason: &'static str) -> &'static str {
-    match reason {
-        "bad hello" | "hello failed" | "no keying material" => "bad_hello",
-        other => other,
-    }
-}
 
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
@@ -396,14 +405,14 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let (ours, theirs) = bindings(&conn, Role::Server)?;
             // A peer that starts sending before it says who it is has no keys.
             let (mut send, mut recv) = tokio::select! {
-                bi = conn.accept_bi() => bi.map_err(|_| "hello failed")?,
-                _ = conn.accept_uni() => return Err("unauthenticated_peer"),
+                bi = conn.accept_bi() => bi.map_err(|_| Refusal::BadHello)?,
+                _ = conn.accept_uni() => return Err(Refusal::UnauthenticatedPeer),
             };
-            let got = recv.read_to_end(MAX_HELLO).await.map_err(|_| "bad hello")?;
+            let got = recv.read_to_end(MAX_HELLO).await.map_err(|_| Refusal::BadHello)?;
             let peer = auth.check(&got, &theirs)?;
             send.write_all(&auth.hello(&ours))
                 .await
-                .map_err(|_| "hello failed")?;
+                .map_err(|_| Refusal::BadHello)?;
             let _ = send.finish();
             Ok(peer)
         };
@@ -426,12 +435,12 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             {
                 Ok(Ok(b)) => b,
                 Ok(Err(quinn::ReadToEndError::TooLong)) => {
-                    shared.counters.reject("oversized_message");
+                    shared.counters.reject(Refusal::OversizedMessage);
                     let _ = stream.stop(3u32.into());
                     continue;
                 }
                 _ => {
-                    shared.counters.reject("truncated_message");
+                    shared.counters.reject(Refusal::TruncatedMessage);
                     continue;
                 }
             };
@@ -447,12 +456,12 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
                     msg,
                 };
                 if shared.inbound.try_send(inbound).is_err() {
-                    shared.counters.reject("inbound_queue_full");
+                    shared.counters.reject(Refusal::InboundQueueFull);
                 }
             }
             Err(e) => {
                 tracing::debug!(%from, error = %e, "malformed message");
-                shared.counters.reject("malformed_message");
+                shared.counters.reject(Refusal::MalformedMessage);
             }
         }
     }

@@ -26,7 +26,7 @@ impl Agent {
         let depth = row.depth();
         if depth == 0 || depth > self.levels.len() || !row.zone.is_child_of(&self.zones[depth - 1])
         {
-            self.reject("row outside this agent's path");
+            self.reject(Refusal::RowOffPath);
             return Accept::Rejected;
         }
         // The parent matches (checked above), so comparing names suffices.
@@ -34,12 +34,12 @@ impl Agent {
             return Accept::Stale;
         }
         if !row.zone.contains(&row.issuer) {
-            self.reject("row issuer outside its zone");
+            self.reject(Refusal::RowIssuerOutsideZone);
             return Accept::Rejected;
         }
         let t = depth - 1;
         if row.issued > now + self.cfg.max_skew {
-            self.reject("row issued in the future");
+            self.reject(Refusal::RowFromFuture);
             return Accept::Rejected;
         }
         if now.saturating_sub(row.issued) > self.fail_timeout(t) {
@@ -58,7 +58,7 @@ impl Agent {
         }
         if self.rolls_back(now, t, &row) {
             tracing::debug!(zone = %row.zone, issuer = %row.issuer, inputs = ?row.inputs, held = ?self.levels[t].table.get(row.name()).map(|h| (&h.issuer, &h.inputs)), "zone row from older inputs refused");
-            self.reject("zone_row_from_older_inputs");
+            self.reject(Refusal::ZoneRowFromOlderInputs);
             return Accept::Stale;
         }
         match self.levels[t]
@@ -68,7 +68,7 @@ impl Agent {
             Offer::Stale => Accept::Stale,
             Offer::Same => Accept::Same,
             Offer::Full => {
-                self.reject("zone table full");
+                self.reject(Refusal::ZoneTableFull);
                 Accept::Rejected
             }
             Offer::Accepted { content_changed } => {
@@ -101,7 +101,7 @@ impl Agent {
         match sec.verify_row(row, now) {
             Ok(()) => None,
             Err(r) => {
-                self.reject(r.reason());
+                self.reject(r.refusal());
                 Some(Accept::Rejected)
             }
         }
@@ -134,7 +134,7 @@ impl Agent {
                 if let Some(sec) = &self.security
                     && let Err(r) = sec.verify_afc(a, now)
                 {
-                    self.reject(r.reason());
+                    self.reject(r.refusal());
                     continue;
                 }
                 if self.afcs.offer(a.clone(), now) {
@@ -143,7 +143,7 @@ impl Agent {
                     // The row shows a version we removed: carry the removal again.
                     self.mark_leaf_dirty();
                 } else if self.afcs.get(&a.scope, &a.name).is_none() {
-                    self.reject("afc_scope_full");
+                    self.reject(Refusal::AfcScopeFull);
                 }
             }
         }

@@ -140,7 +140,7 @@ impl Agent {
             || sender.contains(&self.cfg.leaf)
             || self.cfg.leaf.contains(sender)
         {
-            self.reject("gossip from a clashing zone");
+            self.reject(Refusal::ClashingZone);
             return None;
         }
         let common = sender.common_depth(&self.cfg.leaf);

@@ -20,7 +20,7 @@ impl Agent {
             .collect();
         for n in bad {
             sensors.remove(&n);
-            self.reject("invalid_sensor");
+            self.reject(Refusal::InvalidSensor);
         }
         if sensors != self.sensors {
             self.sensors = sensors;
@@ -121,7 +121,7 @@ impl Agent {
         if let Some(sec) = &self.security
             && let Err(r) = sec.verify_new_afc(&cert, now)
         {
-            self.reject(r.reason());
+            self.reject(r.refusal());
             return false;
         }
         let changed = self.afcs.offer(cert, now);
@@ -138,13 +138,13 @@ impl Agent {
     pub fn restore(&mut self, afcs: impl IntoIterator<Item = Arc<AfcCert>>, local: Attrs) {
         for a in afcs {
             if validate_afc(&a).is_err() {
-                self.reject("invalid_saved_afc");
+                self.reject(Refusal::InvalidSavedAfc);
                 continue;
             }
             if let Some(sec) = &self.security
                 && let Err(r) = sec.verify_afc(&a, a.issued)
             {
-                self.reject(r.reason());
+                self.reject(r.refusal());
                 continue;
             }
             self.afcs.offer(a, 0);
@@ -159,7 +159,7 @@ impl Agent {
             if ok {
                 kept = next;
             } else {
-                self.reject("invalid_saved_attr");
+                self.reject(Refusal::InvalidSavedAttr);
             }
         }
         self.local = kept;

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::limits::{self, LimitError, MAX_AFCS_PER_ROW, MAX_ATTRS_BYTES, MAX_ROW_AFC_BYTES};
 use crate::message::{AfcError, DigestEntry, Message, Wanted, validate_afc, validate_row};
 use crate::path::ZonePath;
+use crate::refusal::Refusal;
 use crate::row::{Micros, Row, stable_hash};
 use crate::security::{Reject, Security};
 use crate::table::{Offer, ZoneTable};
@@ -74,7 +75,7 @@ pub struct Stats {
     /// Rows learnt by gossip whose push this agent carried on.
     pub push_carried: u64,
     /// Refused input, by reason.
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<Refusal, u64>,
 }
 
 /// Why an offered AFC was refused.
@@ -98,17 +99,6 @@ pub enum InstallError {
     ScopeFull(#[from] ScopeFull),
     #[error("no AFC named {name} in {scope}")]
     NotFound { scope: ZonePath, name: String },
-}
-
-impl InstallError {
-    /// The security refusal's metric label, when keys or rights refused the
-    /// AFC (rather than its content).
-    pub fn refusal(&self) -> Option<&'static str> {
-        match self {
-            InstallError::Refused(r) => Some(r.reason()),
-            _ => None,
-        }
-    }
 }
 
 /// An AFC that could not contribute to one zone's row, and why.
@@ -349,7 +339,7 @@ impl Agent {
     }
 
     /// Counts a refused input (the runtime adds transport-level reasons).
-    pub fn reject(&mut self, reason: &'static str) {
+    pub fn reject(&mut self, reason: Refusal) {
         *self.stats.rejected.entry(reason).or_default() += 1;
     }
 

@@ -52,7 +52,7 @@ impl Agent {
 
     pub(super) fn on_push(&mut self, now: Micros, target: ZonePath, rows: Vec<Arc<Row>>) {
         if !target.contains(&self.cfg.leaf) || target.depth() == 0 {
-            self.reject("push for a zone this agent is not in");
+            self.reject(Refusal::PushOutsideZone);
             return;
         }
         // Only rows new here go on: a replayed or duplicate push of a row

@@ -146,7 +146,7 @@ impl Agent {
         }
         if let Err(e) = validate_row(&row) {
             tracing::warn!(zone = %row.zone, table = t, error = %e, "row not issued: it breaks a row limit");
-            self.reject("row_not_issued");
+            self.reject(Refusal::RowNotIssued);
             return None;
         }
         Some(Arc::new(row))

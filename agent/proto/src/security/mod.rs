@@ -30,6 +30,7 @@ pub use identity::{Identity, Role};
 pub use trust::{CLOCK_SKEW, Trust};
 
 use crate::afc::AfcCert;
+use crate::refusal::Refusal;
 use crate::path::ZonePath;
 use crate::row::{Micros, Row};
 use cache::VerifiedSet;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 /// Verified AFCs remembered.
 pub const AFC_CACHE: usize = 4096;
 
-/// Why a row or AFC was refused; [`Reject::reason`] is its metric label.
+/// Why a row or AFC was refused; [`Reject::refusal`] is its reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
     #[error("unsigned: {0}")]
@@ -58,28 +59,17 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// The metric label: `unsigned`, `bad_signature`, `untrusted_cert`,
-    /// `expired_cert`, `issuer_outside_zone` or `afc_not_allowed`.
-    pub fn reason(&self) -> &'static str {
+    /// The reason, for metrics and logs.
+    pub fn refusal(&self) -> Refusal {
         match self {
-            Reject::Unsigned(_) => "unsigned",
-            Reject::BadSignature(_) => "bad_signature",
-            Reject::UntrustedCert(_) => "untrusted_cert",
-            Reject::ExpiredCert(_) => "expired_cert",
-            Reject::IssuerOutsideZone(_) => "issuer_outside_zone",
-            Reject::AfcNotAllowed(_) => "afc_not_allowed",
+            Reject::Unsigned(_) => Refusal::Unsigned,
+            Reject::BadSignature(_) => Refusal::BadSignature,
+            Reject::UntrustedCert(_) => Refusal::UntrustedCert,
+            Reject::ExpiredCert(_) => Refusal::ExpiredCert,
+            Reject::IssuerOutsideZone(_) => Refusal::IssuerOutsideZone,
+            Reject::AfcNotAllowed(_) => Refusal::AfcNotAllowed,
         }
     }
-
-    /// Every metric label [`Reject::reason`] gives.
-    pub const LABELS: [&'static str; 6] = [
-        "unsigned",
-        "bad_signature",
-        "untrusted_cert",
-        "expired_cert",
-        "issuer_outside_zone",
-        "afc_not_allowed",
-    ];
 }
 
 impl From<SecurityError> for Reject {
@@ -159,8 +149,9 @@ impl Security {
     }
 
     /// Checks a received row: its issuer's certificate chain, that the
-    /// certificate is the issuer's agent certificate, that the row's zone
-    /// contains the issuer, the signature, and every AFC it carries.
+    /// certificate is the issuer's agent certificate, the signature, and
+    /// every AFC it carries. (That the row's zone contains its issuer is
+    /// the gossip core's check, made on every row, signed or not.)
     pub fn verify_row(&self, row: &Row, now: Micros) -> Result<(), Reject> {
         let Some(cert) = &row.cert else {
             return Err(Reject::Unsigned("a row without a certificate"));
@@ -181,12 +172,6 @@ impl Security {
                 row.zone, row.issuer, cert.subject
             )));
         }
-        if !row.zone.contains(&row.issuer) {
-            return Err(Reject::IssuerOutsideZone(format!(
-                "issuer {} is outside the zone {} of its row",
-                row.issuer, row.zone
-            )));
-        }
         self.trust.verify(cert, now)?;
         if !signature_holds(&cert.key, &row.signing_bytes(), &row.signature) {
             return Err(Reject::BadSignature(format!(
@@ -205,10 +190,14 @@ impl Security {
     /// issued, and not issued in the future. Verified AFCs are remembered.
     pub fn verify_afc(&self, afc: &AfcCert, now: Micros) -> Result<(), Reject> {
         let Some(cert) = &afc.cert else {
-            return Err(Reject::Unsigned("an AFC without a certificate"));
+            return Err(Reject::Unsigned(
+                "an AFC without a certificate; sign it with a client or authority key (`--key DIR`)",
+            ));
         };
         if afc.signature.is_empty() {
-            return Err(Reject::Unsigned("an AFC without a signature"));
+            return Err(Reject::Unsigned(
+                "an AFC without a signature; sign it with a client or authority key (`--key DIR`)",
+            ));
         }
         if afc.issued > now.saturating_add(self.trust.skew()) {
             return Err(Reject::ExpiredCert(format!(

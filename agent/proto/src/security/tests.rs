@@ -72,24 +72,24 @@ fn rows_sign_and_verify_and_tampering_is_caught() {
     let mut t = r.clone();
     t.attrs.set("load", 9.0);
     assert_eq!(
-        checker.verify_row(&t, NOW).unwrap_err().reason(),
+        checker.verify_row(&t, NOW).unwrap_err().refusal().label(),
         "bad_signature"
     );
     let mut t = r.clone();
     t.issued += 1;
     assert_eq!(
-        checker.verify_row(&t, NOW).unwrap_err().reason(),
+        checker.verify_row(&t, NOW).unwrap_err().refusal().label(),
         "bad_signature"
     );
     let mut t = r.clone();
     t.signature.clear();
     assert_eq!(
-        checker.verify_row(&t, NOW).unwrap_err().reason(),
+        checker.verify_row(&t, NOW).unwrap_err().refusal().label(),
         "unsigned"
     );
     let t = row("/eu/paris/h7", "/eu/paris/h7", vec![]);
     assert_eq!(
-        checker.verify_row(&t, NOW).unwrap_err().reason(),
+        checker.verify_row(&t, NOW).unwrap_err().refusal().label(),
         "unsigned"
     );
 }
@@ -98,27 +98,39 @@ fn rows_sign_and_verify_and_tampering_is_caught() {
 fn an_issuer_speaks_only_for_its_own_zones() {
     let ca = root("/");
     let us = security(agent(&ca, "/us/x"));
-    let checker = security(agent(&ca, "/eu/paris/h1"));
+    let checker = Arc::new(security(agent(&ca, "/eu/paris/h1")));
     // Claiming another agent's name.
     let mut r = row("/eu/paris/h7", "/eu/paris/h7", vec![]);
     us.sign_row(&mut r);
     assert_eq!(
-        checker.verify_row(&r, NOW).unwrap_err().reason(),
+        checker.verify_row(&r, NOW).unwrap_err().refusal().label(),
         "issuer_outside_zone"
     );
-    // Speaking for a zone it is not in.
+    // Speaking for a zone it is not in: the signature holds, and the
+    // gossip core, which checks every row's issuer against its zone, refuses it.
     let mut r = row("/eu/paris", "/us/x", vec![]);
     us.sign_row(&mut r);
+    assert_eq!(checker.verify_row(&r, NOW), Ok(()));
+    let mut core = crate::gossip::Agent::new(
+        crate::config::Config::new(p("/eu/paris/h1"), "h1"),
+        NOW,
+    );
+    core.set_security(Some(checker.clone()));
+    let push = crate::message::Message::Push {
+        target: p("/eu"),
+        rows: vec![Arc::new(r)],
+    };
+    core.handle_message(NOW, &"h7".into(), push);
     assert_eq!(
-        checker.verify_row(&r, NOW).unwrap_err().reason(),
-        "issuer_outside_zone"
+        core.stats().rejected.get(&crate::refusal::Refusal::RowIssuerOutsideZone),
+        Some(&1)
     );
     // A client certificate does not sign rows.
     let c = security(client(&ca, "ops", &["afc:/"]));
     let mut r = row("/us/x", "/us/x", vec![]);
     c.sign_row(&mut r);
     assert_eq!(
-        checker.verify_row(&r, NOW).unwrap_err().reason(),
+        checker.verify_row(&r, NOW).unwrap_err().refusal().label(),
         "untrusted_cert"
     );
 }
@@ -152,24 +164,24 @@ fn afcs_need_an_authority_or_a_client_right_over_their_scope() {
         let e = checker
             .verify_afc(&signed_afc(signer, scope), NOW)
             .unwrap_err();
-        assert_eq!(e.reason(), "afc_not_allowed", "{scope}: {e}");
+        assert_eq!(e.refusal().label(), "afc_not_allowed", "{scope}: {e}");
     }
     // Tampering with the SQL, or the signer name.
     let mut a = signed_afc(&eu, "/eu");
     a.sql = "SELECT MIN(load) AS load".into();
     assert_eq!(
-        checker.verify_afc(&a, NOW).unwrap_err().reason(),
+        checker.verify_afc(&a, NOW).unwrap_err().refusal().label(),
         "bad_signature"
     );
     let mut a = signed_afc(&eu, "/eu");
     a.signer = "/".into();
     assert_eq!(
-        checker.verify_afc(&a, NOW).unwrap_err().reason(),
+        checker.verify_afc(&a, NOW).unwrap_err().refusal().label(),
         "untrusted_cert"
     );
     let a = AfcCert::new(p("/eu"), "x", "SELECT MAX(load) AS load", NOW);
     assert_eq!(
-        checker.verify_afc(&a, NOW).unwrap_err().reason(),
+        checker.verify_afc(&a, NOW).unwrap_err().refusal().label(),
         "unsigned"
     );
     // Tombstones sign the same way.
@@ -180,7 +192,7 @@ fn afcs_need_an_authority_or_a_client_right_over_their_scope() {
     let mut f = AfcCert::new(p("/eu"), "f", "SELECT MAX(load) AS load", NOW + YEAR);
     sign_afc(&eu, &mut f);
     assert_eq!(
-        checker.verify_afc(&f, NOW).unwrap_err().reason(),
+        checker.verify_afc(&f, NOW).unwrap_err().refusal().label(),
         "expired_cert"
     );
 }
@@ -202,13 +214,13 @@ fn rows_carry_afcs_that_must_hold() {
     let mut t = r.clone();
     t.afcs = vec![sneaky.clone()];
     assert_eq!(
-        checker.verify_row(&t, NOW).unwrap_err().reason(),
+        checker.verify_row(&t, NOW).unwrap_err().refusal().label(),
         "bad_signature"
     );
     let mut t = row("/eu/paris/h7", "/eu/paris/h7", vec![sneaky]);
     h7.sign_row(&mut t);
     assert_eq!(
-        checker.verify_row(&t, NOW).unwrap_err().reason(),
+        checker.verify_row(&t, NOW).unwrap_err().refusal().label(),
         "afc_not_allowed"
     );
 }
@@ -268,7 +280,7 @@ fn sub_authority_chains_and_their_zone_rules() {
     let mut t = (*h7.cert).clone();
     t.parent = Some(Arc::new(bad_parent));
     assert_eq!(
-        Reject::from(trust.verify(&t, NOW).unwrap_err()).reason(),
+        Reject::from(trust.verify(&t, NOW).unwrap_err()).refusal().label(),
         "bad_signature"
     );
     // A chain that carries the root is accepted, if the root is the anchor.
@@ -299,7 +311,7 @@ fn expiry_and_clock_skew() {
         .verify(&h.cert, NOW + DAY + CLOCK_SKEW + 1)
         .unwrap_err();
     assert!(matches!(e, SecurityError::Expired { .. }), "{e}");
-    assert_eq!(Reject::from(e).reason(), "expired_cert");
+    assert_eq!(Reject::from(e).refusal().label(), "expired_cert");
     assert!(matches!(
         trust.verify(&h.cert, NOW - CLOCK_SKEW - 1),
         Err(SecurityError::NotYetValid { .. })
@@ -332,7 +344,7 @@ fn expiry_and_clock_skew() {
     let mut r = row("/a/h", "/a/h", vec![]);
     h.sign_row(&mut r);
     assert_eq!(
-        h.verify_row(&r, NOW + 2 * DAY).unwrap_err().reason(),
+        h.verify_row(&r, NOW + 2 * DAY).unwrap_err().refusal().label(),
         "expired_cert"
     );
 }
@@ -346,7 +358,7 @@ fn untrusted_anchors_are_refused() {
     let mut r = row("/eu/h1", "/eu/h1", vec![]);
     security(h).sign_row(&mut r);
     assert_eq!(
-        checker.verify_row(&r, NOW).unwrap_err().reason(),
+        checker.verify_row(&r, NOW).unwrap_err().refusal().label(),
         "untrusted_cert"
     );
     let e = ca.trust().unwrap().verify(&other.cert, NOW).unwrap_err();
