@@ -10,7 +10,7 @@ pub mod keys;
 pub mod node;
 
 pub use armillary_proto::{
-    afc, config, gossip, limits, message, path, row, row_wire, sim, table, time,
+    afc, config, gossip, host, limits, message, path, refusal, row, row_wire, sim, table, time,
 };
 
 /// The security layer of `armillary-proto`, with the keys directory the

@@ -153,11 +153,10 @@ async fn garbage_and_oversized_messages_are_counted_and_ignored() {
     evil.send_bytes(target, vec![0xff; 100]);
     evil.send_bytes(target, vec![7; 300 * 1024]);
     // A valid message cut short.
-    let msg = Message::Ack {
+    let msg = armillary_agent::host::envelope::seal_gossip(&Message::Ack {
         sender: ZonePath::parse("/z00/a").unwrap(),
         rows: Vec::new(),
-    }
-    .encode();
+    });
     evil.send_bytes(target, msg[..msg.len().saturating_sub(1)].to_vec());
     let mut counted = false;
     for _ in 0..100 {

@@ -5,6 +5,7 @@
 pub mod afc;
 pub mod config;
 pub mod gossip;
+pub mod host;
 pub mod limits;
 pub mod message;
 pub mod path;

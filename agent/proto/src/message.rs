@@ -135,7 +135,12 @@ impl Message {
 
     pub fn encode(&self) -> Vec<u8> {
         // Sized once from the upper bound: no regrowth while encoding.
-        postcard::to_extend(self, Vec::with_capacity(self.encoded_len())).unwrap_or_default()
+        self.encode_after(Vec::with_capacity(self.encoded_len()))
+    }
+
+    /// Appends the encoding to `out` (an envelope's header).
+    pub fn encode_after(&self, out: Vec<u8>) -> Vec<u8> {
+        postcard::to_extend(self, out).unwrap_or_default()
     }
 
     /// Decodes and checks a message from untrusted bytes. Never panics.

@@ -81,6 +81,10 @@ refusals! {
     TruncatedMessage => "truncated_message",
     /// A message that does not decode (or fails validation).
     MalformedMessage => "malformed_message",
+    /// A message in an envelope format this agent does not read.
+    UnknownVersion => "unknown_version",
+    /// A message for a service this agent does not run.
+    UnknownService => "unknown_service",
     /// A message the core's inbound queue had no room for.
     InboundQueueFull => "inbound_queue_full",
     /// A hello that could not be exchanged or read.

@@ -5,7 +5,9 @@ use super::handle::{AfcView, Change, NodeError, RowView, Status};
 use super::store::Store;
 use super::transport::NetCounters;
 use crate::afc::{AfcCert, AfcState};
-use crate::gossip::{Agent, Event, InstallError};
+use super::transport::{Body, Inbound};
+use crate::gossip::{Event, InstallError};
+use crate::host::{Host, Services};
 use crate::path::ZonePath;
 use crate::security::now_micros;
 use std::collections::BTreeMap;
@@ -16,7 +18,8 @@ use zone_sql::{Attrs, Value};
 
 /// The node's own state, touched only by its task.
 pub struct NodeCore {
-    pub agent: Agent,
+    /// The gossip core and the services beside it.
+    pub host: Host<Box<dyn Services>>,
     pub(super) store: Option<Store>,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) net: Arc<NetCounters>,
@@ -31,7 +34,7 @@ pub struct NodeCore {
 
 impl NodeCore {
     pub(super) fn new(
-        agent: Agent,
+        host: Host<Box<dyn Services>>,
         store: Option<Store>,
         changes: broadcast::Sender<Change>,
         net: Arc<NetCounters>,
@@ -39,10 +42,11 @@ impl NodeCore {
         identity: Option<String>,
         gossip_addr: String,
     ) -> NodeCore {
+        let agent = &host.gossip;
         let saved = (agent.afcs().version(), agent.local_attrs().clone());
         let levels = agent.zones().len();
         NodeCore {
-            agent,
+            host,
             store,
             changes,
             net,
@@ -54,21 +58,36 @@ impl NodeCore {
         }
     }
 
+    /// Hands a message from the network to the core it is for.
+    pub(super) fn deliver(&mut self, m: Inbound) {
+        let now = now_micros();
+        match m.body {
+            Body::Gossip(msg) => self.host.gossip.handle_message(now, &m.from.addr, msg),
+            Body::Service { id, payload } => {
+                if let Err(reason) = self.host.handle_service(now, &m.from, id, &payload) {
+                    tracing::debug!(from = %m.from.addr, service = id, %reason, "message refused");
+                    self.host.gossip.reject(reason);
+                }
+            }
+        }
+    }
+
     /// Counts a refused API request under its reason.
     pub(super) fn count_refusal(&mut self, e: &NodeError) {
         if let Some(r) = e.refusal() {
-            self.agent.reject(r);
+            self.host.gossip.reject(r);
         }
     }
 
     fn check_zone(&self, zone: &ZonePath) -> Result<(), NodeError> {
-        if self.agent.zones().contains(zone) {
+        if self.host.gossip.zones().contains(zone) {
             Ok(())
         } else {
             Err(NodeError::UnknownZone {
                 zone: zone.clone(),
                 known: self
-                    .agent
+                    .host
+                    .gossip
                     .zones()
                     .iter()
                     .map(|z| z.as_str())
@@ -79,7 +98,7 @@ impl NodeCore {
     }
 
     pub(super) fn status(&self) -> Status {
-        let s = self.agent.stats();
+        let s = self.host.gossip.stats();
         let mut counters = BTreeMap::new();
         for (k, v) in [
             ("msgs_sent", s.msgs_sent),
@@ -104,12 +123,12 @@ impl NodeCore {
             .collect();
         self.net.add_rejected(&mut rejected);
         Status {
-            leaf: self.agent.leaf().clone(),
+            leaf: self.host.gossip.leaf().clone(),
             gossip_addr: self.gossip_addr.clone(),
             insecure: self.insecure,
             identity: self.identity.clone(),
-            zones: self.agent.zones().to_vec(),
-            round: self.agent.round(),
+            zones: self.host.gossip.zones().to_vec(),
+            round: self.host.gossip.round(),
             now: now_micros(),
             counters,
             rejected,
@@ -119,7 +138,8 @@ impl NodeCore {
     pub(super) fn table(&self, zone: &ZonePath) -> Result<Vec<RowView>, NodeError> {
         self.check_zone(zone)?;
         Ok(self
-            .agent
+            .host
+            .gossip
             .table(zone)
             .unwrap_or_default()
             .iter()
@@ -133,25 +153,27 @@ impl NodeCore {
     }
 
     pub(super) fn zone_row(&self, zone: &ZonePath) -> Result<Attrs, NodeError> {
-        if zone == self.agent.leaf() {
+        if zone == self.host.gossip.leaf() {
             return Ok(self
-                .agent
+                .host
+                .gossip
                 .row_of(zone)
                 .map(|r| r.attrs.clone())
                 .unwrap_or_default());
         }
         self.check_zone(zone)?;
-        Ok(self.agent.zone_row(zone).cloned().unwrap_or_default())
+        Ok(self.host.gossip.zone_row(zone).cloned().unwrap_or_default())
     }
 
     pub(super) fn named_tables(&self) -> Vec<NamedTable> {
-        self.agent
+        self.host.gossip
             .zones()
             .iter()
             .map(|z| NamedTable {
                 name: z.as_str().to_string(),
                 rows: self
-                    .agent
+                    .host
+                    .gossip
                     .table(z)
                     .unwrap_or_default()
                     .iter()
@@ -162,7 +184,7 @@ impl NodeCore {
     }
 
     pub(super) fn afcs(&self, zone: Option<&ZonePath>) -> Vec<AfcView> {
-        self.agent
+        self.host.gossip
             .afcs()
             .iter()
             .filter(|a| zone.is_none_or(|z| a.cert.scope == *z))
@@ -170,7 +192,8 @@ impl NodeCore {
                 // An active AFC whose output was left out of some zone's
                 // row is reported faulty there.
                 let faults: Vec<_> = self
-                    .agent
+                    .host
+                    .gossip
                     .afc_faults()
                     .filter(|f| f.scope == a.cert.scope && f.name == a.cert.name)
                     .collect();
@@ -201,7 +224,7 @@ impl NodeCore {
 
     pub(super) fn install_afc(&mut self, cert: AfcCert) -> Result<(), NodeError> {
         let now = now_micros();
-        self.agent.install_afc(now, cert)?;
+        self.host.gossip.install_afc(now, cert)?;
         self.after_input();
         Ok(())
     }
@@ -214,7 +237,8 @@ impl NodeCore {
     ) -> Result<(), NodeError> {
         let now = now_micros();
         let held = self
-            .agent
+            .host
+            .gossip
             .afcs()
             .get(&scope, name)
             .is_some_and(|a| a.state != AfcState::Removed);
@@ -232,44 +256,45 @@ impl NodeCore {
                         "the signed removal must be a tombstone for {name} in {scope}"
                     )));
                 }
-                self.agent.install_afc(now, t)?;
+                self.host.gossip.install_afc(now, t)?;
             }
-            None => self.agent.remove_afc(now, &scope, name)?,
+            None => self.host.gossip.remove_afc(now, &scope, name)?,
         }
         self.after_input();
         Ok(())
     }
 
     pub(super) fn set_attr(&mut self, name: &str, value: Value) -> Result<(), NodeError> {
-        self.agent.set_attr(now_micros(), name, value)?;
+        self.host.gossip.set_attr(now_micros(), name, value)?;
         self.after_input();
         Ok(())
     }
 
     pub(super) fn unset_attr(&mut self, name: &str) -> Result<bool, NodeError> {
-        let had = self.agent.unset_attr(now_micros(), name);
+        let had = self.host.gossip.unset_attr(now_micros(), name);
         self.after_input();
         Ok(had)
     }
 
     /// Saves durable state if it changed; the store writes atomically.
     fn persist(&mut self) {
-        let version = self.agent.afcs().version();
-        if self.saved.0 == version && self.saved.1 == *self.agent.local_attrs() {
+        let version = self.host.gossip.afcs().version();
+        if self.saved.0 == version && self.saved.1 == *self.host.gossip.local_attrs() {
             return;
         }
         let Some(store) = &self.store else {
             return;
         };
         let afcs: Vec<Arc<AfcCert>> = self
-            .agent
+            .host
+            .gossip
             .afcs()
             .iter()
             .filter(|a| !matches!(a.state, AfcState::Rejected(_)))
             .map(|a| a.cert.clone())
             .collect();
-        match store.save_state(&afcs, self.agent.local_attrs()) {
-            Ok(()) => self.saved = (version, self.agent.local_attrs().clone()),
+        match store.save_state(&afcs, self.host.gossip.local_attrs()) {
+            Ok(()) => self.saved = (version, self.host.gossip.local_attrs().clone()),
             Err(e) => tracing::error!(error = %e, "could not save the agent's state"),
         }
     }
@@ -278,7 +303,7 @@ impl NodeCore {
     /// saves durable state; called after every input.
     pub(super) fn after_input(&mut self) {
         let now = now_micros();
-        while let Some(ev) = self.agent.poll_event() {
+        while let Some(ev) = self.host.gossip.poll_event() {
             let change = match ev {
                 Event::ZoneChanged { zone, attrs } => Change::Row {
                     zone,
@@ -293,10 +318,16 @@ impl NodeCore {
             };
             let _ = self.changes.send(change);
         }
+        // Service events have no subscribers here yet: a service's API
+        // routes read its core.
+        while let Some(e) = self.host.services.poll_event() {
+            tracing::trace!(service = e.service, "service event");
+        }
         if self.changes.receiver_count() > 0 {
-            for (i, zone) in self.agent.zones().iter().enumerate() {
+            for (i, zone) in self.host.gossip.zones().iter().enumerate() {
                 let mark = self
-                    .agent
+                    .host
+                    .gossip
                     .table(zone)
                     .unwrap_or_default()
                     .iter()

@@ -170,7 +170,7 @@ impl NodeHandle {
 
     /// The zones whose tables this agent holds, root first.
     pub async fn zones(&self) -> Result<Vec<ZonePath>, NodeError> {
-        self.call(|c| c.agent.zones().to_vec()).await
+        self.call(|c| c.host.gossip.zones().to_vec()).await
     }
 
     /// The child table of `zone`.
@@ -213,7 +213,7 @@ impl NodeHandle {
 
     /// The attributes applications set on this agent.
     pub async fn local_attrs(&self) -> Result<Attrs, NodeError> {
-        self.call(|c| c.agent.local_attrs().clone()).await
+        self.call(|c| c.host.gossip.local_attrs().clone()).await
     }
 
     pub async fn set_attr(&self, name: String, value: Value) -> Result<(), NodeError> {
@@ -228,7 +228,7 @@ impl NodeHandle {
     /// Counts a request the API refused before it reached the node (a
     /// foreign `Host`, a missing token, a body that is not JSON).
     pub async fn count_rejected(&self, reason: Refusal) {
-        let _ = self.call(move |c| c.agent.reject(reason)).await;
+        let _ = self.call(move |c| c.host.gossip.reject(reason)).await;
     }
 
     /// Changes from now on. A subscriber that falls behind loses the oldest

@@ -19,6 +19,7 @@ pub use transport::{NetCounters, PeerAuth, Transport, TransportError};
 
 use crate::config::Config;
 use crate::gossip::Agent;
+use crate::host::{Host, Services};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,8 +67,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds the transport, restores saved state and starts the protocol.
+    /// Binds the transport, restores saved state and starts the protocol,
+    /// the gossip core alone.
     pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
+        Node::start_with(cfg, Box::new(())).await
+    }
+
+    /// [`Node::start`] with services beside the gossip core: messages for
+    /// them are routed by the envelope's service id.
+    pub async fn start_with(
+        cfg: NodeConfig,
+        services: Box<dyn Services>,
+    ) -> Result<Node, StartError> {
         let auth: Option<Arc<dyn PeerAuth>> = cfg.security.as_ref().map(|s| {
             Arc::new(auth::CertAuth::new(s.identity().clone(), s.trust().clone()))
                 as Arc<dyn PeerAuth>
@@ -125,7 +136,7 @@ impl Node {
             }),
         };
         let mut core = NodeCore::new(
-            agent,
+            Host::new(agent, services),
             store,
             changes,
             counters,
@@ -138,23 +149,23 @@ impl Node {
         let tp = transport.clone();
         let task = tokio::spawn(async move {
             if let Some(s) = &mut sensors {
-                core.agent.set_sensors(s.borrow_and_update().clone());
+                core.host.gossip.set_sensors(s.borrow_and_update().clone());
             }
             loop {
-                let due = core.agent.poll_timeout();
+                let due = core.host.poll_timeout();
                 let wait = Duration::from_micros(due.saturating_sub(now_micros()));
                 tokio::select! {
                     biased;
                     _ = stopped.changed() => break,
                     Some(job) = jobs_rx.recv() => job(&mut core),
                     Some(m) = in_rx.recv() => {
-                        core.agent.handle_message(now_micros(), &m.from, m.msg);
+                        core.deliver(m);
                         // Drain what else has arrived before sending replies.
                         while let Ok(m) = in_rx.try_recv() {
-                            core.agent.handle_message(now_micros(), &m.from, m.msg);
+                            core.deliver(m);
                         }
                     }
-                    _ = tokio::time::sleep(wait) => core.agent.handle_timeout(now_micros()),
+                    _ = tokio::time::sleep(wait) => core.host.handle_timeout(now_micros()),
                     Ok(()) = async {
                         match &mut sensors {
                             Some(s) => s.changed().await,
@@ -163,16 +174,16 @@ impl Node {
                     } => {
                         let reading = sensors.as_mut().map(|s| s.borrow_and_update().clone());
                         if let Some(r) = reading {
-                            core.agent.set_sensors(r);
+                            core.host.gossip.set_sensors(r);
                         }
                     }
                 }
                 let now = now_micros();
-                if core.agent.poll_timeout() <= now {
-                    core.agent.handle_timeout(now);
+                if core.host.poll_timeout() <= now {
+                    core.host.handle_timeout(now);
                 }
-                while let Some(t) = core.agent.poll_transmit() {
-                    tp.send(&t.to, &t.msg);
+                while let Some(t) = core.host.poll_transmit() {
+                    tp.send(&t.to, t.bytes);
                 }
                 core.after_input();
             }

@@ -9,6 +9,7 @@
 
 use super::tls;
 use crate::Refusal;
+use crate::host::{Envelope, Peer, ServiceId};
 use crate::message::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -39,10 +40,17 @@ pub trait PeerAuth: Send + Sync + 'static {
     fn check(&self, hello: &[u8], binding: &[u8]) -> Result<String, Refusal>;
 }
 
-/// A message from the network, decoded and bounded.
+/// A message from the network, its envelope opened: a gossip message
+/// decoded and bounded, or a service's payload for its core to decode.
 pub struct Inbound {
-    pub from: Arc<str>,
-    pub msg: Message,
+    pub from: Peer,
+    pub body: Body,
+}
+
+/// What an envelope held.
+pub enum Body {
+    Gossip(Message),
+    Service { id: ServiceId, payload: Vec<u8> },
 }
 
 /// Counters of the transport, exported with the core's.
@@ -178,8 +186,9 @@ impl Transport {
             .expect("a bound endpoint has an address")
     }
 
-    /// Queues `msg` for the agent at `to`; drops it when that peer's queue is full.
-    pub fn send(&self, to: &str, msg: &Message) {
+    /// Queues a sealed envelope for the agent at `to`; drops it when that
+    /// peer's queue is full.
+    pub fn send(&self, to: &str, bytes: Vec<u8>) {
         let Ok(addr) = to.parse::<SocketAddr>() else {
             self.shared.counters.reject(Refusal::BadContactAddress);
             return;
@@ -191,7 +200,7 @@ impl Transport {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.queue(addr).try_send(msg.encode()).is_err() {
+        if self.queue(addr).try_send(bytes).is_err() {
             self.shared
                 .counters
                 .send_dropped
@@ -277,18 +286,18 @@ fn bindings(conn: &quinn::Connection, role: Role) -> Result<([u8; 32], [u8; 32])
     })
 }
 
-/// Runs one side's hello exchange under the timeout. A failure is counted
-/// under its reason and closes the connection.
+/// Runs one side's hello exchange under the timeout; returns the peer's
+/// name. A failure is counted under its reason and closes the connection.
 async fn authenticate(
     shared: &Shared,
     conn: &quinn::Connection,
     exchange: impl std::future::Future<Output = Result<String, Refusal>>,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
     let remote = conn.remote_address();
     let reason = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
         Ok(Ok(peer)) => {
             tracing::debug!(%remote, %peer, "authenticated peer");
-            return Ok(());
+            return Ok(peer);
         }
         Ok(Err(reason)) => reason,
         Err(_) => Refusal::HelloTimeout,
@@ -399,7 +408,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
         return;
     };
-    let from: Arc<str> = conn.remote_address().to_string().into();
+    let mut from = Peer::at(conn.remote_address().to_string().into());
     if let Some(auth) = &shared.auth {
         let hello = async {
             let (ours, theirs) = bindings(&conn, Role::Server)?;
@@ -416,8 +425,9 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let _ = send.finish();
             Ok(peer)
         };
-        if authenticate(&shared, &conn, hello).await.is_err() {
-            return;
+        match authenticate(&shared, &conn, hello).await {
+            Ok(peer) => from.identity = Some(peer.into()),
+            Err(_) => return,
         }
     }
     let remote = conn.remote_address();
@@ -449,20 +459,25 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             .counters
             .received_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        match Message::decode(&bytes) {
-            Ok(msg) => {
-                let inbound = Inbound {
-                    from: from.clone(),
-                    msg,
-                };
-                if shared.inbound.try_send(inbound).is_err() {
-                    shared.counters.reject(Refusal::InboundQueueFull);
-                }
-            }
+        let body = match Envelope::open(&bytes) {
+            Ok(Envelope::Gossip(msg)) => Body::Gossip(msg),
+            Ok(Envelope::Service { id, payload }) => Body::Service {
+                id,
+                payload: payload.to_vec(),
+            },
             Err(e) => {
-                tracing::debug!(%from, error = %e, "malformed message");
-                shared.counters.reject(Refusal::MalformedMessage);
+                let reason = e.refusal();
+                tracing::debug!(from = %from.addr, %reason, error = %e, "message refused");
+                shared.counters.reject(reason);
+                continue;
             }
+        };
+        let inbound = Inbound {
+            from: from.clone(),
+            body,
+        };
+        if shared.inbound.try_send(inbound).is_err() {
+            shared.counters.reject(Refusal::InboundQueueFull);
         }
     }
 }

@@ -37,12 +37,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use zone_sql::{Attrs, Program, Value};
 
-/// A message the agent wants sent.
-#[derive(Debug, Clone)]
-pub struct Transmit {
-    pub to: Arc<str>,
-    pub msg: Message,
-}
+/// A gossip message the agent wants sent.
+pub type Transmit = crate::host::Transmit<Message>;
 
 /// Something applications may want to know about.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,11 +3,14 @@
 //! receiver's validation, by the addressee, as over QUIC.
 //!
 //! [`Packet::seal`] and [`Packet::open`] are the two halves of one step
-//! (message, bytes, message); a versioned envelope would wrap both.
+//! (message, envelope bytes, message), through the envelope codec the
+//! runtime uses ([`crate::host::envelope`]).
 
-use crate::message::{DecodeError, Message};
+use crate::host::envelope::{self, Envelope, EnvelopeError};
+use crate::host::Outgoing;
+use crate::message::Message;
 
-/// A message as it travels: its encoded bytes.
+/// A message as it travels: its envelope's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
     bytes: Vec<u8>,
@@ -15,18 +18,27 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// Encodes a message as its sender would put it on the wire.
+    /// Encodes a gossip message as its sender would put it on the wire.
     pub fn seal(msg: &Message) -> Packet {
         Packet {
-            bytes: msg.encode(),
+            bytes: envelope::seal_gossip(msg),
             push: matches!(msg, Message::Push { .. }),
         }
     }
 
-    /// Decodes the bytes as the receiver would: bounded, validated, rows
-    /// resealed. A packet that fails here is dropped by the receiver.
-    pub fn open(&self) -> Result<Message, DecodeError> {
-        Message::decode(&self.bytes)
+    /// What a host sealed.
+    pub fn from_outgoing(out: Outgoing) -> Packet {
+        Packet {
+            bytes: out.bytes,
+            push: out.push,
+        }
+    }
+
+    /// Opens the envelope as the receiver would: a gossip message bounded,
+    /// validated, rows resealed; a service's payload as it came. A packet
+    /// that fails here is dropped by the receiver.
+    pub fn open(&self) -> Result<Envelope<'_>, EnvelopeError> {
+        Envelope::open(&self.bytes)
     }
 
     /// The bytes on the wire.
@@ -61,9 +73,12 @@ mod tests {
             rows: Vec::new(),
         };
         let p = Packet::seal(&m);
-        assert_eq!(p.len(), m.encode().len());
+        assert_eq!(p.len(), envelope::HEADER_BYTES + m.encode().len());
         assert!(!p.is_push());
-        assert_eq!(Packet::seal(&p.open().unwrap()), p);
+        let Ok(Envelope::Gossip(back)) = p.open() else {
+            panic!("a gossip envelope")
+        };
+        assert_eq!(Packet::seal(&back), p);
         let push = Packet::seal(&Message::Push {
             target: ZonePath::parse("/a").unwrap(),
             rows: Vec::new(),

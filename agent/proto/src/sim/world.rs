@@ -29,6 +29,13 @@
 //! receives it ([`crate::row_wire`]), as equal bytes decode to equal rows:
 //! that is how 100,000 agents fit in memory.
 //!
+//! # Services
+//!
+//! Each simulated agent is a [`Host`]: its gossip core and the services
+//! beside it (none by default), every message routed by its envelope's
+//! service id, as in the runtime. A world of services is made with
+//! [`World::with_services`].
+//!
 //! # Clocks
 //!
 //! World time starts at 0; each agent reads its own [`Clock`] (a real-date
@@ -41,6 +48,7 @@ use super::wire::Packet;
 use crate::afc::AfcCert;
 use crate::config::Config;
 use crate::gossip::{Agent, Stats};
+use crate::host::{Envelope, Host, Peer, Services};
 use crate::path::ZonePath;
 use crate::row::{Micros, Row};
 use crate::security::Security;
@@ -121,7 +129,8 @@ struct Durable {
 /// What every worker reads: the address book and the agents' clocks.
 struct Directory {
     index: FxHashMap<Arc<str>, u32>,
-    addrs: Vec<Arc<str>>,
+    /// Each agent as its receivers see it.
+    peers: Vec<Peer>,
     clocks: Vec<Clock>,
 }
 
@@ -137,9 +146,9 @@ struct Sent {
 
 /// One agent's share of a window: the agent itself (moved out of the world
 /// while it runs) and how many of the chunk's deliveries are its own.
-struct Task {
+struct Task<S> {
     id: u32,
-    agent: Box<Agent>,
+    agent: Box<Host<S>>,
     /// Time of its first event in the window.
     start: Micros,
     deliveries: usize,
@@ -153,11 +162,10 @@ struct Delivery {
 
 /// A run of consecutive agents processed by one thread; its output is
 /// merged in agent order, so how a window is cut into chunks changes nothing.
-#[derive(Default)]
-struct Chunk {
+struct Chunk<S> {
     /// Window end (exclusive): timers due before it fire inside the window.
     end: Micros,
-    tasks: Vec<Task>,
+    tasks: Vec<Task<S>>,
     deliveries: Vec<Delivery>,
     sent: Vec<Sent>,
     events: usize,
@@ -168,6 +176,25 @@ struct Chunk {
     round_trip_mismatches: u64,
 }
 
+impl<S> Default for Chunk<S> {
+    fn default() -> Chunk<S> {
+        Chunk {
+            end: 0,
+            tasks: Vec::new(),
+            deliveries: Vec::new(),
+            sent: Vec::new(),
+            events: 0,
+            check_round_trip: false,
+            undecodable: 0,
+            round_trips: 0,
+            round_trip_mismatches: 0,
+        }
+    }
+}
+
+/// Makes the services of agent `i` (at the start, and at each restart).
+type MakeServices<S> = Arc<dyn Fn(usize) -> S + Send + Sync>;
+
 /// Windows with fewer events than this run on the calling thread alone
 /// (handing them to other threads would cost more than it saves).
 const PARALLEL_MIN_EVENTS: usize = 64;
@@ -177,16 +204,18 @@ const CHUNKS_PER_THREAD: usize = 8;
 /// Worlds smaller than this many agents per thread are set up on one thread.
 const PARALLEL_MIN_AGENTS: usize = 512;
 
-/// Many agents in one process, one clock, one seeded generator.
-pub struct World {
+/// Many agents in one process, one clock, one seeded generator; each agent
+/// a gossip core and the services `S`.
+pub struct World<S: Services = ()> {
     now: Micros,
     /// Events by window: bucket `k` holds those due in `[k * width, (k+1) * width)`.
     buckets: BTreeMap<u64, Vec<Scheduled>>,
     spare_buckets: Vec<Vec<Scheduled>>,
-    spare_chunks: Vec<Chunk>,
+    spare_chunks: Vec<Chunk<S>>,
     /// Window length: the minimum latency (at least 1 µs).
     width: Micros,
-    agents: Vec<Option<Box<Agent>>>,
+    agents: Vec<Option<Box<Host<S>>>>,
+    services: MakeServices<S>,
     durable: Vec<Durable>,
     /// Time of each agent's pending wake-up (MAX: none).
     scheduled: Vec<Micros>,
@@ -201,7 +230,7 @@ pub struct World {
     restarts: u64,
     threads: usize,
     parallel_min_events: usize,
-    pool: Option<Pool<Chunk>>,
+    pool: Option<Pool<Chunk<S>>>,
 }
 
 /// The number of threads the machine offers.
@@ -228,17 +257,34 @@ impl World {
         net: NetConfig,
         seed: u64,
     ) -> World {
+        World::with_services(configs, clocks, net, seed, |_| ())
+    }
+}
+
+impl<S: Services> World<S> {
+    /// [`World::with_clocks`] with services beside every gossip core:
+    /// `services(i)` makes agent `i`'s, at the start and at each restart.
+    pub fn with_services(
+        configs: Vec<Config>,
+        clocks: Vec<Clock>,
+        net: NetConfig,
+        seed: u64,
+        services: impl Fn(usize) -> S + Send + Sync + 'static,
+    ) -> World<S> {
+        let services: MakeServices<S> = Arc::new(services);
         assert_eq!(configs.len(), clocks.len(), "one clock per agent");
         let index = configs
             .iter()
             .enumerate()
             .map(|(i, c)| (c.addr.clone(), i as u32))
             .collect();
-        let addrs = configs.iter().map(|c| c.addr.clone()).collect();
+        let peers = configs.iter().map(|c| Peer::at(c.addr.clone())).collect();
         let threads = available_threads();
         let started: Vec<(&Config, &Clock)> = configs.iter().zip(&clocks).collect();
-        let agents = par_map(&started, threads, |(c, clock)| {
-            Some(Box::new(Agent::new((*c).clone(), clock.local(0))))
+        let numbered: Vec<(usize, &(&Config, &Clock))> = started.iter().enumerate().collect();
+        let agents = par_map(&numbered, threads, |(i, (c, clock))| {
+            let gossip = Agent::new((*c).clone(), clock.local(0));
+            Some(Box::new(Host::new(gossip, services(*i))))
         });
         let durable = configs
             .into_iter()
@@ -260,10 +306,11 @@ impl World {
             width: net.latency.0.clamp(1, u32::MAX as u64),
             scheduled: vec![Micros::MAX; n],
             agents,
+            services,
             durable,
             dir: Arc::new(Directory {
                 index,
-                addrs,
+                peers,
                 clocks,
             }),
             rng: SmallRng::seed_from_u64(seed ^ 0x5157_0001),
@@ -297,7 +344,7 @@ impl World {
             let dir = self.dir.clone();
             self.pool = Some(Pool::new(
                 n - 1,
-                Arc::new(move |c: &mut Chunk| run_chunk(c, &dir)),
+                Arc::new(move |c: &mut Chunk<S>| run_chunk(c, &dir)),
             ));
         }
     }
@@ -346,7 +393,13 @@ impl World {
         self.agents.is_empty()
     }
 
+    /// Agent `i`'s gossip core, if it is up.
     pub fn agent(&self, i: usize) -> Option<&Agent> {
+        self.agents[i].as_deref().map(|h| &h.gossip)
+    }
+
+    /// Agent `i`'s cores, if it is up.
+    pub fn host(&self, i: usize) -> Option<&Host<S>> {
         self.agents[i].as_deref()
     }
 
@@ -358,7 +411,7 @@ impl World {
         f: impl FnOnce(&mut Agent, Micros) -> T,
     ) -> Option<T> {
         let now = self.local_now(i);
-        let out = self.agents[i].as_deref_mut().map(|a| f(a, now));
+        let out = self.agents[i].as_deref_mut().map(|h| f(&mut h.gossip, now));
         self.drain(i as u32);
         out
     }
@@ -368,8 +421,8 @@ impl World {
     pub fn with_each_agent(&mut self, f: impl Fn(usize, &mut Agent, Micros) + Sync) {
         let (now, dir) = (self.now, self.dir.clone());
         self.par_agents(|i, a| {
-            if let Some(a) = a {
-                f(i, a, dir.clocks[i].local(now))
+            if let Some(h) = a {
+                f(i, &mut h.gossip, dir.clocks[i].local(now))
             }
         });
         for i in 0..self.agents.len() {
@@ -390,22 +443,23 @@ impl World {
     /// agent holds AFCs, which must then be signed.
     pub fn set_security(&mut self, i: usize, security: Option<Arc<Security>>) {
         self.durable[i].security = security.clone();
-        if let Some(a) = self.agents[i].as_mut() {
-            a.set_security(security);
+        if let Some(h) = self.agents[i].as_mut() {
+            h.gossip.set_security(security);
         }
     }
 
     /// Sets the sensor readings an agent reports (kept across restarts).
     pub fn set_sensors(&mut self, i: usize, sensors: Attrs) {
         self.durable[i].sensors = sensors.clone();
-        if let Some(a) = self.agents[i].as_mut() {
-            a.set_sensors(sensors);
+        if let Some(h) = self.agents[i].as_mut() {
+            h.gossip.set_sensors(sensors);
         }
     }
 
     /// Stops an agent: it loses everything but its durable state.
     pub fn crash(&mut self, i: usize) {
-        if let Some(a) = self.agents[i].take() {
+        if let Some(h) = self.agents[i].take() {
+            let a = &h.gossip;
             self.durable[i].afcs = a.afcs().iter().map(|e| e.cert.clone()).collect();
             self.durable[i].local = a.local_attrs().clone();
         }
@@ -428,7 +482,7 @@ impl World {
         a.set_security(d.security);
         a.restore(d.afcs, d.local);
         a.set_sensors(d.sensors);
-        self.agents[i] = Some(Box::new(a));
+        self.agents[i] = Some(Box::new(Host::new(a, (self.services)(i))));
         self.reschedule(i as u32);
     }
 
@@ -443,7 +497,7 @@ impl World {
 
     /// Sums the counters of the live agents.
     pub fn stats_of(&self, i: usize) -> Option<&Stats> {
-        self.agents[i].as_ref().map(|a| a.stats())
+        self.agents[i].as_ref().map(|h| h.gossip.stats())
     }
 
     /// Runs every event due up to and including `until`, window by window.
@@ -507,7 +561,7 @@ impl World {
         } else {
             usize::MAX
         };
-        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut chunks: Vec<Chunk<S>> = Vec::new();
         let mut chunk = self.take_chunk(end);
         let mut cur: Option<(u32, Option<Micros>, usize)> = None;
         for &(_, k) in keys.iter() {
@@ -578,7 +632,7 @@ impl World {
         }
     }
 
-    fn take_chunk(&mut self, end: Micros) -> Chunk {
+    fn take_chunk(&mut self, end: Micros) -> Chunk<S> {
         let mut c = self.spare_chunks.pop().unwrap_or_default();
         c.end = end;
         c.check_round_trip = self.check_round_trip;
@@ -587,7 +641,7 @@ impl World {
 
     /// Moves agent `id` into the chunk with its last `deliveries` deliveries,
     /// if it is alive and has something to do.
-    fn add_task(&mut self, chunk: &mut Chunk, id: u32, start: Option<Micros>, deliveries: usize) {
+    fn add_task(&mut self, chunk: &mut Chunk<S>, id: u32, start: Option<Micros>, deliveries: usize) {
         let Some(start) = start else { return };
         let Some(agent) = self.agents[id as usize].take() else {
             return;
@@ -663,16 +717,14 @@ impl World {
     fn drain(&mut self, i: u32) {
         while let Some(t) = self.agents[i as usize]
             .as_mut()
-            .and_then(|a| a.poll_transmit())
+            .and_then(|h| h.poll_transmit())
         {
             let to = self.dir.index.get(&t.to).copied();
-            self.send(i, self.now, to, Packet::seal(&t.msg));
+            self.send(i, self.now, to, Packet::from_outgoing(t));
         }
-        while self.agents[i as usize]
-            .as_mut()
-            .and_then(|a| a.poll_event())
-            .is_some()
-        {}
+        if let Some(h) = self.agents[i as usize].as_mut() {
+            drop_events(h);
+        }
         self.reschedule(i);
     }
 
@@ -688,7 +740,7 @@ impl World {
 
     /// Runs `f` on every agent slot, on the world's threads (each a
     /// contiguous range of agents). `f` must touch nothing but its agent.
-    fn par_agents(&mut self, f: impl Fn(usize, &mut Option<Box<Agent>>) + Sync) {
+    fn par_agents(&mut self, f: impl Fn(usize, &mut Option<Box<Host<S>>>) + Sync) {
         let n = self.agents.len();
         let threads = self.threads.min(n / PARALLEL_MIN_AGENTS).max(1);
         if threads == 1 {
@@ -745,7 +797,7 @@ pub(super) fn par_map<T: Sync, U: Send>(
 /// Runs each agent of a chunk through its events of the window, in time
 /// order, firing its timers between them, and collects what it sends. The
 /// agent reads its own clock; times here are world times.
-fn run_chunk(c: &mut Chunk, dir: &Directory) {
+fn run_chunk<S: Services>(c: &mut Chunk<S>, dir: &Directory) {
     let last = c.end - 1;
     let mut deliveries = c.deliveries.drain(..);
     for t in c.tasks.iter_mut() {
@@ -755,21 +807,28 @@ fn run_chunk(c: &mut Chunk, dir: &Directory) {
         for d in deliveries.by_ref().take(t.deliveries) {
             fire_timers(a, id, &mut now, d.at, dir, &mut c.sent);
             now = d.at;
-            let msg = match d.packet.open() {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(to = %a.leaf(), "undecodable message dropped: {e}");
-                    c.undecodable += 1;
-                    continue;
+            let from = &dir.peers[d.from as usize];
+            let handled = match d.packet.open() {
+                Ok(Envelope::Gossip(msg)) => {
+                    if c.check_round_trip {
+                        c.round_trips += 1;
+                        if Packet::seal(&msg) != d.packet {
+                            c.round_trip_mismatches += 1;
+                        }
+                    }
+                    a.gossip.handle_message(clock.local(now), &from.addr, msg);
+                    Ok(())
                 }
+                Ok(Envelope::Service { id, payload }) => {
+                    a.handle_service(clock.local(now), from, id, payload)
+                }
+                Err(e) => Err(e.refusal()),
             };
-            if c.check_round_trip {
-                c.round_trips += 1;
-                if Packet::seal(&msg) != d.packet {
-                    c.round_trip_mismatches += 1;
-                }
+            if let Err(why) = handled {
+                tracing::debug!(to = %a.gossip.leaf(), %why, "undecodable message dropped");
+                c.undecodable += 1;
+                continue;
             }
-            a.handle_message(clock.local(now), &dir.addrs[d.from as usize], msg);
             collect(a, id, now, dir, &mut c.sent);
         }
         fire_timers(a, id, &mut now, last, dir, &mut c.sent);
@@ -777,8 +836,8 @@ fn run_chunk(c: &mut Chunk, dir: &Directory) {
 }
 
 /// Fires the agent's timers due at or before world time `upto`.
-fn fire_timers(
-    a: &mut Agent,
+fn fire_timers<S: Services>(
+    a: &mut Host<S>,
     id: u32,
     now: &mut Micros,
     upto: Micros,
@@ -798,19 +857,31 @@ fn fire_timers(
 }
 
 /// Encodes what the agent wants sent (and drops its events: nobody listens).
-fn collect(a: &mut Agent, id: u32, at: Micros, dir: &Directory, sent: &mut Vec<Sent>) {
+fn collect<S: Services>(
+    a: &mut Host<S>,
+    id: u32,
+    at: Micros,
+    dir: &Directory,
+    sent: &mut Vec<Sent>,
+) {
     while let Some(t) = a.poll_transmit() {
         sent.push(Sent {
             from: id,
             at,
             to: dir.index.get(&t.to).copied(),
-            packet: Packet::seal(&t.msg),
+            packet: Packet::from_outgoing(t),
         });
     }
-    while a.poll_event().is_some() {}
+    drop_events(a);
 }
 
-impl World {
+/// Drops the events of every core of a host: nobody listens in the simulator.
+fn drop_events<S: Services>(h: &mut Host<S>) {
+    while h.gossip.poll_event().is_some() {}
+    while h.services.poll_event().is_some() {}
+}
+
+impl<S: Services> World<S> {
     /// Fills every agent's tables as if the system had run for a while: leaf
     /// rows first, then each zone's row as its first representative computes
     /// it, bottom-up, each handed to every agent that holds the table.
@@ -851,12 +922,13 @@ impl World {
                     let zone = leaves[*start].ancestor(d);
                     let row = self.agents[*start]
                         .as_ref()
-                        .and_then(|a| a.row_of(&zone).cloned());
+                        .and_then(|h| h.gossip.row_of(&zone).cloned());
                     (*start, row)
                 })
                 .collect();
             self.par_agents(|j, a| {
-                let Some(a) = a else { return };
+                let Some(h) = a else { return };
+                let a = &mut h.gossip;
                 let local = dir.clocks[j].local(now);
                 let (ps, pe) = parents[parents.partition_point(|(_, e)| *e <= j)];
                 let from = rows.partition_point(|(start, _)| *start < ps);
@@ -883,10 +955,10 @@ impl World {
 }
 
 /// Re-aggregates an agent at once (set-up), dropping what it would send.
-fn settle(a: &mut Option<Box<Agent>>, now: Micros) {
-    if let Some(a) = a {
-        a.settle(now);
-        while a.poll_event().is_some() {}
+fn settle<S: Services>(a: &mut Option<Box<Host<S>>>, now: Micros) {
+    if let Some(h) = a {
+        h.gossip.settle(now);
+        drop_events(h);
     }
 }
 

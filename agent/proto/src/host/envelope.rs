@@ -1,0 +1,119 @@
+//! The wire envelope: what every message carries before its payload, so a
+//! receiver knows how to read it and which core it is for.
+//!
+//! ```text
+//! version: u8 | service: u16 (little-endian) | payload
+//! ```
+//!
+//! An unknown version is refused as such ([`EnvelopeError::Version`]), not
+//! as garbage, so that mixed versions during an upgrade are told apart from
+//! hostile input. The gossip core's payload is a [`Message`] decoded here,
+//! with the receiver's validation; a service's payload is its own to decode.
+
+use super::ServiceId;
+use crate::message::{DecodeError, Message};
+use crate::refusal::Refusal;
+
+/// The envelope format this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// The gossip core's service id.
+pub const GOSSIP: ServiceId = 0;
+/// Bytes before the payload.
+pub const HEADER_BYTES: usize = 3;
+
+/// An opened envelope.
+#[derive(Debug)]
+pub enum Envelope<'a> {
+    Gossip(Message),
+    Service { id: ServiceId, payload: &'a [u8] },
+}
+
+/// Why an envelope was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("envelope format version {got}, but this agent reads version {FORMAT_VERSION}; run one version of armillary across the cluster")]
+    Version { got: u8 },
+    #[error(transparent)]
+    Gossip(#[from] DecodeError),
+}
+
+impl EnvelopeError {
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            EnvelopeError::Version { .. } => Refusal::UnknownVersion,
+            EnvelopeError::Short(_) | EnvelopeError::Gossip(_) => Refusal::MalformedMessage,
+        }
+    }
+}
+
+fn header(service: ServiceId, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + capacity);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&service.to_le_bytes());
+    out
+}
+
+/// A gossip message in its envelope.
+pub fn seal_gossip(msg: &Message) -> Vec<u8> {
+    msg.encode_after(header(GOSSIP, msg.encoded_len()))
+}
+
+/// A service's encoded payload in its envelope.
+pub fn seal(service: ServiceId, payload: &[u8]) -> Vec<u8> {
+    let mut out = header(service, payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads the header of untrusted bytes and, for the gossip core, decodes
+    /// and validates the message. Never panics.
+    pub fn open(bytes: &'a [u8]) -> Result<Envelope<'a>, EnvelopeError> {
+        let (id, payload) = Envelope::split(bytes)?;
+        if id == GOSSIP {
+            return Ok(Envelope::Gossip(Message::decode(payload)?));
+        }
+        Ok(Envelope::Service { id, payload })
+    }
+
+    /// The service id and the payload, the version checked.
+    pub fn split(bytes: &[u8]) -> Result<(ServiceId, &[u8]), EnvelopeError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(EnvelopeError::Short(bytes.len()));
+        }
+        if bytes[0] != FORMAT_VERSION {
+            return Err(EnvelopeError::Version { got: bytes[0] });
+        }
+        let id = u16::from_le_bytes([bytes[1], bytes[2]]);
+        Ok((id, &bytes[HEADER_BYTES..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::ZonePath;
+
+    #[test]
+    fn envelopes_round_trip_and_refuse_other_versions() {
+        let m = Message::Ack {
+            sender: ZonePath::parse("/a/b").unwrap(),
+            rows: Vec::new(),
+        };
+        let sealed = seal_gossip(&m);
+        assert_eq!(&sealed[HEADER_BYTES..], &m.encode()[..]);
+        assert!(matches!(Envelope::open(&sealed), Ok(Envelope::Gossip(Message::Ack { .. }))));
+        let s = seal(7, b"hi");
+        assert!(matches!(
+            Envelope::open(&s),
+            Ok(Envelope::Service { id: 7, payload: b"hi" })
+        ));
+        let mut future = s.clone();
+        future[0] = FORMAT_VERSION + 1;
+        let e = Envelope::open(&future).unwrap_err();
+        assert_eq!(e.refusal(), Refusal::UnknownVersion);
+        assert_eq!(Envelope::open(&s[..2]).unwrap_err().refusal(), Refusal::MalformedMessage);
+    }
+}

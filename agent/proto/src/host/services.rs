@@ -1,0 +1,184 @@
+//! The services an agent runs beside its gossip core, as one value the
+//! host drives without knowing them: none (`()`), or a tuple of
+//! [`Service`]s, each reached by its envelope id.
+
+use super::zones::Zones;
+use super::{Peer, Service, ServiceId, Transmit};
+use crate::gossip::Agent;
+use crate::refusal::Refusal;
+use crate::row::Micros;
+use std::any::Any;
+
+/// An event of some service, for a driver that knows it to downcast.
+pub struct ServiceEvent {
+    pub service: ServiceId,
+    pub event: Box<dyn Any + Send>,
+}
+
+/// A set of services. Each call lends them the gossip core's zone tree.
+pub trait Services: Send + 'static {
+    /// Hands `payload` to the service `id`; refused when no service has
+    /// that id or the payload does not decode.
+    fn handle(
+        &mut self,
+        id: ServiceId,
+        now: Micros,
+        from: &Peer,
+        payload: &[u8],
+        gossip: &mut Agent,
+    ) -> Result<(), Refusal>;
+    /// Runs what is due at `now` in every service.
+    fn handle_timeout(&mut self, now: Micros, gossip: &mut Agent);
+    /// The earliest wake-up any service wants (`Micros::MAX`: none).
+    fn poll_timeout(&self) -> Micros;
+    /// The next message any service wants sent, encoded, with its id.
+    fn poll_transmit(&mut self) -> Option<(ServiceId, Transmit<Vec<u8>>)>;
+    fn poll_event(&mut self) -> Option<ServiceEvent>;
+}
+
+impl Services for () {
+    fn handle(
+        &mut self,
+        _: ServiceId,
+        _: Micros,
+        _: &Peer,
+        _: &[u8],
+        _: &mut Agent,
+    ) -> Result<(), Refusal> {
+        Err(Refusal::UnknownService)
+    }
+
+    fn handle_timeout(&mut self, _: Micros, _: &mut Agent) {}
+
+    fn poll_timeout(&self) -> Micros {
+        Micros::MAX
+    }
+
+    fn poll_transmit(&mut self) -> Option<(ServiceId, Transmit<Vec<u8>>)> {
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<ServiceEvent> {
+        None
+    }
+}
+
+impl<S: Services + ?Sized> Services for Box<S> {
+    fn handle(
+        &mut self,
+        id: ServiceId,
+        now: Micros,
+        from: &Peer,
+        payload: &[u8],
+        gossip: &mut Agent,
+    ) -> Result<(), Refusal> {
+        (**self).handle(id, now, from, payload, gossip)
+    }
+
+    fn handle_timeout(&mut self, now: Micros, gossip: &mut Agent) {
+        (**self).handle_timeout(now, gossip)
+    }
+
+    fn poll_timeout(&self) -> Micros {
+        (**self).poll_timeout()
+    }
+
+    fn poll_transmit(&mut self) -> Option<(ServiceId, Transmit<Vec<u8>>)> {
+        (**self).poll_transmit()
+    }
+
+    fn poll_event(&mut self) -> Option<ServiceEvent> {
+        (**self).poll_event()
+    }
+}
+
+/// One service's share of each call, for the tuple impls.
+fn handle_one<S: Service>(
+    s: &mut S,
+    now: Micros,
+    from: &Peer,
+    payload: &[u8],
+    gossip: &mut Agent,
+) -> Result<(), Refusal> {
+    let msg = S::decode(payload)?;
+    s.handle(now, from, msg, Zones::new(gossip, S::NAME, now));
+    Ok(())
+}
+
+fn timeout_one<S: Service>(s: &mut S, now: Micros, gossip: &mut Agent) {
+    if s.poll_timeout() <= now {
+        s.handle_timeout(now, Zones::new(gossip, S::NAME, now));
+    }
+}
+
+fn transmit_one<S: Service>(s: &mut S) -> Option<(ServiceId, Transmit<Vec<u8>>)> {
+    s.poll_transmit().map(|t| {
+        (
+            S::ID,
+            Transmit {
+                to: t.to,
+                msg: S::encode(&t.msg),
+            },
+        )
+    })
+}
+
+fn event_one<S: Service>(s: &mut S) -> Option<ServiceEvent>
+where
+    S::Event: Send + 'static,
+{
+    s.poll_event().map(|e| ServiceEvent {
+        service: S::ID,
+        event: Box::new(e),
+    })
+}
+
+macro_rules! tuple_services {
+    ($($s:ident . $i:tt),+) => {
+        impl<$($s: Service),+> Services for ($($s,)+)
+        where
+            $($s::Event: Send + 'static,)+
+        {
+            fn handle(
+                &mut self,
+                id: ServiceId,
+                now: Micros,
+                from: &Peer,
+                payload: &[u8],
+                gossip: &mut Agent,
+            ) -> Result<(), Refusal> {
+                $(if id == $s::ID {
+                    return handle_one(&mut self.$i, now, from, payload, gossip);
+                })+
+                Err(Refusal::UnknownService)
+            }
+
+            fn handle_timeout(&mut self, now: Micros, gossip: &mut Agent) {
+                $(timeout_one(&mut self.$i, now, gossip);)+
+            }
+
+            fn poll_timeout(&self) -> Micros {
+                Micros::MAX$(.min(self.$i.poll_timeout()))+
+            }
+
+            fn poll_transmit(&mut self) -> Option<(ServiceId, Transmit<Vec<u8>>)> {
+                $(if let Some(t) = transmit_one(&mut self.$i) {
+                    return Some(t);
+                })+
+                None
+            }
+
+            fn poll_event(&mut self) -> Option<ServiceEvent> {
+                $(if let Some(e) = event_one(&mut self.$i) {
+                    return Some(e);
+                })+
+                None
+            }
+        }
+    };
+}
+
+tuple_services!(A.0);
+tuple_services!(A.0, B.1);
+tuple_services!(A.0, B.1, C.2);
+tuple_services!(A.0, B.1, C.2, D.3);

@@ -1,0 +1,175 @@
+//! The service host in the simulator: the gossip core and a second core in
+//! one world, messages routed by the envelope's service id, the second core
+//! reading the zone tree and publishing into its leaf row; the same run
+//! whatever the number of threads.
+
+use armillary_proto::host::{Core, Peer, PublishError, Service, ServiceId, Transmit, Zones};
+use armillary_proto::sim::{Clock, NetConfig, World, tree};
+use armillary_proto::{AfcCert, Config, Micros, Refusal, ZonePath};
+use std::collections::VecDeque;
+use zone_sql::Value;
+
+const ROUND: u64 = 1_000_000;
+
+/// A small core: every round it greets one contact of a sibling zone of
+/// its leaf's parent, counts the greetings it receives, and publishes
+/// the count as `echo_heard`.
+#[derive(Default)]
+struct Echo {
+    next: Micros,
+    sent: u64,
+    heard: u64,
+    outbox: VecDeque<Transmit<u64>>,
+    refused_publish: Option<PublishError>,
+}
+
+impl Core for Echo {
+    type Msg = u64;
+    type Event = u64;
+    type Cx<'a> = Zones<'a>;
+
+    fn handle(&mut self, _: Micros, _: &Peer, msg: u64, mut zones: Zones<'_>) {
+        self.heard += 1;
+        let _ = msg;
+        zones
+            .publish("echo_heard", Value::Int(self.heard as i64))
+            .expect("own prefix");
+    }
+
+    fn handle_timeout(&mut self, now: Micros, mut zones: Zones<'_>) {
+        self.next = now + ROUND;
+        // Someone else's attribute is refused, typed.
+        if self.refused_publish.is_none() {
+            self.refused_publish = zones.publish("load", Value::Int(1)).err();
+        }
+        let leaf = zones.leaf().clone();
+        let parent = leaf.parent().expect("below the root");
+        let me = zones.addr().clone();
+        let to = zones
+            .members(&parent)
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.zone != leaf)
+            .flat_map(|r| r.contacts().iter())
+            .find(|c| **c != me)
+            .cloned();
+        if let Some(to) = to {
+            self.sent += 1;
+            self.outbox.push_back(Transmit { to, msg: self.sent });
+        }
+    }
+
+    fn poll_timeout(&self) -> Micros {
+        self.next
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit<u64>> {
+        self.outbox.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<u64> {
+        None
+    }
+}
+
+impl Service for Echo {
+    const ID: ServiceId = 9;
+    const NAME: &'static str = "echo";
+
+    fn encode(msg: &u64) -> Vec<u8> {
+        msg.to_le_bytes().to_vec()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<u64, Refusal> {
+        let b: [u8; 8] = bytes.try_into().map_err(|_| Refusal::MalformedMessage)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+fn world(n: usize, threads: usize) -> World<(Echo,)> {
+    let leaves = tree::balanced(n, 8);
+    let configs: Vec<Config> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut c = Config::new(l.clone(), l.as_arc().clone());
+            c.rng_seed = 17 ^ (i as u64 * 7919);
+            c.seeds = vec![leaves[(i + 1) % n].as_arc().clone()];
+            c.events = false;
+            c
+        })
+        .collect();
+    let clocks = vec![Clock::default(); n];
+    let mut w = World::with_services(configs, clocks, NetConfig::default(), 17, |_| {
+        (Echo::default(),)
+    });
+    w.set_threads(threads);
+    w.set_parallel_min_events(1);
+    w.warm_start();
+    w.with_agent(0, |a, now| {
+        a.install_afc(
+            now,
+            AfcCert::new(
+                ZonePath::root(),
+                "echo",
+                "SELECT SUM(echo_heard) AS echo_heard",
+                now,
+            ),
+        )
+    })
+    .expect("agent 0 is up")
+    .expect("the AFC installs");
+    w
+}
+
+/// What a run leaves: per agent, what its echo core sent and heard and
+/// what its root row says; and what the network carried.
+fn outcome(w: &World<(Echo,)>) -> Vec<(u64, u64, String)> {
+    (0..w.len())
+        .map(|i| {
+            let h = w.host(i).expect("up");
+            let echo = &h.services.0;
+            (
+                echo.sent,
+                echo.heard,
+                format!("{:?}", h.gossip.root_row()),
+            )
+        })
+        .chain([(w.net_stats.sent, w.net_stats.undecodable, String::new())])
+        .collect()
+}
+
+fn run(threads: usize) -> (Vec<(u64, u64, String)>, World<(Echo,)>) {
+    let mut w = world(200, threads);
+    for r in 1..=20 {
+        w.run_until(r * ROUND);
+    }
+    (outcome(&w), w)
+}
+
+#[test]
+fn a_second_core_runs_beside_gossip_the_same_on_any_number_of_threads() {
+    let (one, w) = run(1);
+    assert_eq!(run(2).0, one);
+    assert_eq!(run(3).0, one);
+
+    // Both cores did their work in the one world: greetings went out and
+    // came in through the envelope, nothing was undecodable, and the count
+    // each echo core published reached the root through gossip.
+    let sent: u64 = (0..w.len()).map(|i| w.host(i).unwrap().services.0.sent).sum();
+    let heard: u64 = (0..w.len()).map(|i| w.host(i).unwrap().services.0.heard).sum();
+    assert!(sent > 0 && heard > 0, "sent {sent}, heard {heard}");
+    assert_eq!(w.net_stats.undecodable, 0);
+    let root = w.agent(0).unwrap().root_row();
+    let Some(Value::Int(total)) = root.get("echo_heard") else {
+        panic!("no echo_heard at the root: {root:?}")
+    };
+    assert!(*total > 0 && *total as u64 <= heard, "{total} of {heard}");
+    assert_eq!(root.get("nmembers"), Some(&Value::Int(200)));
+
+    // A core publishes only under its own prefix.
+    assert!(matches!(
+        w.host(0).unwrap().services.0.refused_publish,
+        Some(PublishError::ForeignPrefix { .. })
+    ));
+}
