@@ -10,7 +10,8 @@ pub mod keys;
 pub mod node;
 
 pub use armillary_proto::{
-    afc, config, gossip, host, limits, message, path, refusal, row, row_wire, sim, table, time,
+    afc, cluster, config, gossip, host, limits, message, path, refusal, row, row_wire, sim, table,
+    time,
 };
 
 /// The security layer of `armillary-proto`, with the keys directory the
@@ -22,6 +23,7 @@ pub mod security {
 }
 
 pub use afc::{AfcCert, AfcState, AfcStore};
+pub use cluster::ClusterId;
 pub use config::Config;
 pub use gossip::{Agent, Event, InstallError, Stats, Transmit};
 pub use message::Message;

@@ -304,7 +304,7 @@ async fn restored_afcs_are_checked_with_security_on() {
     let dir = std::env::temp_dir().join(format!("armillary-restore-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let leaf = p("/a/h1");
-    Store::open(&dir, &leaf)
+    Store::open(&dir, &leaf, armillary_agent::ClusterId::default())
         .unwrap()
         .save_state(&[Arc::new(good), Arc::new(forged)], &Default::default())
         .unwrap();

@@ -4,7 +4,7 @@
 use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use armillary_agent::node::{NetCounters, Node, NodeConfig, NodeError, Transport};
 use armillary_agent::security::{CertKind, Identity, Reject, Security, now_micros, sign_afc};
-use armillary_agent::{AfcCert, Config, InstallError, Message, ZonePath};
+use armillary_agent::{AfcCert, ClusterId, Config, InstallError, Message, ZonePath};
 use armillary_tests::{ROUND, Views, wait_all};
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,6 +144,7 @@ async fn garbage_and_oversized_messages_are_counted_and_ignored() {
     let evil = Transport::bind(
         "127.0.0.1:0".parse().unwrap(),
         None,
+        ClusterId::default(),
         tx,
         Arc::new(NetCounters::default()),
         1 << 20,
@@ -153,10 +154,13 @@ async fn garbage_and_oversized_messages_are_counted_and_ignored() {
     evil.send_bytes(target, vec![0xff; 100]);
     evil.send_bytes(target, vec![7; 300 * 1024]);
     // A valid message cut short.
-    let msg = armillary_agent::host::envelope::seal_gossip(&Message::Ack {
-        sender: ZonePath::parse("/z00/a").unwrap(),
-        rows: Vec::new(),
-    });
+    let msg = armillary_agent::host::envelope::seal_gossip(
+        ClusterId::default(),
+        &Message::Ack {
+            sender: ZonePath::parse("/z00/a").unwrap(),
+            rows: Vec::new(),
+        },
+    );
     evil.send_bytes(target, msg[..msg.len().saturating_sub(1)].to_vec());
     let mut counted = false;
     for _ in 0..100 {

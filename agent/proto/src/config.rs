@@ -1,5 +1,6 @@
 //! Protocol settings of one agent.
 
+use crate::cluster::ClusterId;
 use crate::path::ZonePath;
 use crate::row::Micros;
 use std::sync::Arc;
@@ -7,6 +8,9 @@ use std::sync::Arc;
 /// Settings of the protocol core. Times are in microseconds.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The cluster this agent belongs to: every envelope carries it, and
+    /// agents of other clusters are refused.
+    pub cluster: ClusterId,
     /// This agent's leaf zone, e.g. `/eu/paris/h7`.
     pub leaf: ZonePath,
     /// The address other agents gossip to (goes into `contacts`).
@@ -56,6 +60,7 @@ impl Config {
     /// Sane defaults for an agent at `leaf` reachable at `addr`.
     pub fn new(leaf: ZonePath, addr: impl Into<Arc<str>>) -> Config {
         Config {
+            cluster: ClusterId::default(),
             leaf,
             addr: addr.into(),
             api_addr: None,

@@ -3,6 +3,7 @@
 //! runtime (`armillary-agent`) drives the same cores over QUIC.
 
 pub mod afc;
+pub mod cluster;
 pub mod config;
 pub mod gossip;
 pub mod host;
@@ -18,6 +19,7 @@ pub mod table;
 pub mod time;
 
 pub use afc::{AfcCert, AfcState, AfcStore};
+pub use cluster::ClusterId;
 pub use config::Config;
 pub use gossip::{Agent, Event, InstallError, Stats, Transmit};
 pub use message::Message;

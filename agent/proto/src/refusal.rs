@@ -56,6 +56,8 @@ refusals! {
     InvalidSavedAfc => "invalid_saved_afc",
     /// A saved attribute that no longer passes the row limits.
     InvalidSavedAttr => "invalid_saved_attr",
+    /// A service's saved state that it refused at restore.
+    InvalidSavedState => "invalid_saved_state",
 
     // Signatures and certificates, refused by the security checks.
     /// A row or AFC without a certificate or signature where keys are on.
@@ -83,6 +85,8 @@ refusals! {
     MalformedMessage => "malformed_message",
     /// A message in an envelope format this agent does not read.
     UnknownVersion => "unknown_version",
+    /// A peer or message of another cluster.
+    WrongCluster => "wrong_cluster",
     /// A message for a service this agent does not run.
     UnknownService => "unknown_service",
     /// A message the core's inbound queue had no room for.

@@ -84,6 +84,16 @@ impl Service for Echo {
         let b: [u8; 8] = bytes.try_into().map_err(|_| Refusal::MalformedMessage)?;
         Ok(u64::from_le_bytes(b))
     }
+
+    /// What survives a crash: the count heard so far.
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(Echo::encode(&self.heard))
+    }
+
+    fn restore(&mut self, state: &[u8], _: Zones<'_>) -> Result<(), Refusal> {
+        self.heard = Echo::decode(state)?;
+        Ok(())
+    }
 }
 
 fn world(n: usize, threads: usize) -> World<(Echo,)> {
@@ -122,24 +132,22 @@ fn world(n: usize, threads: usize) -> World<(Echo,)> {
     w
 }
 
+type Outcome = Vec<(u64, u64, String)>;
+
 /// What a run leaves: per agent, what its echo core sent and heard and
 /// what its root row says; and what the network carried.
-fn outcome(w: &World<(Echo,)>) -> Vec<(u64, u64, String)> {
+fn outcome(w: &World<(Echo,)>) -> Outcome {
     (0..w.len())
         .map(|i| {
             let h = w.host(i).expect("up");
             let echo = &h.services.0;
-            (
-                echo.sent,
-                echo.heard,
-                format!("{:?}", h.gossip.root_row()),
-            )
+            (echo.sent, echo.heard, format!("{:?}", h.gossip.root_row()))
         })
         .chain([(w.net_stats.sent, w.net_stats.undecodable, String::new())])
         .collect()
 }
 
-fn run(threads: usize) -> (Vec<(u64, u64, String)>, World<(Echo,)>) {
+fn run(threads: usize) -> (Outcome, World<(Echo,)>) {
     let mut w = world(200, threads);
     for r in 1..=20 {
         w.run_until(r * ROUND);
@@ -156,8 +164,12 @@ fn a_second_core_runs_beside_gossip_the_same_on_any_number_of_threads() {
     // Both cores did their work in the one world: greetings went out and
     // came in through the envelope, nothing was undecodable, and the count
     // each echo core published reached the root through gossip.
-    let sent: u64 = (0..w.len()).map(|i| w.host(i).unwrap().services.0.sent).sum();
-    let heard: u64 = (0..w.len()).map(|i| w.host(i).unwrap().services.0.heard).sum();
+    let sent: u64 = (0..w.len())
+        .map(|i| w.host(i).unwrap().services.0.sent)
+        .sum();
+    let heard: u64 = (0..w.len())
+        .map(|i| w.host(i).unwrap().services.0.heard)
+        .sum();
     assert!(sent > 0 && heard > 0, "sent {sent}, heard {heard}");
     assert_eq!(w.net_stats.undecodable, 0);
     let root = w.agent(0).unwrap().root_row();
@@ -172,4 +184,14 @@ fn a_second_core_runs_beside_gossip_the_same_on_any_number_of_threads() {
         w.host(0).unwrap().services.0.refused_publish,
         Some(PublishError::ForeignPrefix { .. })
     ));
+
+    // A service's state outlives a crash: restored before its first input.
+    let mut w = w;
+    let k = (0..w.len())
+        .find(|i| w.host(*i).unwrap().services.0.heard > 0)
+        .expect("some agent heard a greeting");
+    let before = w.host(k).unwrap().services.0.heard;
+    w.crash(k);
+    w.restart(k);
+    assert_eq!(w.host(k).unwrap().services.0.heard, before);
 }

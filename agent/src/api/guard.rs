@@ -177,27 +177,31 @@ impl Rules {
         let status = status_of(r.refusal());
         let message = match r {
             Denied::NoHost => format!(
-                    "the request has no Host header; send one naming this API ({})",
-                    self.own_names()
-                ),
+                "the request has no Host header; send one naming this API ({})",
+                self.own_names()
+            ),
             Denied::BadHost(h) => format!(
-                    "this API does not answer to the host {h:?}; reach it as {}, \
+                "this API does not answer to the host {h:?}; reach it as {}, \
                      or start the agent with --api-host NAME to allow another name",
-                    self.own_names()
-                ),
-            Denied::NoToken => "this API needs a bearer token: send `Authorization: Bearer <token>` \
+                self.own_names()
+            ),
+            Denied::NoToken => {
+                "this API needs a bearer token: send `Authorization: Bearer <token>` \
                  (the CLI reads it from ARMILLARY_API_TOKEN or --api-token-file FILE)"
-                    .to_string(),
-            Denied::WrongToken => "the bearer token is not this API's: send `Authorization: Bearer <token>` \
+                    .to_string()
+            }
+            Denied::WrongToken => {
+                "the bearer token is not this API's: send `Authorization: Bearer <token>` \
                  with the token in the agent's --api-token-file"
-                    .to_string(),
+                    .to_string()
+            }
             Denied::NotJson(ty) => format!(
-                    "send the request body as JSON with `Content-Type: {JSON}` (it came {})",
-                    match ty {
-                        Some(t) => format!("as {t:?}"),
-                        None => "without a content type".to_string(),
-                    }
-                ),
+                "send the request body as JSON with `Content-Type: {JSON}` (it came {})",
+                match ty {
+                    Some(t) => format!("as {t:?}"),
+                    None => "without a content type".to_string(),
+                }
+            ),
         };
         let mut res = ApiError::new(status, message).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -447,10 +451,7 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(
-            post(&[("content-length", "2")]),
-            Err(Denied::NotJson(None))
-        );
+        assert_eq!(post(&[("content-length", "2")]), Err(Denied::NotJson(None)));
         assert_eq!(
             post(&[
                 ("transfer-encoding", "chunked"),

@@ -44,8 +44,7 @@ impl PeerAuth for CertAuth {
         if hello.cert.kind != CertKind::Agent {
             return Err(Refusal::PeerNotAgent);
         }
-        let key =
-            VerifyingKey::from_bytes(&hello.cert.key).map_err(|_| Refusal::UntrustedPeer)?;
+        let key = VerifyingKey::from_bytes(&hello.cert.key).map_err(|_| Refusal::UntrustedPeer)?;
         let sig =
             Signature::from_slice(&hello.signature).map_err(|_| Refusal::BadHelloSignature)?;
         key.verify_strict(binding, &sig)

@@ -4,8 +4,8 @@
 use super::handle::{AfcView, Change, NodeError, RowView, Status};
 use super::store::Store;
 use super::transport::NetCounters;
-use crate::afc::{AfcCert, AfcState};
 use super::transport::{Body, Inbound};
+use crate::afc::{AfcCert, AfcState};
 use crate::gossip::{Event, InstallError};
 use crate::host::{Host, Services};
 use crate::path::ZonePath;
@@ -30,6 +30,8 @@ pub struct NodeCore {
     table_marks: Vec<u64>,
     /// The durable state last written (AFC-set version, local attrs).
     saved: (u64, Attrs),
+    /// Each service's state last written.
+    saved_services: BTreeMap<&'static str, Vec<u8>>,
 }
 
 impl NodeCore {
@@ -55,6 +57,7 @@ impl NodeCore {
             gossip_addr,
             table_marks: vec![0; levels],
             saved,
+            saved_services: BTreeMap::new(),
         }
     }
 
@@ -166,7 +169,8 @@ impl NodeCore {
     }
 
     pub(super) fn named_tables(&self) -> Vec<NamedTable> {
-        self.host.gossip
+        self.host
+            .gossip
             .zones()
             .iter()
             .map(|z| NamedTable {
@@ -184,7 +188,8 @@ impl NodeCore {
     }
 
     pub(super) fn afcs(&self, zone: Option<&ZonePath>) -> Vec<AfcView> {
-        self.host.gossip
+        self.host
+            .gossip
             .afcs()
             .iter()
             .filter(|a| zone.is_none_or(|z| a.cert.scope == *z))
@@ -278,6 +283,7 @@ impl NodeCore {
 
     /// Saves durable state if it changed; the store writes atomically.
     fn persist(&mut self) {
+        self.persist_services();
         let version = self.host.gossip.afcs().version();
         if self.saved.0 == version && self.saved.1 == *self.host.gossip.local_attrs() {
             return;
@@ -296,6 +302,26 @@ impl NodeCore {
         match store.save_state(&afcs, self.host.gossip.local_attrs()) {
             Ok(()) => self.saved = (version, self.host.gossip.local_attrs().clone()),
             Err(e) => tracing::error!(error = %e, "could not save the agent's state"),
+        }
+    }
+
+    /// Saves each service's state that changed since it was last written.
+    fn persist_services(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        for (name, state) in self.host.services.save() {
+            if self.saved_services.get(name) == Some(&state) {
+                continue;
+            }
+            match store.save_service(name, &state) {
+                Ok(()) => {
+                    self.saved_services.insert(name, state);
+                }
+                Err(e) => {
+                    tracing::error!(service = name, error = %e, "could not save the service's state")
+                }
+            }
         }
     }
 

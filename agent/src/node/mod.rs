@@ -92,6 +92,7 @@ impl Node {
         let transport = Arc::new(Transport::bind(
             cfg.listen,
             auth,
+            cfg.core.cluster,
             in_tx,
             counters.clone(),
             crate::message::MAX_MESSAGE_BYTES,
@@ -105,7 +106,7 @@ impl Node {
             core_cfg.rng_seed = rand::random();
         }
         let store = match &cfg.data_dir {
-            Some(d) => Some(Store::open(d, &core_cfg.leaf)?),
+            Some(d) => Some(Store::open(d, &core_cfg.leaf, core_cfg.cluster)?),
             None => None,
         };
         let gossip_addr = core_cfg.addr.to_string();
@@ -122,6 +123,17 @@ impl Node {
             );
             agent.restore(saved.afcs, saved.attrs);
         }
+        // Then each service's own state, before its first input.
+        let mut host = Host::new(agent, services);
+        if let Some(s) = &store {
+            let mut saved = Vec::new();
+            for name in host.services.names() {
+                if let Some(state) = s.load_service(name)? {
+                    saved.push((name, state));
+                }
+            }
+            host.restore(now_micros(), saved.iter().map(|(n, b)| (*n, &b[..])));
+        }
         let (jobs_tx, mut jobs_rx) =
             mpsc::channel::<Box<dyn FnOnce(&mut NodeCore) + Send>>(JOB_QUEUE);
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
@@ -136,7 +148,7 @@ impl Node {
             }),
         };
         let mut core = NodeCore::new(
-            Host::new(agent, services),
+            host,
             store,
             changes,
             counters,

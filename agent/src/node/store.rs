@@ -1,14 +1,18 @@
 //! The agent's data directory: what a restarted agent must keep.
 //!
 //! Layout:
-//! - `armillary.json`: the marker (format version and the agent's zone), so
-//!   an agent never writes into a directory that is not its own;
+//! - `armillary.json`: the marker (format version, the agent's zone and its
+//!   cluster id), so an agent never writes into a directory that is not its
+//!   own, nor joins another cluster with it;
 //! - `state.json`: the AFCs the agent holds (installed here or adopted) and
 //!   the attributes applications set;
+//! - `services/NAME.state`: each service's own durable state, as the
+//!   service encodes it;
 //! - `keys/`: a copy of the agent's keys directory (secure mode).
 //!
 //! Every file is replaced atomically ([`crate::fsutil::write_atomic`]).
 
+use crate::ClusterId;
 use crate::afc::AfcCert;
 use crate::fsutil::{read_bounded, write_atomic};
 use crate::path::ZonePath;
@@ -20,6 +24,7 @@ use zone_sql::Attrs;
 
 const MARKER: &str = "armillary.json";
 const STATE: &str = "state.json";
+const SERVICES: &str = "services";
 const FORMAT: u32 = 1;
 /// Largest state file read back.
 const MAX_STATE_BYTES: u64 = 16 << 20;
@@ -39,6 +44,14 @@ pub enum StoreError {
         found: String,
         wanted: ZonePath,
     },
+    #[error(
+        "{dir} belongs to an agent of cluster {found}; start with that --cluster-id, or use another --data-dir for cluster {wanted}"
+    )]
+    OtherCluster {
+        dir: PathBuf,
+        found: String,
+        wanted: ClusterId,
+    },
     #[error("{path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{path}: {err}")]
@@ -47,6 +60,16 @@ pub enum StoreError {
         #[source]
         err: std::io::Error,
     },
+}
+
+fn write_marker(path: &Path, leaf: &ZonePath, cluster: &str) -> Result<(), StoreError> {
+    let m = Marker {
+        format: FORMAT,
+        zone: leaf.as_str().to_string(),
+        cluster: Some(cluster.to_string()),
+    };
+    let bytes = serde_json::to_vec_pretty(&m).expect("marker serialises");
+    write_atomic(path, &bytes, false).map_err(io_err(path))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -60,6 +83,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 struct Marker {
     format: u32,
     zone: String,
+    /// The cluster id in hex; absent in directories made before clusters.
+    #[serde(default)]
+    cluster: Option<String>,
 }
 
 /// What the agent keeps across restarts.
@@ -76,8 +102,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or initialises) the data directory of the agent at `leaf`.
-    pub fn open(dir: &Path, leaf: &ZonePath) -> Result<Store, StoreError> {
+    /// Opens (or initialises) the data directory of the agent at `leaf` in
+    /// `cluster`.
+    pub fn open(dir: &Path, leaf: &ZonePath, cluster: ClusterId) -> Result<Store, StoreError> {
+        let ours = cluster.to_string();
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let marker = dir.join(MARKER);
         if marker.exists() {
@@ -99,17 +127,23 @@ impl Store {
                     wanted: leaf.clone(),
                 });
             }
+            match m.cluster {
+                Some(found) if found != ours => {
+                    return Err(StoreError::OtherCluster {
+                        dir: dir.to_path_buf(),
+                        found,
+                        wanted: cluster,
+                    });
+                }
+                Some(_) => {}
+                None => write_marker(&marker, leaf, &ours)?,
+            }
         } else {
             let empty = fs::read_dir(dir).map_err(io_err(dir))?.next().is_none();
             if !empty {
                 return Err(StoreError::NotOurs(dir.to_path_buf()));
             }
-            let m = Marker {
-                format: FORMAT,
-                zone: leaf.as_str().to_string(),
-            };
-            let bytes = serde_json::to_vec_pretty(&m).expect("marker serialises");
-            write_atomic(&marker, &bytes, false).map_err(io_err(&marker))?;
+            write_marker(&marker, leaf, &ours)?;
         }
         Ok(Store {
             dir: dir.to_path_buf(),
@@ -160,6 +194,29 @@ impl Store {
         Ok(state)
     }
 
+    /// The saved state of the service `name`, if it has any.
+    pub fn load_service(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.service_path(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_bounded(&path, MAX_STATE_BYTES)
+            .map(Some)
+            .map_err(io_err(&path))
+    }
+
+    /// Replaces the saved state of the service `name`.
+    pub fn save_service(&self, name: &str, state: &[u8]) -> Result<(), StoreError> {
+        let dir = self.dir.join(SERVICES);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = self.service_path(name);
+        write_atomic(&path, state, false).map_err(io_err(&path))
+    }
+
+    fn service_path(&self, name: &str) -> PathBuf {
+        self.dir.join(SERVICES).join(format!("{name}.state"))
+    }
+
     /// Replaces the saved state.
     pub fn save_state(&self, afcs: &[Arc<AfcCert>], attrs: &Attrs) -> Result<(), StoreError> {
         let path = self.dir.join(STATE);
@@ -190,34 +247,51 @@ mod tests {
     fn keeps_state_and_refuses_foreign_dirs() {
         let leaf = ZonePath::parse("/eu/h1").unwrap();
         let d = tmp("state");
-        let s = Store::open(&d, &leaf).unwrap();
+        let s = Store::open(&d, &leaf, ClusterId::default()).unwrap();
         assert!(s.load_state().unwrap().afcs.is_empty());
         let mut attrs = Attrs::new();
         attrs.set("role", Value::Str("db".into()));
         let afc = Arc::new(AfcCert::new(ZonePath::root(), "m", "SELECT MAX(x) AS x", 7));
         s.save_state(std::slice::from_ref(&afc), &attrs).unwrap();
-        let s2 = Store::open(&d, &leaf).unwrap();
+        let s2 = Store::open(&d, &leaf, ClusterId::default()).unwrap();
         let st = s2.load_state().unwrap();
         assert_eq!(st.attrs, attrs);
         assert_eq!(*st.afcs[0], *afc);
         // Another zone's agent may not use it.
         let other = ZonePath::parse("/us/h2").unwrap();
         assert!(matches!(
-            Store::open(&d, &other),
+            Store::open(&d, &other, ClusterId::default()),
             Err(StoreError::OtherZone { .. })
+        ));
+        // Nor an agent of another cluster.
+        let prod = ClusterId::named("prod").unwrap();
+        assert!(matches!(
+            Store::open(&d, &leaf, prod),
+            Err(StoreError::OtherCluster { .. })
         ));
         // A directory with someone else's files is refused.
         let f = tmp("foreign");
         fs::create_dir_all(&f).unwrap();
         fs::write(f.join("notes.txt"), "hello").unwrap();
         assert!(matches!(
-            Store::open(&f, &leaf),
+            Store::open(&f, &leaf, ClusterId::default()),
             Err(StoreError::NotOurs(_))
         ));
+        // Each service's state in a file of its own.
+        assert_eq!(s2.load_service("chm").unwrap(), None);
+        s2.save_service("chm", b"\x01\x02").unwrap();
+        s2.save_service("evn", b"e").unwrap();
+        assert_eq!(
+            s2.load_service("chm").unwrap().as_deref(),
+            Some(&b"\x01\x02"[..])
+        );
+        assert!(d.join("services").join("evn.state").is_file());
         // A torn or hostile state file is a clear error, not a panic.
         fs::write(d.join(STATE), "{\"afcs\": [").unwrap();
         assert!(matches!(
-            Store::open(&d, &leaf).unwrap().load_state(),
+            Store::open(&d, &leaf, ClusterId::default())
+                .unwrap()
+                .load_state(),
             Err(StoreError::Corrupt { .. })
         ));
         let _ = fs::remove_dir_all(&d);

@@ -9,11 +9,12 @@
 
 use super::tls;
 use crate::Refusal;
-use crate::host::{Envelope, Peer, ServiceId};
+use crate::cluster::ClusterId;
+use crate::host::{Envelope, FORMAT_VERSION, Peer, ServiceId};
 use crate::message::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -114,6 +115,11 @@ struct Shared {
     endpoint: quinn::Endpoint,
     counters: Arc<NetCounters>,
     auth: Option<Arc<dyn PeerAuth>>,
+    /// Our cluster: peers and messages of another are refused.
+    cluster: ClusterId,
+    /// The format version our hellos announce ([`FORMAT_VERSION`]; tests
+    /// play a peer of another release).
+    hello_version: AtomicU8,
     inbound: mpsc::Sender<Inbound>,
     max_message: usize,
     /// Peers we refuse to talk to (fault injection for partition tests).
@@ -136,6 +142,25 @@ impl Shared {
         }
     }
 
+    /// Our hello for a connection whose binding (for our role) is `binding`.
+    fn hello(&self, binding: &[u8]) -> Vec<u8> {
+        let auth = self.auth.as_ref().map(|a| a.hello(binding));
+        hello_frame(
+            self.hello_version.load(Ordering::Relaxed),
+            self.cluster,
+            auth.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// Checks the peer's hello; returns its certified name, with keys.
+    fn check_hello(&self, frame: &[u8], binding: &[u8]) -> Result<Option<String>, Refusal> {
+        let auth = open_hello(frame, self.cluster)?;
+        match &self.auth {
+            Some(a) => a.check(auth, binding).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn is_blocked(&self, a: &SocketAddr) -> bool {
         let b = self.blocked.read().expect("blocked lock");
         !b.is_empty() && b.contains(a)
@@ -150,10 +175,12 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts accepting; decoded messages go to `inbound`.
+    /// Binds `listen` and starts accepting for an agent of `cluster`;
+    /// decoded messages go to `inbound`.
     pub fn bind(
         listen: SocketAddr,
         auth: Option<Arc<dyn PeerAuth>>,
+        cluster: ClusterId,
         inbound: mpsc::Sender<Inbound>,
         counters: Arc<NetCounters>,
         max_message: usize,
@@ -166,6 +193,8 @@ impl Transport {
             endpoint,
             counters,
             auth,
+            cluster,
+            hello_version: AtomicU8::new(FORMAT_VERSION),
             inbound,
             max_message,
             blocked: RwLock::new(HashSet::new()),
@@ -227,6 +256,12 @@ impl Transport {
         }
     }
 
+    /// Announces another format version in the hellos of new connections:
+    /// how tests play a peer of another release.
+    pub fn announce_version(&self, version: u8) {
+        self.shared.hello_version.store(version, Ordering::Relaxed);
+    }
+
     /// Sends bytes as they are, unchecked: how tests play a hostile peer.
     pub fn send_bytes(&self, to: SocketAddr, bytes: Vec<u8>) {
         let _ = self.queue(to).try_send(bytes);
@@ -286,25 +321,55 @@ fn bindings(conn: &quinn::Connection, role: Role) -> Result<([u8; 32], [u8; 32])
     })
 }
 
+/// The hello each side sends first on a connection: the envelope format
+/// version, the cluster id, then (with keys) the authentication.
+fn hello_frame(version: u8, cluster: ClusterId, auth: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + auth.len());
+    out.push(version);
+    out.extend_from_slice(&cluster.0.to_le_bytes());
+    out.extend_from_slice(auth);
+    out
+}
+
+/// Checks a peer's hello for an agent of `cluster`: the version first
+/// (another version's hello may be laid out otherwise), then the cluster.
+/// Returns the authentication that follows.
+fn open_hello(frame: &[u8], cluster: ClusterId) -> Result<&[u8], Refusal> {
+    match frame.first() {
+        None => return Err(Refusal::BadHello),
+        Some(&v) if v != FORMAT_VERSION => return Err(Refusal::UnknownVersion),
+        Some(_) => {}
+    }
+    let id: [u8; 8] = frame
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Refusal::BadHello)?;
+    if ClusterId(u64::from_le_bytes(id)) != cluster {
+        return Err(Refusal::WrongCluster);
+    }
+    Ok(&frame[9..])
+}
+
 /// Runs one side's hello exchange under the timeout; returns the peer's
-/// name. A failure is counted under its reason and closes the connection.
+/// certified name (None in insecure mode). A failure is counted under its
+/// reason and closes the connection.
 async fn authenticate(
     shared: &Shared,
     conn: &quinn::Connection,
-    exchange: impl std::future::Future<Output = Result<String, Refusal>>,
-) -> Result<String, Refusal> {
+    exchange: impl std::future::Future<Output = Result<Option<String>, Refusal>>,
+) -> Result<Option<String>, Refusal> {
     let remote = conn.remote_address();
     let reason = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
         Ok(Ok(peer)) => {
-            tracing::debug!(%remote, %peer, "authenticated peer");
+            tracing::debug!(%remote, ?peer, "peer said hello");
             return Ok(peer);
         }
         Ok(Err(reason)) => reason,
         Err(_) => Refusal::HelloTimeout,
     };
-    tracing::warn!(%remote, %reason, "refused an unauthenticated peer");
+    tracing::warn!(%remote, %reason, "refused a peer at the hello");
     shared.counters.reject(reason);
-    conn.close(1u32.into(), b"unauthenticated");
+    conn.close(1u32.into(), reason.label().as_bytes());
     Err(reason)
 }
 
@@ -375,24 +440,24 @@ async fn connect(shared: &Shared, addr: SocketAddr) -> Result<quinn::Connection,
         .map_err(|_| Unreached::Timeout)?
         .map_err(|_| Unreached::Failed)?;
     shared.counters.connects.fetch_add(1, Ordering::Relaxed);
-    if let Some(auth) = &shared.auth {
-        let hello = async {
-            let (ours, theirs) = bindings(&conn, Role::Client)?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Refusal::BadHello)?;
-            send.write_all(&auth.hello(&ours))
-                .await
-                .map_err(|_| Refusal::BadHello)?;
-            let _ = send.finish();
-            let reply = recv.read_to_end(MAX_HELLO).await.map_err(|_| Refusal::BadHello)?;
-            auth.check(&reply, &theirs)
-        };
-        authenticate(shared, &conn, hello)
+    let hello = async {
+        let (ours, theirs) = bindings(&conn, Role::Client)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Refusal::BadHello)?;
+        send.write_all(&shared.hello(&ours))
             .await
-            .map_err(Unreached::Refused)?;
-    }
+            .map_err(|_| Refusal::BadHello)?;
+        let _ = send.finish();
+        let reply = recv
+            .read_to_end(MAX_HELLO)
+            .await
+            .map_err(|_| Refusal::BadHello)?;
+        shared.check_hello(&reply, &theirs)
+    };
+    authenticate(shared, &conn, hello)
+        .await
+        .map_err(Unreached::Refused)?;
     Ok(conn)
 }
-
 
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
@@ -409,26 +474,27 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         return;
     };
     let mut from = Peer::at(conn.remote_address().to_string().into());
-    if let Some(auth) = &shared.auth {
-        let hello = async {
-            let (ours, theirs) = bindings(&conn, Role::Server)?;
-            // A peer that starts sending before it says who it is has no keys.
-            let (mut send, mut recv) = tokio::select! {
-                bi = conn.accept_bi() => bi.map_err(|_| Refusal::BadHello)?,
-                _ = conn.accept_uni() => return Err(Refusal::UnauthenticatedPeer),
-            };
-            let got = recv.read_to_end(MAX_HELLO).await.map_err(|_| Refusal::BadHello)?;
-            let peer = auth.check(&got, &theirs)?;
-            send.write_all(&auth.hello(&ours))
-                .await
-                .map_err(|_| Refusal::BadHello)?;
-            let _ = send.finish();
-            Ok(peer)
+    let hello = async {
+        let (ours, theirs) = bindings(&conn, Role::Server)?;
+        // A peer that starts sending before it says hello is refused.
+        let (mut send, mut recv) = tokio::select! {
+            bi = conn.accept_bi() => bi.map_err(|_| Refusal::BadHello)?,
+            _ = conn.accept_uni() => return Err(Refusal::UnauthenticatedPeer),
         };
-        match authenticate(&shared, &conn, hello).await {
-            Ok(peer) => from.identity = Some(peer.into()),
-            Err(_) => return,
-        }
+        let got = recv
+            .read_to_end(MAX_HELLO)
+            .await
+            .map_err(|_| Refusal::BadHello)?;
+        let peer = shared.check_hello(&got, &theirs)?;
+        send.write_all(&shared.hello(&ours))
+            .await
+            .map_err(|_| Refusal::BadHello)?;
+        let _ = send.finish();
+        Ok(peer)
+    };
+    match authenticate(&shared, &conn, hello).await {
+        Ok(peer) => from.identity = peer.map(Into::into),
+        Err(_) => return,
     }
     let remote = conn.remote_address();
     loop {
@@ -459,7 +525,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             .counters
             .received_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let body = match Envelope::open(&bytes) {
+        let body = match Envelope::open(&bytes, shared.cluster) {
             Ok(Envelope::Gossip(msg)) => Body::Gossip(msg),
             Ok(Envelope::Service { id, payload }) => Body::Service {
                 id,

@@ -3,10 +3,11 @@
 use crate::output::{CliError, CliResult};
 use crate::runtime;
 use armillary_agent::api::{AccessError, ApiAccess, ApiToken};
+use armillary_agent::cluster::DEFAULT_CLUSTER;
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
 use armillary_agent::node::{Node, NodeConfig, Store};
 use armillary_agent::security::{Identity, KeysDir, Role, Security, now_micros};
-use armillary_agent::{Config, ZonePath};
+use armillary_agent::{ClusterId, Config, ZonePath};
 use clap::Args;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
@@ -32,6 +33,10 @@ pub struct AgentArgs {
     /// Agents to join through (host:port, comma separated).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
+    /// The cluster this agent belongs to: agents of other clusters are
+    /// refused. Kept in the data directory [default: armillary].
+    #[arg(long)]
+    cluster_id: Option<String>,
     /// Directory of durable state (AFCs, attributes, keys).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -108,6 +113,7 @@ struct FileSettings {
     api: Option<SocketAddr>,
     #[serde(default)]
     join: Vec<String>,
+    cluster_id: Option<String>,
     data_dir: Option<PathBuf>,
     keys: Option<PathBuf>,
     insecure: Option<bool>,
@@ -191,6 +197,12 @@ pub fn run(a: AgentArgs) -> CliResult {
         .or(file.api)
         .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid address"));
     let join: Vec<String> = if a.join.is_empty() { file.join } else { a.join };
+    let cluster_name = a
+        .cluster_id
+        .or(file.cluster_id)
+        .unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
+    let cluster = ClusterId::named(&cluster_name)
+        .map_err(|e| CliError::usage(format!("--cluster-id: {e}")))?;
     let access = ApiAccessArgs {
         hosts: if a.access.hosts.is_empty() {
             file.api_host
@@ -229,7 +241,8 @@ pub fn run(a: AgentArgs) -> CliResult {
     };
 
     // The data directory first: it must be ours before anything is written.
-    let store = Store::open(&data_dir, &leaf).map_err(|e| CliError::usage(e.to_string()))?;
+    let store =
+        Store::open(&data_dir, &leaf, cluster).map_err(|e| CliError::usage(e.to_string()))?;
     let security = if insecure {
         None
     } else {
@@ -260,6 +273,7 @@ pub fn run(a: AgentArgs) -> CliResult {
         .or(file.advertise)
         .unwrap_or_else(|| advertised(listen, &seeds));
     let mut core = Config::new(leaf.clone(), adv.to_string());
+    core.cluster = cluster;
     core.api_addr = Some(api.to_string().into());
     core.seeds = seeds.iter().map(|s| s.to_string().into()).collect();
     core.round = round.as_micros() as u64;

@@ -86,6 +86,20 @@ pub trait Service: for<'a> Core<Cx<'a> = Zones<'a>> + Send + 'static {
     fn encode(msg: &Self::Msg) -> Vec<u8>;
     /// Decodes a message from untrusted bytes; never panics.
     fn decode(bytes: &[u8]) -> Result<Self::Msg, Refusal>;
+
+    /// The durable state to keep across a restart, encoded; None when the
+    /// service keeps nothing. The driver writes it when it changes.
+    fn save(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Restores what [`Service::save`] gave, before the service takes its
+    /// first input (the gossip core's security is already on). Saved bytes
+    /// are untrusted: a refusal drops them and is counted.
+    fn restore(&mut self, state: &[u8], zones: Zones<'_>) -> Result<(), Refusal> {
+        let _ = (state, zones);
+        Ok(())
+    }
 }
 
 impl Core for Agent {
@@ -136,7 +150,8 @@ impl<S: Services> Host<S> {
 
     /// Opens an envelope and hands its message to the core it is for.
     pub fn handle(&mut self, now: Micros, from: &Peer, bytes: &[u8]) -> Result<(), Refusal> {
-        match Envelope::open(bytes).map_err(|e| e.refusal())? {
+        let cluster = self.gossip.config().cluster;
+        match Envelope::open(bytes, cluster).map_err(|e| e.refusal())? {
             Envelope::Gossip(msg) => {
                 self.gossip.handle_message(now, &from.addr, msg);
                 Ok(())
@@ -157,6 +172,21 @@ impl<S: Services> Host<S> {
             .handle(id, now, from, payload, &mut self.gossip)
     }
 
+    /// Hands each service its saved state, before any input: state a
+    /// service refuses is dropped, logged and counted.
+    pub fn restore<'s>(
+        &mut self,
+        now: Micros,
+        saved: impl IntoIterator<Item = (&'s str, &'s [u8])>,
+    ) {
+        for (name, state) in saved {
+            if let Err(why) = self.services.restore(name, state, now, &mut self.gossip) {
+                tracing::warn!(service = name, %why, "saved service state dropped");
+                self.gossip.reject(Refusal::InvalidSavedState);
+            }
+        }
+    }
+
     /// Runs what is due at `now` in every core.
     pub fn handle_timeout(&mut self, now: Micros) {
         if self.gossip.poll_timeout() <= now {
@@ -172,16 +202,17 @@ impl<S: Services> Host<S> {
 
     /// The next message any core wants sent, sealed: gossip first.
     pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        let cluster = self.gossip.config().cluster;
         if let Some(t) = self.gossip.poll_transmit() {
             return Some(Outgoing {
                 push: matches!(t.msg, Message::Push { .. }),
-                bytes: envelope::seal_gossip(&t.msg),
+                bytes: envelope::seal_gossip(cluster, &t.msg),
                 to: t.to,
             });
         }
         self.services.poll_transmit().map(|(id, t)| Outgoing {
             to: t.to,
-            bytes: envelope::seal(id, &t.msg),
+            bytes: envelope::seal(cluster, id, &t.msg),
             push: false,
         })
     }

@@ -34,6 +34,18 @@ pub trait Services: Send + 'static {
     /// The next message any service wants sent, encoded, with its id.
     fn poll_transmit(&mut self) -> Option<(ServiceId, Transmit<Vec<u8>>)>;
     fn poll_event(&mut self) -> Option<ServiceEvent>;
+    /// The names of the services, each the name of its state file.
+    fn names(&self) -> Vec<&'static str>;
+    /// The durable state of each service that keeps some, by name.
+    fn save(&self) -> Vec<(&'static str, Vec<u8>)>;
+    /// Hands saved state to the service `name`.
+    fn restore(
+        &mut self,
+        name: &str,
+        state: &[u8],
+        now: Micros,
+        gossip: &mut Agent,
+    ) -> Result<(), Refusal>;
 }
 
 impl Services for () {
@@ -60,6 +72,18 @@ impl Services for () {
 
     fn poll_event(&mut self) -> Option<ServiceEvent> {
         None
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, _: &str, _: &[u8], _: Micros, _: &mut Agent) -> Result<(), Refusal> {
+        Err(Refusal::UnknownService)
     }
 }
 
@@ -89,6 +113,24 @@ impl<S: Services + ?Sized> Services for Box<S> {
 
     fn poll_event(&mut self) -> Option<ServiceEvent> {
         (**self).poll_event()
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        (**self).names()
+    }
+
+    fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
+        (**self).save()
+    }
+
+    fn restore(
+        &mut self,
+        name: &str,
+        state: &[u8],
+        now: Micros,
+        gossip: &mut Agent,
+    ) -> Result<(), Refusal> {
+        (**self).restore(name, state, now, gossip)
     }
 }
 
@@ -173,6 +215,31 @@ macro_rules! tuple_services {
                     return Some(e);
                 })+
                 None
+            }
+
+            fn names(&self) -> Vec<&'static str> {
+                vec![$($s::NAME),+]
+            }
+
+            fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
+                let mut out = Vec::new();
+                $(if let Some(b) = self.$i.save() {
+                    out.push(($s::NAME, b));
+                })+
+                out
+            }
+
+            fn restore(
+                &mut self,
+                name: &str,
+                state: &[u8],
+                now: Micros,
+                gossip: &mut Agent,
+            ) -> Result<(), Refusal> {
+                $(if name == $s::NAME {
+                    return self.$i.restore(state, Zones::new(gossip, $s::NAME, now));
+                })+
+                Err(Refusal::UnknownService)
             }
         }
     };

@@ -11,7 +11,9 @@ use zone_sql::{Attrs, Value};
 /// Why a service could not publish an attribute.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PublishError {
-    #[error("attribute {name} is not under this service's prefix {prefix}_; a service publishes only its own attributes")]
+    #[error(
+        "attribute {name} is not under this service's prefix {prefix}_; a service publishes only its own attributes"
+    )]
     ForeignPrefix { name: String, prefix: &'static str },
     /// A reserved name, a bad value, or a row that would grow past its limits.
     #[error(transparent)]

@@ -30,8 +30,8 @@ pub use identity::{Identity, Role};
 pub use trust::{CLOCK_SKEW, Trust};
 
 use crate::afc::AfcCert;
-use crate::refusal::Refusal;
 use crate::path::ZonePath;
+use crate::refusal::Refusal;
 use crate::row::{Micros, Row};
 use cache::VerifiedSet;
 use ed25519_dalek::{Signature, VerifyingKey};

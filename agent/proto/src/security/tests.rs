@@ -111,10 +111,8 @@ fn an_issuer_speaks_only_for_its_own_zones() {
     let mut r = row("/eu/paris", "/us/x", vec![]);
     us.sign_row(&mut r);
     assert_eq!(checker.verify_row(&r, NOW), Ok(()));
-    let mut core = crate::gossip::Agent::new(
-        crate::config::Config::new(p("/eu/paris/h1"), "h1"),
-        NOW,
-    );
+    let mut core =
+        crate::gossip::Agent::new(crate::config::Config::new(p("/eu/paris/h1"), "h1"), NOW);
     core.set_security(Some(checker.clone()));
     let push = crate::message::Message::Push {
         target: p("/eu"),
@@ -122,7 +120,9 @@ fn an_issuer_speaks_only_for_its_own_zones() {
     };
     core.handle_message(NOW, &"h7".into(), push);
     assert_eq!(
-        core.stats().rejected.get(&crate::refusal::Refusal::RowIssuerOutsideZone),
+        core.stats()
+            .rejected
+            .get(&crate::refusal::Refusal::RowIssuerOutsideZone),
         Some(&1)
     );
     // A client certificate does not sign rows.
@@ -280,7 +280,9 @@ fn sub_authority_chains_and_their_zone_rules() {
     let mut t = (*h7.cert).clone();
     t.parent = Some(Arc::new(bad_parent));
     assert_eq!(
-        Reject::from(trust.verify(&t, NOW).unwrap_err()).refusal().label(),
+        Reject::from(trust.verify(&t, NOW).unwrap_err())
+            .refusal()
+            .label(),
         "bad_signature"
     );
     // A chain that carries the root is accepted, if the root is the anchor.
@@ -344,7 +346,10 @@ fn expiry_and_clock_skew() {
     let mut r = row("/a/h", "/a/h", vec![]);
     h.sign_row(&mut r);
     assert_eq!(
-        h.verify_row(&r, NOW + 2 * DAY).unwrap_err().refusal().label(),
+        h.verify_row(&r, NOW + 2 * DAY)
+            .unwrap_err()
+            .refusal()
+            .label(),
         "expired_cert"
     );
 }

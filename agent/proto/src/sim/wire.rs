@@ -6,8 +6,9 @@
 //! (message, envelope bytes, message), through the envelope codec the
 //! runtime uses ([`crate::host::envelope`]).
 
-use crate::host::envelope::{self, Envelope, EnvelopeError};
+use crate::cluster::ClusterId;
 use crate::host::Outgoing;
+use crate::host::envelope::{self, Envelope, EnvelopeError};
 use crate::message::Message;
 
 /// A message as it travels: its envelope's bytes.
@@ -18,10 +19,10 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// Encodes a gossip message as its sender would put it on the wire.
-    pub fn seal(msg: &Message) -> Packet {
+    /// Encodes a gossip message as a sender of `cluster` would put it on the wire.
+    pub fn seal(cluster: ClusterId, msg: &Message) -> Packet {
         Packet {
-            bytes: envelope::seal_gossip(msg),
+            bytes: envelope::seal_gossip(cluster, msg),
             push: matches!(msg, Message::Push { .. }),
         }
     }
@@ -37,8 +38,8 @@ impl Packet {
     /// Opens the envelope as the receiver would: a gossip message bounded,
     /// validated, rows resealed; a service's payload as it came. A packet
     /// that fails here is dropped by the receiver.
-    pub fn open(&self) -> Result<Envelope<'_>, EnvelopeError> {
-        Envelope::open(&self.bytes)
+    pub fn open(&self, cluster: ClusterId) -> Result<Envelope<'_>, EnvelopeError> {
+        Envelope::open(&self.bytes, cluster)
     }
 
     /// The bytes on the wire.
@@ -72,17 +73,20 @@ mod tests {
             sender: ZonePath::parse("/a/b").unwrap(),
             rows: Vec::new(),
         };
-        let p = Packet::seal(&m);
+        let p = Packet::seal(ClusterId::default(), &m);
         assert_eq!(p.len(), envelope::HEADER_BYTES + m.encode().len());
         assert!(!p.is_push());
-        let Ok(Envelope::Gossip(back)) = p.open() else {
+        let Ok(Envelope::Gossip(back)) = p.open(ClusterId::default()) else {
             panic!("a gossip envelope")
         };
-        assert_eq!(Packet::seal(&back), p);
-        let push = Packet::seal(&Message::Push {
-            target: ZonePath::parse("/a").unwrap(),
-            rows: Vec::new(),
-        });
+        assert_eq!(Packet::seal(ClusterId::default(), &back), p);
+        let push = Packet::seal(
+            ClusterId::default(),
+            &Message::Push {
+                target: ZonePath::parse("/a").unwrap(),
+                rows: Vec::new(),
+            },
+        );
         assert!(push.is_push());
     }
 
@@ -92,6 +96,6 @@ mod tests {
             bytes: vec![0xff; 9],
             push: false,
         };
-        assert!(p.open().is_err());
+        assert!(p.open(ClusterId::default()).is_err());
     }
 }

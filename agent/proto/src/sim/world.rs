@@ -124,6 +124,8 @@ struct Durable {
     afcs: Vec<Arc<AfcCert>>,
     local: Attrs,
     sensors: Attrs,
+    /// Each service's saved state, by name.
+    services: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// What every worker reads: the address book and the agents' clocks.
@@ -294,6 +296,7 @@ impl<S: Services> World<S> {
                 afcs: Vec::new(),
                 local: Attrs::new(),
                 sensors: Attrs::new(),
+                services: Vec::new(),
             })
             .collect();
         let n = agents.len();
@@ -462,6 +465,7 @@ impl<S: Services> World<S> {
             let a = &h.gossip;
             self.durable[i].afcs = a.afcs().iter().map(|e| e.cert.clone()).collect();
             self.durable[i].local = a.local_attrs().clone();
+            self.durable[i].services = h.services.save();
         }
         self.scheduled[i] = Micros::MAX;
     }
@@ -482,7 +486,10 @@ impl<S: Services> World<S> {
         a.set_security(d.security);
         a.restore(d.afcs, d.local);
         a.set_sensors(d.sensors);
-        self.agents[i] = Some(Box::new(Host::new(a, (self.services)(i))));
+        let mut host = Host::new(a, (self.services)(i));
+        let saved = d.services.iter().map(|(n, s)| (*n, &s[..]));
+        host.restore(self.local_now(i), saved);
+        self.agents[i] = Some(Box::new(host));
         self.reschedule(i as u32);
     }
 
@@ -641,7 +648,13 @@ impl<S: Services> World<S> {
 
     /// Moves agent `id` into the chunk with its last `deliveries` deliveries,
     /// if it is alive and has something to do.
-    fn add_task(&mut self, chunk: &mut Chunk<S>, id: u32, start: Option<Micros>, deliveries: usize) {
+    fn add_task(
+        &mut self,
+        chunk: &mut Chunk<S>,
+        id: u32,
+        start: Option<Micros>,
+        deliveries: usize,
+    ) {
         let Some(start) = start else { return };
         let Some(agent) = self.agents[id as usize].take() else {
             return;
@@ -808,11 +821,12 @@ fn run_chunk<S: Services>(c: &mut Chunk<S>, dir: &Directory) {
             fire_timers(a, id, &mut now, d.at, dir, &mut c.sent);
             now = d.at;
             let from = &dir.peers[d.from as usize];
-            let handled = match d.packet.open() {
+            let cluster = a.gossip.config().cluster;
+            let handled = match d.packet.open(cluster) {
                 Ok(Envelope::Gossip(msg)) => {
                     if c.check_round_trip {
                         c.round_trips += 1;
-                        if Packet::seal(&msg) != d.packet {
+                        if Packet::seal(cluster, &msg) != d.packet {
                             c.round_trip_mismatches += 1;
                         }
                     }
