@@ -749,3 +749,67 @@ fn an_afc_with_invalid_output_is_reported_faulty_and_the_tree_still_converges() 
         "{r:?}"
     );
 }
+
+/// A leaf zone whose representatives all crash at once is cut off from the
+/// rest of the tree until their rows time out (16 rounds at 8 members):
+/// its other members stand in for them and hear of a change far away
+/// sooner.
+#[test]
+fn a_zone_whose_representatives_all_fail_still_hears_of_changes() {
+    let n = 512;
+    let leaves = tree::balanced(n, 8);
+    let configs = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut c = Config::new(l.clone(), l.as_arc().clone());
+            c.rng_seed = 11 ^ (i as u64 * 7919);
+            c
+        })
+        .collect();
+    let mut w = World::new(
+        configs,
+        NetConfig {
+            loss: 0.1,
+            ..NetConfig::default()
+        },
+        11,
+    );
+    let probe = Arc::new(AfcCert::new(
+        ZonePath::root(),
+        "probe",
+        "SELECT MAX(probe) AS probe",
+        sim::EPOCH,
+    ));
+    w.with_each_agent(|_, a, _| a.restore([probe.clone()], Attrs::new()));
+    w.warm_start();
+    run_rounds(&mut w, 3);
+
+    // The representatives of agent 4's leaf zone, as its parent table lists them.
+    let zone = leaves[4].parent().unwrap();
+    let parent = zone.parent().unwrap();
+    let a = w.agent(4).unwrap();
+    let row = a.table(&parent).unwrap().iter().find(|r| r.zone == zone).unwrap();
+    let reps: Vec<usize> = row
+        .contacts()
+        .iter()
+        .map(|c| leaves.iter().position(|l| l.as_arc() == c).unwrap())
+        .collect();
+    assert_eq!(reps.len(), 3, "{reps:?}");
+    for r in &reps {
+        w.crash(*r);
+    }
+    w.with_agent(n - 1, |a, now| a.set_attr(now, "probe", Value::Int(1)).unwrap());
+    let members: Vec<usize> = (0..n)
+        .filter(|i| leaves[*i].parent().as_ref() == Some(&zone) && w.alive(*i))
+        .collect();
+    // Without stand-ins the zone hears of the change in round 15 (these
+    // reps also represent the zone above, so two levels are cut off);
+    // with them, in round 11.
+    run_rounds(&mut w, 12);
+    assert_eq!(members.len(), 5);
+    for i in members {
+        let row = w.agent(i).unwrap().root_row();
+        assert_eq!(row.get("probe"), Some(&Value::Int(1)), "agent {i}: {row:?}");
+    }
+}

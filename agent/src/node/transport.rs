@@ -156,6 +156,8 @@ impl Shared {
     fn check_hello(&self, frame: &[u8], binding: &[u8]) -> Result<Option<String>, Refusal> {
         let auth = open_hello(frame, self.cluster)?;
         match &self.auth {
+            // A peer without keys says hello with no authentication at all.
+            Some(_) if auth.is_empty() => Err(Refusal::UnauthenticatedPeer),
             Some(a) => a.check(auth, binding).map(Some),
             None => Ok(None),
         }

@@ -10,7 +10,9 @@ impl Agent {
         let mut partners: Vec<(Arc<str>, usize)> = Vec::new();
         for i in (0..self.levels.len()).rev() {
             let participates = i == leaf_level || self.levels[i + 1].is_rep;
-            if !participates {
+            let stands_in = !participates && self.stands_in(i);
+            self.levels[i].stood_in = stands_in;
+            if !participates && !stands_in {
                 continue;
             }
             if let Some(h) = self.levels[i].hints.pop() {
@@ -36,6 +38,9 @@ impl Agent {
                 if let Some(a) = self.pick_contact(&contacts) {
                     partners.push((a, i));
                 }
+                continue;
+            }
+            if stands_in {
                 continue;
             }
             // No sibling known at this level: ask a representative of this
@@ -81,6 +86,26 @@ impl Agent {
                 },
             );
         }
+    }
+
+    /// Whether this agent, a participant at level `i + 1` but not a
+    /// representative of its zone there, stands in at level `i` this round:
+    /// with a chance that makes [`STAND_IN`] exchanges per zone per round
+    /// over its participants.
+    fn stands_in(&mut self, i: usize) -> bool {
+        let below = i + 1;
+        let leaf_level = self.levels.len() - 1;
+        if below != leaf_level && !self.levels[below + 1].is_rep {
+            return false;
+        }
+        let participants: usize = self.levels[below]
+            .table
+            .rows()
+            .iter()
+            .map(|r| r.contacts().len())
+            .sum();
+        self.rng
+            .random_bool((STAND_IN / participants.max(1) as f64).min(1.0))
     }
 
     pub(super) fn pick_contact(&mut self, contacts: &[Arc<str>]) -> Option<Arc<str>> {
@@ -280,13 +305,15 @@ impl Agent {
     /// carries the push on for those that are new and recent: the peer's
     /// side of the tree is the peer's to cover, so this agent pushes them
     /// into its own zone below the level the two share. Only
-    /// representatives of that zone do this (they are the ones gossiping
-    /// there), only for rows younger than [`Config::push_carry_rounds`], and
+    /// representatives of that zone, and members standing in for them, do
+    /// this (they are the ones gossiping there), only for rows younger than [`Config::push_carry_rounds`], and
     /// within the push budget: a push lost on the way is repaired within a
     /// round, not after the many rounds gossip alone needs.
     pub(super) fn accept_gossip(&mut self, now: Micros, sender: &ZonePath, rows: Vec<Arc<Row>>) {
         let below = sender.common_depth(&self.cfg.leaf) + 1;
-        let carry = self.cfg.push && below < self.levels.len() && self.levels[below].is_rep;
+        let carry = self.cfg.push
+            && below < self.levels.len()
+            && (self.levels[below].is_rep || self.levels[below - 1].stood_in);
         let mut forward = Vec::new();
         for r in rows {
             let t = r.depth().saturating_sub(1);

@@ -141,6 +141,9 @@ struct Level {
     /// a newer one waits for the next slot (see [`Agent::paced`]).
     last_push: Micros,
     push_owed: bool,
+    /// This agent, not a representative of the zone below, stood in for
+    /// them in this round's exchange at this level (see [`STAND_IN`]).
+    stood_in: bool,
 }
 
 /// Room kept in every message for its envelope and fixed fields.
@@ -151,6 +154,14 @@ const MAX_HINTS: usize = 8;
 const MAX_LOST: usize = 32;
 /// Chance per round of probing one lost contact at a level.
 const LOST_PROBE: f64 = 0.125;
+/// Exchanges per round, on average over a zone, that the members of the
+/// zone who are not its representatives start one level up, in their
+/// representatives' stead. A zone whose representatives all fail at once
+/// is otherwise cut off from the rest of the tree until their rows time
+/// out and new ones are picked (a failure timeout, 18 to 20 rounds): with
+/// stand-ins it hears of the rest within a few rounds, at the cost of
+/// about two exchanges per zone per round.
+const STAND_IN: f64 = 2.0;
 
 /// The protocol core of one agent.
 pub struct Agent {
@@ -196,6 +207,7 @@ impl Agent {
                 faults: Vec::new(),
                 last_push: 0,
                 push_owed: false,
+                stood_in: false,
             })
             .collect();
         let system = Program::compile(&system_afc(cfg.reps)).expect("the system AFC is valid");
