@@ -118,9 +118,10 @@ mod tests {
 
     #[test]
     fn decoded_pairs_are_interned() {
-        let v: Vec<(Name, i64)> =
-            deserialize_named(&mut serde_json::Deserializer::from_str(r#"[["cpu",1],["cpu",2]]"#))
-                .unwrap();
+        let v: Vec<(Name, i64)> = deserialize_named(&mut serde_json::Deserializer::from_str(
+            r#"[["cpu",1],["cpu",2]]"#,
+        ))
+        .unwrap();
         assert!(Arc::ptr_eq(&v[0].0, &v[1].0));
         assert!(Arc::ptr_eq(&v[0].0, &intern("cpu")));
     }

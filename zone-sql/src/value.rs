@@ -135,7 +135,9 @@ impl From<&str> for Value {
 /// Rows are small (tens of attributes), so a sorted vector beats a tree map
 /// for both lookup and memory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Attrs(#[serde(deserialize_with = "crate::intern::deserialize_named")] Vec<(Name, Value)>);
+pub struct Attrs(
+    #[serde(deserialize_with = "crate::intern::deserialize_named")] Vec<(Name, Value)>,
+);
 
 impl Attrs {
     pub fn new() -> Self {

@@ -151,10 +151,11 @@ impl Message {
         // Rows are decoded, validated and sealed one by one as their own
         // encodings (`row_wire`); a refused row refuses the message.
         let _ = row_wire::take_failure();
-        let msg: Message = postcard::from_bytes(bytes).map_err(|e| match row_wire::take_failure() {
-            Some(RowDecodeError::Invalid(r)) => DecodeError::Row(r),
-            _ => DecodeError::Malformed(e.to_string()),
-        })?;
+        let msg: Message =
+            postcard::from_bytes(bytes).map_err(|e| match row_wire::take_failure() {
+                Some(RowDecodeError::Invalid(r)) => DecodeError::Row(r),
+                _ => DecodeError::Malformed(e.to_string()),
+            })?;
         msg.validate()?;
         Ok(msg)
     }

@@ -203,7 +203,8 @@ impl Row {
         // Varint-encoded lengths are approximated by one or two bytes each; the
         // message codec's test checks this stays an upper bound. The first 3
         // bytes are the row's length prefix inside a message.
-        3 + 3 + self.zone.as_str().len()
+        3 + 3
+            + self.zone.as_str().len()
             + 3
             + self.issuer.as_str().len()
             + 10

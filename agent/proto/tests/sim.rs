@@ -745,7 +745,9 @@ fn an_afc_with_invalid_output_is_reported_faulty_and_the_tree_still_converges() 
     assert!(r.afc_value.is_empty(), "{r:?}");
     assert_eq!(r.afc_faulty, r.live_agents, "{r:?}");
     assert!(
-        r.afc_fault_reason.as_deref().is_some_and(|m| m.contains("left out")),
+        r.afc_fault_reason
+            .as_deref()
+            .is_some_and(|m| m.contains("left out")),
         "{r:?}"
     );
 }
@@ -789,7 +791,12 @@ fn a_zone_whose_representatives_all_fail_still_hears_of_changes() {
     let zone = leaves[4].parent().unwrap();
     let parent = zone.parent().unwrap();
     let a = w.agent(4).unwrap();
-    let row = a.table(&parent).unwrap().iter().find(|r| r.zone == zone).unwrap();
+    let row = a
+        .table(&parent)
+        .unwrap()
+        .iter()
+        .find(|r| r.zone == zone)
+        .unwrap();
     let reps: Vec<usize> = row
         .contacts()
         .iter()
@@ -799,7 +806,9 @@ fn a_zone_whose_representatives_all_fail_still_hears_of_changes() {
     for r in &reps {
         w.crash(*r);
     }
-    w.with_agent(n - 1, |a, now| a.set_attr(now, "probe", Value::Int(1)).unwrap());
+    w.with_agent(n - 1, |a, now| {
+        a.set_attr(now, "probe", Value::Int(1)).unwrap()
+    });
     let members: Vec<usize> = (0..n)
         .filter(|i| leaves[*i].parent().as_ref() == Some(&zone) && w.alive(*i))
         .collect();
