@@ -227,6 +227,8 @@ pub struct Report {
     pub push_bytes_per_agent_round: MeanMax,
     /// Gossip exchanges an agent starts per round, and the zones it represents.
     pub exchanges_per_agent_round: MeanMax,
+    /// Zone evaluations an agent runs per round (where simulated time goes).
+    pub evaluations_per_agent_round: MeanMax,
     pub max_zones_represented: usize,
     pub live_agents: usize,
     pub crashed: usize,
@@ -365,6 +367,7 @@ struct Traffic {
     bytes: MeanMax,
     push_bytes: MeanMax,
     exchanges: MeanMax,
+    evaluations: MeanMax,
     max_zones_represented: usize,
     rejected: BTreeMap<String, u64>,
 }
@@ -373,11 +376,11 @@ impl Traffic {
     fn of(
         world: &World,
         live: &[usize],
-        baseline: &[Option<(WireStats, u64)>],
+        baseline: &[Option<(WireStats, u64, u64)>],
         rounds: u64,
     ) -> Traffic {
         let rounds = rounds as f64;
-        let mut per_agent: Vec<[f64; 4]> = Vec::new();
+        let mut per_agent: Vec<[f64; 5]> = Vec::new();
         let mut max_rep = 0;
         let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
         for &i in live {
@@ -385,7 +388,7 @@ impl Traffic {
             for (why, k) in &a.stats().rejected {
                 *rejected.entry(why.to_string()).or_default() += k;
             }
-            let Some((b, syns)) = baseline[i] else {
+            let Some((b, syns, evals)) = baseline[i] else {
                 continue;
             };
             let w = world.wire_stats(i);
@@ -394,6 +397,7 @@ impl Traffic {
                 (w.bytes - b.bytes) as f64 / rounds,
                 (w.push_bytes - b.push_bytes) as f64 / rounds,
                 (a.stats().syns_sent - syns) as f64 / rounds,
+                (a.stats().evaluations - evals) as f64 / rounds,
             ]);
             let reps = a.zones().iter().skip(1).filter(|z| a.represents(z)).count();
             max_rep = max_rep.max(reps);
@@ -407,6 +411,7 @@ impl Traffic {
             bytes: mm(1),
             push_bytes: mm(2),
             exchanges: mm(3),
+            evaluations: mm(4),
             max_zones_represented: max_rep,
             rejected,
         }
@@ -503,7 +508,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
 
     let mut seen = vec![Track::default(); n];
     let mut afc_seen = vec![Track::default(); n];
-    let mut baseline: Vec<Option<(WireStats, u64)>> = vec![None; n];
+    let mut baseline: Vec<Option<(WireStats, u64, u64)>> = vec![None; n];
     let window_start = s.change_round.min(s.rounds);
     let mut ci = 0;
     for r in 1..=s.rounds {
@@ -521,7 +526,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
             for (i, b) in baseline.iter_mut().enumerate() {
                 *b = world
                     .stats_of(i)
-                    .map(|st| (world.wire_stats(i), st.syns_sent));
+                    .map(|st| (world.wire_stats(i), st.syns_sent, st.evaluations));
             }
         }
         if r == s.change_round {
@@ -623,6 +628,7 @@ pub fn run(s: &Scenario, mut progress: impl FnMut(u64, u64)) -> Report {
         bytes_per_agent_round: t.bytes,
         push_bytes_per_agent_round: t.push_bytes,
         exchanges_per_agent_round: t.exchanges,
+        evaluations_per_agent_round: t.evaluations,
         max_zones_represented: t.max_zones_represented,
         live_agents: live.len(),
         crashed: n - live.len(),
