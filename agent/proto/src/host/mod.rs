@@ -83,6 +83,13 @@ pub trait Service: for<'a> Core<Cx<'a> = Zones<'a>> + Send + 'static {
     /// and the name of its state file in the data directory.
     const NAME: &'static str;
 
+    /// Built-in aggregations every zone evaluates after the system AFC:
+    /// AFC SQL whose outputs are all named `NAME_...`. They are part of the
+    /// service, so every agent running it evaluates the same ones.
+    fn aggregations() -> Vec<String> {
+        Vec::new()
+    }
+
     fn encode(msg: &Self::Msg) -> Vec<u8>;
     /// Decodes a message from untrusted bytes; never panics.
     fn decode(bytes: &[u8]) -> Result<Self::Msg, Refusal>;
@@ -144,7 +151,16 @@ pub struct Host<S> {
 }
 
 impl<S: Services> Host<S> {
-    pub fn new(gossip: Agent, services: S) -> Host<S> {
+    /// One agent's cores; the services' built-in aggregations are handed
+    /// to the gossip core.
+    ///
+    /// # Panics
+    /// When a service's built-in aggregation is invalid: a fault of the
+    /// service itself, which any test of it shows.
+    pub fn new(mut gossip: Agent, services: S) -> Host<S> {
+        if let Err(e) = gossip.set_service_aggregations(services.aggregations()) {
+            panic!("{e}");
+        }
         Host { gossip, services }
     }
 

@@ -36,6 +36,8 @@ pub trait Services: Send + 'static {
     fn poll_event(&mut self) -> Option<ServiceEvent>;
     /// The names of the services, each the name of its state file.
     fn names(&self) -> Vec<&'static str>;
+    /// The built-in aggregations of the services, each with its service's name.
+    fn aggregations(&self) -> Vec<(&'static str, String)>;
     /// The durable state of each service that keeps some, by name.
     fn save(&self) -> Vec<(&'static str, Vec<u8>)>;
     /// Hands saved state to the service `name`.
@@ -78,6 +80,10 @@ impl Services for () {
         Vec::new()
     }
 
+    fn aggregations(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
         Vec::new()
     }
@@ -117,6 +123,10 @@ impl<S: Services + ?Sized> Services for Box<S> {
 
     fn names(&self) -> Vec<&'static str> {
         (**self).names()
+    }
+
+    fn aggregations(&self) -> Vec<(&'static str, String)> {
+        (**self).aggregations()
     }
 
     fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
@@ -219,6 +229,12 @@ macro_rules! tuple_services {
 
             fn names(&self) -> Vec<&'static str> {
                 vec![$($s::NAME),+]
+            }
+
+            fn aggregations(&self) -> Vec<(&'static str, String)> {
+                let mut out = Vec::new();
+                $(out.extend($s::aggregations().into_iter().map(|sql| ($s::NAME, sql)));)+
+                out
             }
 
             fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
