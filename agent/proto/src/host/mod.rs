@@ -164,6 +164,24 @@ impl<S: Services> Host<S> {
         Host { gossip, services }
     }
 
+    /// The service of type `T`, if this host runs it.
+    pub fn service<T: Service>(&self) -> Option<&T> {
+        self.services.service(T::ID)?.downcast_ref()
+    }
+
+    /// Calls `f` with the service of type `T` and its view of the zone tree
+    /// at `now`, as an input of the driver's (the runtime's API, a
+    /// simulator scenario); None when this host does not run `T`. The
+    /// driver then drains what the call made the service send.
+    pub fn with_service<T: Service, R>(
+        &mut self,
+        now: Micros,
+        f: impl FnOnce(&mut T, Zones<'_>) -> R,
+    ) -> Option<R> {
+        let s = self.services.service_mut(T::ID)?.downcast_mut::<T>()?;
+        Some(f(s, Zones::new(&mut self.gossip, T::NAME, now)))
+    }
+
     /// Opens an envelope and hands its message to the core it is for.
     pub fn handle(&mut self, now: Micros, from: &Peer, bytes: &[u8]) -> Result<(), Refusal> {
         let cluster = self.gossip.config().cluster;
