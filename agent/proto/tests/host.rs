@@ -220,3 +220,27 @@ fn a_built_in_aggregation_keeps_to_its_service_prefix() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_paused_agent_takes_no_input_and_catches_up_on_resume() {
+    let mut w = world(40, 1);
+    w.run_until(5 * ROUND);
+    let heard = |w: &mut World<(Echo,)>, k: usize| {
+        w.with_host(k, |h, now| h.with_service::<Echo, _>(now, |e, _| e.heard))
+            .flatten()
+    };
+    let k = (0..w.len())
+        .find(|i| heard(&mut w, *i).unwrap_or(0) > 0)
+        .expect("some agent heard a greeting");
+    let before = heard(&mut w, k).expect("up");
+    w.pause(k);
+    assert!(w.is_paused(k) && !w.alive(k) && w.host(k).is_none());
+    w.run_until(15 * ROUND);
+    assert!(w.net_stats.to_paused > 0, "{:?}", w.net_stats);
+    w.resume(k);
+    // Its state was kept, its timers fire at once with the clock jumped.
+    assert_eq!(w.host(k).unwrap().service::<Echo>().unwrap().heard, before);
+    assert!(w.host(k).unwrap().service::<Echo>().unwrap().next < w.local_now(k));
+    w.run_until(25 * ROUND);
+    assert!(heard(&mut w, k).unwrap() > before);
+}
