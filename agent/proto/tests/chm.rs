@@ -442,3 +442,50 @@ fn aggregates_count_every_status_and_dead_agents_components_as_critical() {
     };
     assert_eq!(ids.len(), 8, "{ids:?}");
 }
+
+/// The figures of docs/chm.md at 10,000 agents (minutes of work: run by
+/// hand with `cargo test --release -p armillary-proto --test chm
+/// ten_thousand -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn ten_thousand_agents() {
+    let ((p50, p99, max), _) = crash_detection(10_000, 10, 2);
+    eprintln!(
+        "10000 agents, 10 crashed: to critical at every agent p50 {p50} µs, p99 {p99} µs, max {max} µs"
+    );
+    let net = NetConfig {
+        loss: 0.15,
+        ..NetConfig::default()
+    };
+    let mut w = world(10_000, 10, net, 2, 7);
+    register_all(&mut w);
+    let mut t = w.now();
+    let mut false_verdicts = 0;
+    let mut false_critical = 0;
+    while t < 35 * SECOND {
+        t += 10 * STEP;
+        w.run_until(t);
+        false_verdicts += deaths(&w).len();
+        false_critical += (0..w.len())
+            .filter(|i| root_int(&w, *i, "chm_critical") != 0)
+            .count();
+    }
+    let (mut suspicions, mut probes) = (0, 0);
+    for i in 0..w.len() {
+        let s = &w
+            .host(i)
+            .unwrap()
+            .service::<Chm>()
+            .unwrap()
+            .detector()
+            .unwrap()
+            .stats;
+        suspicions += s.suspicions;
+        probes += s.probes;
+    }
+    let bytes: u64 = (0..w.len()).map(|i| w.wire_stats(i).bytes).sum();
+    eprintln!(
+        "10000 agents, 15% loss, 30 s: {probes} probes, {suspicions} suspicions, {false_verdicts} false verdicts (agent-samples), {false_critical} false critical root rows (agent-samples), {} bytes per agent per second (gossip and CHM)",
+        bytes / 10_000 / 35
+    );
+}
