@@ -177,6 +177,31 @@ fn or_and_over_bools_and_bitmaps() {
 }
 
 #[test]
+fn or_and_over_hex_bitmaps() {
+    let t = r#"[{"bf":"0f01"},{"bf":"A010"},{"bf":null},{"bf":"0300"}]"#;
+    assert_eq!(one("SELECT OR(bf) AS bf", t), Value::Str("af11".into()));
+    assert_eq!(one("SELECT AND(bf) AS bf", t), Value::Str("0000".into()));
+    assert_eq!(
+        one("SELECT OR(bf) AS bf", r#"[{"bf":"Ab"}]"#),
+        Value::Str("ab".into())
+    );
+    assert_eq!(one("SELECT OR(bf) AS bf", "[]"), Value::Null);
+    // Lengths must agree, and only hex digits make a bitmap.
+    for bad in [
+        r#"[{"bf":"0f01"},{"bf":"0f"}]"#,
+        r#"[{"bf":"0f01"},{"bf":"0g01"}]"#,
+        r#"[{"bf":"0f01"},{"bf":1}]"#,
+        r#"[{"bf":"abc"}]"#,
+    ] {
+        let e = Program::compile("SELECT OR(bf) AS bf")
+            .expect("valid")
+            .eval(&table(bad), 0)
+            .unwrap_err();
+        assert!(matches!(e, EvalError::AggregateType { .. }), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn first_flattens_lists_and_follows_order_by() {
     assert_eq!(
         one("SELECT FIRST(3, contacts)", LOADS),

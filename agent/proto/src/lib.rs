@@ -3,6 +3,7 @@
 //! runtime (`armillary-agent`) drives the same cores over QUIC.
 
 pub mod afc;
+pub mod chm;
 pub mod cluster;
 pub mod config;
 pub mod gossip;

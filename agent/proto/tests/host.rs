@@ -76,6 +76,11 @@ impl Service for Echo {
     const ID: ServiceId = 9;
     const NAME: &'static str = "echo";
 
+    /// Every zone sums the greetings heard below it, without an AFC.
+    fn aggregations() -> Vec<String> {
+        vec!["SELECT SUM(echo_heard) AS echo_total".into()]
+    }
+
     fn encode(msg: &u64) -> Vec<u8> {
         msg.to_le_bytes().to_vec()
     }
@@ -177,6 +182,8 @@ fn a_second_core_runs_beside_gossip_the_same_on_any_number_of_threads() {
         panic!("no echo_heard at the root: {root:?}")
     };
     assert!(*total > 0 && *total as u64 <= heard, "{total} of {heard}");
+    // The service's built-in aggregation ran in every zone beside it.
+    assert_eq!(root.get("echo_total"), Some(&Value::Int(*total)));
     assert_eq!(root.get("nmembers"), Some(&Value::Int(200)));
 
     // A core publishes only under its own prefix.
@@ -194,4 +201,46 @@ fn a_second_core_runs_beside_gossip_the_same_on_any_number_of_threads() {
     w.crash(k);
     w.restart(k);
     assert_eq!(w.host(k).unwrap().services.0.heard, before);
+}
+
+#[test]
+fn a_built_in_aggregation_keeps_to_its_service_prefix() {
+    let leaf = ZonePath::parse("/z/a").unwrap();
+    let mut a = armillary_proto::Agent::new(Config::new(leaf, "a"), 0);
+    let e = a
+        .set_service_aggregations(vec![("echo", "SELECT SUM(n) AS load".into())])
+        .unwrap_err();
+    assert!(e.to_string().contains("not under its prefix echo_"), "{e}");
+    let e = a
+        .set_service_aggregations(vec![("echo", "SELECT SUM(n AS echo_n".into())])
+        .unwrap_err();
+    assert!(e.to_string().contains("does not compile"), "{e}");
+    assert!(
+        a.set_service_aggregations(vec![("echo", "SELECT SUM(n) AS echo_n".into())])
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_paused_agent_takes_no_input_and_catches_up_on_resume() {
+    let mut w = world(40, 1);
+    w.run_until(5 * ROUND);
+    let heard = |w: &mut World<(Echo,)>, k: usize| {
+        w.with_host(k, |h, now| h.with_service::<Echo, _>(now, |e, _| e.heard))
+            .flatten()
+    };
+    let k = (0..w.len())
+        .find(|i| heard(&mut w, *i).unwrap_or(0) > 0)
+        .expect("some agent heard a greeting");
+    let before = heard(&mut w, k).expect("up");
+    w.pause(k);
+    assert!(w.is_paused(k) && !w.alive(k) && w.host(k).is_none());
+    w.run_until(15 * ROUND);
+    assert!(w.net_stats.to_paused > 0, "{:?}", w.net_stats);
+    w.resume(k);
+    // Its state was kept, its timers fire at once with the clock jumped.
+    assert_eq!(w.host(k).unwrap().service::<Echo>().unwrap().heard, before);
+    assert!(w.host(k).unwrap().service::<Echo>().unwrap().next < w.local_now(k));
+    w.run_until(25 * ROUND);
+    assert!(heard(&mut w, k).unwrap() > before);
 }

@@ -521,6 +521,14 @@ impl Acc {
                         Value::Bool(if *and { *a && *b } else { *a || *b })
                     }
                     (Value::Int(a), Value::Int(b)) => Value::Int(if *and { a & b } else { a | b }),
+                    (Value::Null, Value::Str(b)) if is_hex_bitmap(b) => {
+                        Value::Str(b.to_ascii_lowercase().into())
+                    }
+                    (Value::Str(a), Value::Str(b)) => {
+                        Value::Str(combine_bitmaps(a, b, *and).ok_or(AggFault::WrongType(
+                            "string that is not a hex bitmap of the same length as the others",
+                        ))?)
+                    }
                     (_, v) => return Err(AggFault::WrongType(v.type_name())),
                 };
             }
@@ -582,4 +590,28 @@ impl Acc {
             Acc::Random { items, .. } => Value::List(items.into()),
         })
     }
+}
+
+/// True for a bitmap written as hex digits (any case), two per byte.
+fn is_hex_bitmap(s: &str) -> bool {
+    s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The bitwise OR (or AND) of two hex bitmaps of one length, in lower case;
+/// None when either is not a hex bitmap or their lengths differ.
+fn combine_bitmaps(a: &str, b: &str, and: bool) -> Option<Arc<str>> {
+    if a.len() != b.len() || !is_hex_bitmap(a) || !is_hex_bitmap(b) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0);
+    let out: String = a
+        .bytes()
+        .zip(b.bytes())
+        .map(|(x, y)| {
+            let (x, y) = (digit(x), digit(y));
+            let v = if and { x & y } else { x | y };
+            char::from_digit(v, 16).unwrap_or('0')
+        })
+        .collect();
+    Some(out.into())
 }

@@ -10,7 +10,8 @@
 //!
 //! Aggregates: `MIN`, `MAX`, `SUM`, `COUNT(*)`, `COUNT(x)`, `AVG(x)`,
 //! `AVG(x, w)` (weighted), `OR`/`AND` (also `BOOL_OR`/`BOOL_AND`; bitwise
-//! over ints), `FIRST(n, a)` and `RANDOM(n, a)` (lists of at most
+//! over ints, and over bitmaps written as hex strings of one length, such
+//! as Bloom filters), `FIRST(n, a)` and `RANDOM(n, a)` (lists of at most
 //! `MAX_FIRST_N` strings, lists flattened). Scalars: arithmetic,
 //! comparisons, three-valued `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `BETWEEN`,
 //! `IN`, `LIKE`/`ILIKE`, `CASE`, `COALESCE`, `NULLIF`, `ABS`, `ROUND`,

@@ -78,6 +78,37 @@ impl Agent {
         out.set("nchildren", nchildren);
         out.set("nreporting", nreporting);
         let mut budget = MAX_ATTRS_BYTES - limits::SYSTEM_ATTRS_BYTES;
+        for (prefix, program) in &self.service_programs {
+            let name = |faults: &mut Vec<AfcFault>, reason: String| {
+                faults.push(AfcFault {
+                    zone: zone.clone(),
+                    scope: ZonePath::root(),
+                    name: format!("{prefix} (built-in)").into(),
+                    reason,
+                })
+            };
+            let a = match program.eval(&frame, seed) {
+                Ok(a) => a,
+                Err(e) => {
+                    name(&mut faults, e.to_string());
+                    continue;
+                }
+            };
+            let len = a.encoded_len();
+            if let Err(e) = limits::check_output(&a) {
+                name(&mut faults, format!("output left out: {e}"));
+            } else if len > budget {
+                name(
+                    &mut faults,
+                    format!("output left out: its {len} bytes do not fit the {budget} bytes left"),
+                );
+            } else {
+                budget -= len;
+                for (n, v) in a.iter() {
+                    out.set(n.clone(), v.clone());
+                }
+            }
+        }
         for afc in self.afcs.applicable(&zone) {
             let Some(program) = &afc.program else {
                 continue;
@@ -208,6 +239,56 @@ impl Agent {
                 .iter()
                 .any(|a| a.name == cert.name && a.scope == cert.scope && a.issued >= cert.issued)
         })
+    }
+}
+
+/// Why a service's built-in aggregation cannot run in every zone.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceAggregationError {
+    #[error("the built-in aggregation of service {service} does not compile: {error}")]
+    Invalid {
+        service: &'static str,
+        error: zone_sql::AfcError,
+    },
+    #[error(
+        "the built-in aggregation of service {service} outputs {output}, which is not under its prefix {service}_"
+    )]
+    ForeignOutput {
+        service: &'static str,
+        output: String,
+    },
+}
+
+impl Agent {
+    /// Sets the built-in aggregations of the services beside this core:
+    /// `(service name, SQL)`, each output named `NAME_...`. Every zone
+    /// evaluates them after the system AFC, before the installed AFCs,
+    /// whose outputs may not take their names.
+    pub fn set_service_aggregations(
+        &mut self,
+        programs: Vec<(&'static str, String)>,
+    ) -> Result<(), ServiceAggregationError> {
+        let mut compiled = Vec::with_capacity(programs.len());
+        for (service, sql) in programs {
+            let program = Program::compile(&sql)
+                .map_err(|error| ServiceAggregationError::Invalid { service, error })?;
+            let foreign = program.outputs().iter().find(|o| {
+                !o.strip_prefix(service)
+                    .is_some_and(|rest| rest.len() > 1 && rest.starts_with('_'))
+            });
+            if let Some(o) = foreign {
+                return Err(ServiceAggregationError::ForeignOutput {
+                    service,
+                    output: o.to_string(),
+                });
+            }
+            compiled.push((service, program));
+        }
+        self.service_programs = compiled;
+        for level in &mut self.levels {
+            level.evaluated_key = None;
+        }
+        Ok(())
     }
 }
 

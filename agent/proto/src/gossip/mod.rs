@@ -20,7 +20,7 @@ mod inputs;
 mod push;
 mod round;
 
-pub use aggregate::system_afc;
+pub use aggregate::{ServiceAggregationError, system_afc};
 
 use crate::afc::{AfcCert, AfcState, AfcStore, ScopeFull};
 use crate::config::Config;
@@ -168,6 +168,10 @@ pub struct Agent {
     cfg: Config,
     zones: Vec<ZonePath>,
     system: Program,
+    /// The built-in aggregations of the services beside this core, each
+    /// with the prefix its outputs lie under; every zone evaluates them
+    /// after the system AFC and before the installed AFCs.
+    service_programs: Vec<(&'static str, Program)>,
     levels: Vec<Level>,
     sensors: Attrs,
     local: Attrs,
@@ -216,6 +220,7 @@ impl Agent {
         Agent {
             zones,
             system,
+            service_programs: Vec::new(),
             levels,
             sensors: Attrs::new(),
             local: Attrs::new(),

@@ -83,6 +83,13 @@ pub trait Service: for<'a> Core<Cx<'a> = Zones<'a>> + Send + 'static {
     /// and the name of its state file in the data directory.
     const NAME: &'static str;
 
+    /// Built-in aggregations every zone evaluates after the system AFC:
+    /// AFC SQL whose outputs are all named `NAME_...`. They are part of the
+    /// service, so every agent running it evaluates the same ones.
+    fn aggregations() -> Vec<String> {
+        Vec::new()
+    }
+
     fn encode(msg: &Self::Msg) -> Vec<u8>;
     /// Decodes a message from untrusted bytes; never panics.
     fn decode(bytes: &[u8]) -> Result<Self::Msg, Refusal>;
@@ -144,8 +151,35 @@ pub struct Host<S> {
 }
 
 impl<S: Services> Host<S> {
-    pub fn new(gossip: Agent, services: S) -> Host<S> {
+    /// One agent's cores; the services' built-in aggregations are handed
+    /// to the gossip core.
+    ///
+    /// # Panics
+    /// When a service's built-in aggregation is invalid: a fault of the
+    /// service itself, which any test of it shows.
+    pub fn new(mut gossip: Agent, services: S) -> Host<S> {
+        if let Err(e) = gossip.set_service_aggregations(services.aggregations()) {
+            panic!("{e}");
+        }
         Host { gossip, services }
+    }
+
+    /// The service of type `T`, if this host runs it.
+    pub fn service<T: Service>(&self) -> Option<&T> {
+        self.services.service(T::ID)?.downcast_ref()
+    }
+
+    /// Calls `f` with the service of type `T` and its view of the zone tree
+    /// at `now`, as an input of the driver's (the runtime's API, a
+    /// simulator scenario); None when this host does not run `T`. The
+    /// driver then drains what the call made the service send.
+    pub fn with_service<T: Service, R>(
+        &mut self,
+        now: Micros,
+        f: impl FnOnce(&mut T, Zones<'_>) -> R,
+    ) -> Option<R> {
+        let s = self.services.service_mut(T::ID)?.downcast_mut::<T>()?;
+        Some(f(s, Zones::new(&mut self.gossip, T::NAME, now)))
     }
 
     /// Opens an envelope and hands its message to the core it is for.

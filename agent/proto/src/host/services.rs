@@ -36,6 +36,12 @@ pub trait Services: Send + 'static {
     fn poll_event(&mut self) -> Option<ServiceEvent>;
     /// The names of the services, each the name of its state file.
     fn names(&self) -> Vec<&'static str>;
+    /// The built-in aggregations of the services, each with its service's name.
+    fn aggregations(&self) -> Vec<(&'static str, String)>;
+    /// The service `id`, for a driver that knows its type to downcast
+    /// (see [`super::Host::with_service`]).
+    fn service(&self, id: ServiceId) -> Option<&dyn Any>;
+    fn service_mut(&mut self, id: ServiceId) -> Option<&mut dyn Any>;
     /// The durable state of each service that keeps some, by name.
     fn save(&self) -> Vec<(&'static str, Vec<u8>)>;
     /// Hands saved state to the service `name`.
@@ -78,6 +84,18 @@ impl Services for () {
         Vec::new()
     }
 
+    fn aggregations(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    fn service(&self, _: ServiceId) -> Option<&dyn Any> {
+        None
+    }
+
+    fn service_mut(&mut self, _: ServiceId) -> Option<&mut dyn Any> {
+        None
+    }
+
     fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
         Vec::new()
     }
@@ -117,6 +135,18 @@ impl<S: Services + ?Sized> Services for Box<S> {
 
     fn names(&self) -> Vec<&'static str> {
         (**self).names()
+    }
+
+    fn aggregations(&self) -> Vec<(&'static str, String)> {
+        (**self).aggregations()
+    }
+
+    fn service(&self, id: ServiceId) -> Option<&dyn Any> {
+        (**self).service(id)
+    }
+
+    fn service_mut(&mut self, id: ServiceId) -> Option<&mut dyn Any> {
+        (**self).service_mut(id)
     }
 
     fn save(&self) -> Vec<(&'static str, Vec<u8>)> {
@@ -219,6 +249,26 @@ macro_rules! tuple_services {
 
             fn names(&self) -> Vec<&'static str> {
                 vec![$($s::NAME),+]
+            }
+
+            fn aggregations(&self) -> Vec<(&'static str, String)> {
+                let mut out = Vec::new();
+                $(out.extend($s::aggregations().into_iter().map(|sql| ($s::NAME, sql)));)+
+                out
+            }
+
+            fn service(&self, id: ServiceId) -> Option<&dyn Any> {
+                $(if id == $s::ID {
+                    return Some(&self.$i);
+                })+
+                None
+            }
+
+            fn service_mut(&mut self, id: ServiceId) -> Option<&mut dyn Any> {
+                $(if id == $s::ID {
+                    return Some(&mut self.$i);
+                })+
+                None
             }
 
             fn save(&self) -> Vec<(&'static str, Vec<u8>)> {

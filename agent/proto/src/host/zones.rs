@@ -37,6 +37,11 @@ impl<'a> Zones<'a> {
         }
     }
 
+    /// The time of the input this view is lent for (the agent's clock).
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
     /// This agent's leaf zone.
     pub fn leaf(&self) -> &ZonePath {
         self.gossip.leaf()

@@ -29,6 +29,13 @@
 //! receives it ([`crate::row_wire`]), as equal bytes decode to equal rows:
 //! that is how 100,000 agents fit in memory.
 //!
+//! # Faults
+//!
+//! Loss and latency ([`NetConfig`]), partitions between zones, crashes
+//! (an agent loses all but its durable state) and restarts, and pauses (an
+//! agent keeps its state but takes no input, and its clock has jumped when
+//! it resumes, as after SIGSTOP and SIGCONT).
+//!
 //! # Services
 //!
 //! Each simulated agent is a [`Host`]: its gossip core and the services
@@ -98,6 +105,8 @@ pub struct NetStats {
     pub lost: u64,
     pub partitioned: u64,
     pub to_dead: u64,
+    /// Messages that reached a paused agent, which takes no input.
+    pub to_paused: u64,
     /// Delivered messages that the receiver could not decode (dropped).
     pub undecodable: u64,
     /// With [`World::set_check_round_trip`]: decoded messages encoded again
@@ -217,6 +226,8 @@ pub struct World<S: Services = ()> {
     /// Window length: the minimum latency (at least 1 µs).
     width: Micros,
     agents: Vec<Option<Box<Host<S>>>>,
+    /// Paused agents, kept out of `agents` until they resume.
+    paused: Vec<Option<Box<Host<S>>>>,
     services: MakeServices<S>,
     durable: Vec<Durable>,
     /// Time of each agent's pending wake-up (MAX: none).
@@ -308,6 +319,7 @@ impl<S: Services> World<S> {
             // Offsets inside a window must fit in 32 bits.
             width: net.latency.0.clamp(1, u32::MAX as u64),
             scheduled: vec![Micros::MAX; n],
+            paused: (0..n).map(|_| None).collect(),
             agents,
             services,
             durable,
@@ -419,6 +431,19 @@ impl<S: Services> World<S> {
         out
     }
 
+    /// [`World::with_agent`] with the agent's cores: the gossip core and
+    /// its services (reach one with [`Host::with_service`]).
+    pub fn with_host<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut Host<S>, Micros) -> T,
+    ) -> Option<T> {
+        let now = self.local_now(i);
+        let out = self.agents[i].as_deref_mut().map(|h| f(h, now));
+        self.drain(i as u32);
+        out
+    }
+
     /// [`World::with_agent`] for every live agent, `f` running on the
     /// world's threads; what the agents send goes out in agent order.
     pub fn with_each_agent(&mut self, f: impl Fn(usize, &mut Agent, Micros) + Sync) {
@@ -459,9 +484,32 @@ impl<S: Services> World<S> {
         }
     }
 
+    /// Pauses an agent, as SIGSTOP does: it keeps its state but takes no
+    /// input (messages to it are dropped and counted) and its timers stand
+    /// still until [`World::resume`].
+    pub fn pause(&mut self, i: usize) {
+        if let Some(h) = self.agents[i].take() {
+            self.paused[i] = Some(h);
+            self.scheduled[i] = Micros::MAX;
+        }
+    }
+
+    /// Resumes a paused agent: its clock has jumped by the pause, and every
+    /// timer that fell due meanwhile fires at once.
+    pub fn resume(&mut self, i: usize) {
+        if let Some(h) = self.paused[i].take() {
+            self.agents[i] = Some(h);
+            self.reschedule(i as u32);
+        }
+    }
+
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.paused[i].is_some()
+    }
+
     /// Stops an agent: it loses everything but its durable state.
     pub fn crash(&mut self, i: usize) {
-        if let Some(h) = self.agents[i].take() {
+        if let Some(h) = self.agents[i].take().or_else(|| self.paused[i].take()) {
             let a = &h.gossip;
             self.durable[i].afcs = a.afcs().iter().map(|e| e.cert.clone()).collect();
             self.durable[i].local = a.local_attrs().clone();
@@ -472,7 +520,7 @@ impl<S: Services> World<S> {
 
     /// Starts a crashed agent again from its durable state.
     pub fn restart(&mut self, i: usize) {
-        if self.agents[i].is_some() {
+        if self.agents[i].is_some() || self.paused[i].is_some() {
             return;
         }
         self.restarts += 1;
@@ -595,6 +643,8 @@ impl<S: Services> World<S> {
                         chunk.deliveries.push(Delivery { at, from, packet });
                         *n += 1;
                         first.get_or_insert(at);
+                    } else if self.paused[to as usize].is_some() {
+                        self.net_stats.to_paused += 1;
                     } else {
                         self.net_stats.to_dead += 1;
                     }
