@@ -5,6 +5,7 @@
 pub mod afc;
 pub mod cluster;
 pub mod config;
+pub mod dds;
 pub mod gossip;
 pub mod host;
 pub mod limits;
