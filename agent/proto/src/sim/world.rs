@@ -419,6 +419,20 @@ impl<S: Services> World<S> {
         out
     }
 
+    /// Mutable access to agent `i`'s cores, its services' APIs with them,
+    /// with its local time; what it sends then goes out and its timer is
+    /// re-armed after.
+    pub fn with_host<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut Host<S>, Micros) -> T,
+    ) -> Option<T> {
+        let now = self.local_now(i);
+        let out = self.agents[i].as_deref_mut().map(|h| f(h, now));
+        self.drain(i as u32);
+        out
+    }
+
     /// [`World::with_agent`] for every live agent, `f` running on the
     /// world's threads; what the agents send goes out in agent order.
     pub fn with_each_agent(&mut self, f: impl Fn(usize, &mut Agent, Micros) + Sync) {

@@ -3,7 +3,8 @@
 //!
 //! The channel's coordinator is the key manager. A member asks it for the
 //! key when its stack starts and again every `key_refresh`; the manager
-//! answers with the current epoch's key and, when the requester is new,
+//! answers with the keys of the last epochs (so that a member that missed
+//! a rekey still reads what was sealed before it) and, when the requester is new,
 //! rekeys (at most once per `rekey_min`, so that a burst of joins costs one
 //! rekey), sending the new key to every member. A member that leaves, or
 //! stops asking for three refresh periods, is dropped and the manager
@@ -16,8 +17,8 @@
 //! to another channel or origin. Nonces are 24 bytes: 16 drawn when the
 //! stack starts (a restarted origin draws new ones) and a counter.
 //!
-//! Header: `0 epoch nonce[24]` sealed | `1` key request | `2 epoch key[32]`
-//! key | `3` leave.
+//! Header: `0 epoch nonce[24]` sealed | `1` key request | `2 n (epoch
+//! key[32])*n` the kept keys | `3` leave.
 
 use crate::dds::codec::{DecodeError, Reader, Writer};
 use crate::dds::layer::{Backpressure, Control, Cx, Dest, Layer, Msg, OriginId};
@@ -37,9 +38,13 @@ const ASK_AGAIN: Micros = 500_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EncryptHeader {
-    Sealed { epoch: u32, nonce: [u8; 24] },
+    Sealed {
+        epoch: u32,
+        nonce: [u8; 24],
+    },
     KeyRequest,
-    Key { epoch: u32, key: [u8; 32] },
+    /// The keys of the epochs the manager keeps, newest last.
+    Key(Vec<(u32, [u8; 32])>),
     Leave,
 }
 
@@ -49,7 +54,13 @@ impl EncryptHeader {
         match self {
             EncryptHeader::Sealed { epoch, nonce } => w.u8(0).varint(*epoch as u64).raw(nonce),
             EncryptHeader::KeyRequest => w.u8(1),
-            EncryptHeader::Key { epoch, key } => w.u8(2).varint(*epoch as u64).raw(key),
+            EncryptHeader::Key(keys) => {
+                w.u8(2).varint(keys.len() as u64);
+                for (e, k) in keys {
+                    w.varint(*e as u64).raw(k);
+                }
+                &mut w
+            }
             EncryptHeader::Leave => w.u8(3),
         };
         w.finish()
@@ -63,10 +74,14 @@ impl EncryptHeader {
                 nonce: r.array()?,
             },
             1 => EncryptHeader::KeyRequest,
-            2 => EncryptHeader::Key {
-                epoch: r.varint_max(u32::MAX as u64)? as u32,
-                key: r.array()?,
-            },
+            2 => {
+                let n = r.count(KEPT_EPOCHS, 33)?;
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push((r.varint_max(u32::MAX as u64)? as u32, r.array()?));
+                }
+                EncryptHeader::Key(keys)
+            }
             3 => EncryptHeader::Leave,
             t => return Err(DecodeError::BadTag(t)),
         };
@@ -194,7 +209,10 @@ impl Encrypt {
 
     fn open(&mut self, epoch: u32, nonce: [u8; 24], mut msg: Msg, cx: &mut Cx<'_>) {
         let Some(key) = self.keys.get(&epoch) else {
-            if self.epoch().is_some_and(|e| epoch < e) {
+            if self
+                .epoch()
+                .is_some_and(|e| epoch as u64 + KEPT_EPOCHS as u64 <= e as u64)
+            {
                 return cx.refuse("expired_epoch");
             }
             if self.in_wait.len() >= self.wait_limit {
@@ -224,14 +242,17 @@ impl Encrypt {
     fn rekey(&mut self, cx: &mut Cx<'_>) {
         let mut key = [0u8; 32];
         cx.rng.fill_bytes(&mut key);
-        let epoch = self.epoch().map_or(1, |e| e + 1);
-        self.add_key(epoch, key);
+        self.add_key(self.epoch().map_or(1, |e| e + 1), key);
         self.last_rekey = cx.now;
         self.rekeys += 1;
         let members: Vec<Arc<str>> = self.members.keys().cloned().collect();
         for m in members {
-            self.to(&m, EncryptHeader::Key { epoch, key }, cx);
+            self.to(&m, self.key_message(), cx);
         }
+    }
+
+    fn key_message(&self) -> EncryptHeader {
+        EncryptHeader::Key(self.keys.iter().map(|(e, k)| (*e, *k)).collect())
     }
 
     fn schedule_rekey(&self, cx: &mut Cx<'_>) {
@@ -277,8 +298,8 @@ impl Layer for Encrypt {
                 if self.members.insert(from.clone(), cx.now).is_none() {
                     self.schedule_rekey(cx);
                 }
-                if let Some((&epoch, &key)) = self.keys.iter().next_back() {
-                    self.to(&from, EncryptHeader::Key { epoch, key }, cx);
+                if !self.keys.is_empty() {
+                    self.to(&from, self.key_message(), cx);
                 }
             }
             EncryptHeader::Leave if self.is_manager() => {
@@ -286,8 +307,8 @@ impl Layer for Encrypt {
                     self.schedule_rekey(cx);
                 }
             }
-            EncryptHeader::Key { epoch, key } if *from == *self.manager => {
-                if !self.keys.contains_key(&epoch) {
+            EncryptHeader::Key(keys) if *from == *self.manager => {
+                for (epoch, key) in keys {
                     self.add_key(epoch, key);
                 }
                 self.asked_at = None;
