@@ -4,8 +4,8 @@
 //! run whatever the number of threads.
 
 use armillary_proto::dds::{
-    CHANNELS_AFC, CHANNELS_AFC_NAME, Dds, DdsConfig, DdsError, LayerKind, PinnedKeys, SlowPolicy,
-    SubId, SubscribeOpts,
+    CHANNELS_AFC, CHANNELS_AFC_NAME, Dds, DdsConfig, DdsError, LayerKind, Params, PinnedKeys,
+    SlowPolicy, SubId, SubscribeOpts,
 };
 use armillary_proto::sim::{Clock, NetConfig, World, tree};
 use armillary_proto::{AfcCert, Config, Micros, ZonePath};
@@ -27,6 +27,10 @@ fn key(i: usize) -> SigningKey {
 /// A world of `n` agents (branching 8) running DDS, with the channel
 /// directory's AFC installed, warmed up and run for `settle`.
 fn world(n: usize, loss: f64, threads: usize, seed: u64) -> W {
+    world_with(n, loss, threads, seed, Params::default())
+}
+
+fn world_with(n: usize, loss: f64, threads: usize, seed: u64, params: Params) -> W {
     let leaves = tree::balanced(n, 8);
     let keys = Arc::new(PinnedKeys(
         leaves
@@ -55,6 +59,7 @@ fn world(n: usize, loss: f64, threads: usize, seed: u64) -> W {
             signer: Some(Arc::new(key(i))),
             keys: Some(keys.clone()),
             rng_seed: seed ^ i as u64,
+            params: params.clone(),
             ..DdsConfig::default()
         };
         (Dds::new(cfg),)
@@ -184,6 +189,17 @@ struct Outcome {
     histories: Histories,
     sent: u64,
     repairs: u64,
+    /// Agents whose parent crashed, and those of them that found another.
+    orphans: usize,
+    moved: usize,
+}
+
+/// The messages of the full-stack run: one of them 1 MiB.
+fn full_payload(k: usize, count: usize) -> Vec<u8> {
+    if k == count / 2 {
+        return (0..1 << 20).map(|i: usize| (i * 31 % 251) as u8).collect();
+    }
+    payload(0, k)
 }
 
 /// One publisher, a full stack, loss, and relays crashing mid-stream.
@@ -199,12 +215,20 @@ fn full_stack_run(n: usize, loss: f64, threads: usize, count: usize) -> Outcome 
     let subs = subscribe_all(&mut w, &subscribers, "feed", 0);
     let mut h = Histories::default();
     run(&mut w, 5 * S, &subs, &mut h);
-    let mut crashed = Vec::new();
+    let mut crashed: Vec<usize> = Vec::new();
+    let mut orphans: Vec<usize> = Vec::new();
     for k in 0..count {
-        publish(&mut w, 0, "feed", payload(0, k), &subs, &mut h);
+        publish(&mut w, 0, "feed", full_payload(k, count), &subs, &mut h);
         run(&mut w, 20 * MS, &subs, &mut h);
         if k == count / 3 || k == 2 * count / 3 {
             for r in relays(&w, "feed", &subscribers, 0).into_iter().take(3) {
+                let addr = w.agent(r).unwrap().config().addr.clone();
+                orphans.extend((0..n).filter(|&i| {
+                    w.alive(i)
+                        && dds(&w, i)
+                            .tree("feed")
+                            .is_some_and(|t| t.parent.as_ref() == Some(&addr))
+                }));
                 w.crash(r);
                 crashed.push(r);
             }
@@ -212,6 +236,22 @@ fn full_stack_run(n: usize, loss: f64, threads: usize, count: usize) -> Outcome 
     }
     run(&mut w, 30 * S, &subs, &mut h);
     assert!(!crashed.is_empty(), "no relay to crash");
+    let dead: Vec<Arc<str>> = crashed
+        .iter()
+        .map(|&r| {
+            w.host(r)
+                .map_or_else(|| origin_addr(r, n), |h| h.gossip.config().addr.clone())
+        })
+        .collect();
+    orphans.retain(|&i| w.alive(i));
+    let moved = orphans
+        .iter()
+        .filter(|&&i| {
+            dds(&w, i)
+                .tree("feed")
+                .is_some_and(|t| t.parent.as_ref().is_none_or(|p| !dead.contains(p)))
+        })
+        .count();
     let repairs = subscribers
         .iter()
         .filter_map(|&i| dds(&w, i).stack("feed"))
@@ -234,14 +274,16 @@ fn full_stack_run(n: usize, loss: f64, threads: usize, count: usize) -> Outcome 
         histories: h,
         sent: w.net_stats.sent,
         repairs,
+        orphans: orphans.len(),
+        moved,
     }
 }
 
 #[test]
 fn a_full_stack_channel_delivers_exactly_once_in_order_across_relay_crashes() {
     let (n, count) = (300, 120);
-    let out = full_stack_run(n, 0.15, 2, count);
-    let want: Vec<Vec<u8>> = (0..count).map(|k| payload(0, k)).collect();
+    let out = full_stack_run(n, 0.15, 1, count);
+    let want: Vec<Vec<u8>> = (0..count).map(|k| full_payload(k, count)).collect();
     assert_eq!(out.histories.0.len(), (1..n).step_by(3).count());
     for (i, got) in &out.histories.0 {
         let data: Vec<Vec<u8>> = got.iter().map(|(_, d)| d.clone()).collect();
@@ -252,10 +294,16 @@ fn a_full_stack_channel_delivers_exactly_once_in_order_across_relay_crashes() {
         );
     }
     assert!(out.repairs > 0, "15% loss and no repair asked");
+    assert!(out.orphans > 0, "the crashed relays fed nobody");
+    assert_eq!(out.moved, out.orphans, "agents left under a crashed relay");
     eprintln!(
-        "full stack, {n} agents, 15% loss: {} messages on the wire, {} repair requests",
-        out.sent, out.repairs
+        "full stack, {n} agents, 15% loss: {} messages on the wire, {} repair requests, {} agents re-parented",
+        out.sent, out.repairs, out.moved
     );
+    // The same run on two threads.
+    let two = full_stack_run(n, 0.15, 2, count);
+    assert_eq!(two.sent, out.sent);
+    assert!(two.histories == out.histories, "1 and 2 threads differ");
 }
 
 /// Two publishers under total order; every subscriber's history recorded.
@@ -325,7 +373,13 @@ fn two_publishers_are_delivered_in_one_total_order_on_any_number_of_threads() {
 #[test]
 fn a_slow_subscriber_falls_behind_alone() {
     let n = 100;
-    let mut w = world(n, 0.1, 2, 44);
+    // A small flow window, so that the crashed member holds it shut until
+    // it times out.
+    let params = Params {
+        flow_window: 64,
+        ..Params::default()
+    };
+    let mut w = world_with(n, 0.1, 2, 44, params);
     on(&mut w, 0, |d, now| {
         d.create(
             now,
@@ -400,5 +454,115 @@ fn a_slow_subscriber_falls_behind_alone() {
         !d.is_subscribed(slow_drop),
         "the slow reader of a drop channel was closed"
     );
+    assert!(refusals > 0, "the dead member never held the window");
     eprintln!("publisher held back {refusals} times over 600 messages");
+}
+
+/// The address of agent `i` of a world of `n` (its leaf path).
+fn origin_addr(i: usize, n: usize) -> Arc<str> {
+    tree::balanced(n, 8)[i].as_arc().clone()
+}
+
+/// Figures for docs/dds.md: one publisher, a thousand subscribers, 15%
+/// loss, 1 KB messages at 50 per second, with and without gossip repair.
+/// `cargo test -p armillary-proto --release --test dds -- --ignored --nocapture figures`
+#[test]
+#[ignore]
+fn figures_one_publisher_a_thousand_subscribers() {
+    let loss: f64 = std::env::var("DDS_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.15);
+    for spec in ["fifo:nak", "fifo:nak:gossip"] {
+        let n = 1024;
+        let mut w = world(n, loss, 0, 55);
+        on(&mut w, 0, |d, now| {
+            d.create(now, "f", spec, None, 0, SlowPolicy::Skip)
+        })
+        .unwrap();
+        let subscribers: Vec<usize> = (1..=1000).collect();
+        until_known(&mut w, &subscribers, "f");
+        let subs = subscribe_all(&mut w, &subscribers, "f", 0);
+        let mut h = Histories::default();
+        run(&mut w, 5 * S, &subs, &mut h);
+        let before: Vec<u64> = subscribers
+            .iter()
+            .map(|&i| dds(&w, i).stack("f").map_or(0, |s| s.bytes_out))
+            .collect();
+        let count = 200;
+        let mut sent_at = Vec::new();
+        let mut latencies: Vec<Micros> = Vec::new();
+        let mut seen = vec![0usize; n];
+        let step = 5 * MS;
+        let mut collect = |w: &mut W, sent_at: &[Micros], latencies: &mut Vec<Micros>| {
+            for &(i, sub) in &subs {
+                let got = on(w, i, |d, _| d.take(sub, usize::MAX)).unwrap();
+                for _ in got {
+                    latencies.push(w.now() - sent_at[seen[i]]);
+                    seen[i] += 1;
+                }
+            }
+        };
+        for k in 0..count {
+            let mut data = format!("{k}:").into_bytes();
+            data.resize(1024, b'.');
+            sent_at.push(w.now());
+            on(&mut w, 0, |d, now| d.publish(now, "f", data)).unwrap();
+            for _ in 0..4 {
+                w.run_until(w.now() + step);
+                collect(&mut w, &sent_at, &mut latencies);
+            }
+        }
+        let end = w.now() + 20 * S;
+        while w.now() < end {
+            w.run_until(w.now() + step);
+            collect(&mut w, &sent_at, &mut latencies);
+        }
+        let complete = subscribers.iter().filter(|&&i| seen[i] == count).count();
+        for &i in subscribers.iter().filter(|&&i| seen[i] != count) {
+            let st = dds(&w, i).stack("f").unwrap();
+            eprintln!(
+                "incomplete {i}: {} of {count}; {:?} {:?} tree {:?}",
+                seen[i],
+                st.counters(),
+                st.refused(),
+                dds(&w, i).tree("f")
+            );
+        }
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] / MS
+        };
+        let bytes: Vec<u64> = subscribers
+            .iter()
+            .zip(&before)
+            .map(|(&i, b)| dds(&w, i).stack("f").map_or(0, |s| s.bytes_out) - b)
+            .collect();
+        let requests: u64 = subscribers
+            .iter()
+            .filter_map(|&i| dds(&w, i).stack("f"))
+            .map(|s| s.counter(LayerKind::Nak, "requests"))
+            .sum();
+        let origin = dds(&w, 0).stack("f").unwrap();
+        let gossip_got: u64 = subscribers
+            .iter()
+            .filter_map(|&i| dds(&w, i).stack("f"))
+            .map(|s| s.counter(LayerKind::Gossip, "repairs_got"))
+            .sum();
+        println!(
+            "{spec}: {complete}/1000 subscribers complete; delivery latency ms p50 {} p99 {} p99.9 {} max {}; \
+             per subscriber: {:.1} KB sent (acks, requests, digests, repairs) for {} KB received, \
+             {:.2} repair requests; origin retransmits {}; gossip repairs {}",
+            pct(0.5),
+            pct(0.99),
+            pct(0.999),
+            latencies.last().unwrap() / MS,
+            bytes.iter().sum::<u64>() as f64 / 1000.0 / 1024.0,
+            count,
+            requests as f64 / 1000.0,
+            origin.counter(LayerKind::Nak, "retransmits"),
+            gossip_got,
+        );
+        assert_eq!(complete, 1000);
+    }
 }

@@ -33,10 +33,13 @@ pub struct OriginId {
     pub inc: u64,
 }
 
-/// Where a message goes: every member of the channel, or one agent.
+/// Where a message goes: every member of the channel, the members below
+/// this agent in the channel's tree, or one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dest {
     All,
+    /// A repair this agent received that its subtree lacks as well.
+    Subtree,
     Peer(Arc<str>),
 }
 

@@ -9,9 +9,9 @@
 //!   the first live contact (representative) of X. An agent that wants the
 //!   channel joins the relay of the deepest zone on its path that it does
 //!   not relay itself, so every join goes strictly up: no loops. Joins are
-//!   soft state, refreshed every `join_period`; the parent answers each,
-//!   and a child that hears nothing for three periods suspects it and
-//!   joins the next contact. Frames for every member travel the tree both
+//!   soft state, refreshed every `join_period` and dropped after five
+//!   periods without one; the parent answers each, and a child that hears
+//!   nothing for five periods suspects it and joins the next contact. Frames for every member travel the tree both
 //!   ways: from a publisher up to the root and down to every branch,
 //!   each relay forwarding what it did not see before to every tree
 //!   neighbour but the sender, each with its own bounded queue in the
@@ -198,6 +198,15 @@ struct Sub {
     lagged: u64,
 }
 
+/// Which stack an agent runs for a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The whole stack: local subscribers, a publisher, the coordinator.
+    Member,
+    /// The layers from `nak` down, keyless: a relay that repairs its zone.
+    Repairer,
+}
+
 /// One channel at this agent.
 struct Channel {
     desc: Descriptor,
@@ -206,6 +215,7 @@ struct Channel {
     published: bool,
     sync_all: bool,
     stack: Option<Stack>,
+    role: Role,
     subs: BTreeSet<SubId>,
     /// The parent in the tree and whether it is a member.
     upstream: Option<Arc<str>>,
@@ -231,6 +241,7 @@ impl Channel {
             published: false,
             sync_all: true,
             stack: None,
+            role: Role::Member,
             subs: BTreeSet::new(),
             upstream: None,
             upstream_member: false,
@@ -254,6 +265,21 @@ impl Channel {
 
     fn wanted(&self) -> bool {
         self.wants_member() || !self.children.is_empty()
+    }
+
+    /// The stack this agent should run now.
+    fn wants_role(&self) -> Option<Role> {
+        if self.wants_member() {
+            Some(Role::Member)
+        } else if !self.children.is_empty() && self.desc.spec.repair_part().is_some() {
+            Some(Role::Repairer)
+        } else {
+            None
+        }
+    }
+
+    fn role_now(&self) -> Option<Role> {
+        self.stack.as_ref().map(|_| self.role)
     }
 
     /// Remembers a frame; false when it was seen before.
@@ -453,8 +479,8 @@ impl Dds {
         let id = self.join(name)?;
         let c = self.channels.get_mut(&id).expect("joined");
         c.published = true;
-        if c.stack.is_none() {
-            self.build_stack(now, id);
+        if c.role_now() != Some(Role::Member) {
+            self.build_stack(now, id, Role::Member);
         }
         let c = self.channels.get_mut(&id).expect("joined");
         let stack = c.stack.as_mut().expect("built");
@@ -547,11 +573,18 @@ impl Dds {
         Ok(self.adopt(desc, false))
     }
 
-    fn build_stack(&mut self, now: Micros, id: ChannelId) {
+    fn build_stack(&mut self, now: Micros, id: ChannelId, role: Role) {
         let Some(addr) = self.addr.clone() else {
             return;
         };
         let c = self.channels.get_mut(&id).expect("channel");
+        let spec = match role {
+            Role::Member => c.desc.spec.clone(),
+            Role::Repairer => match c.desc.spec.repair_part() {
+                Some(s) => s,
+                None => return,
+            },
+        };
         let mut params = self.cfg.params.clone();
         params.retain = c.desc.retain as u64;
         let cfg = StackConfig {
@@ -561,13 +594,14 @@ impl Dds {
                 inc: now.max(1),
             },
             coordinator: c.desc.coordinator.clone(),
-            sync_all: c.sync_all || c.created,
+            sync_all: role == Role::Member && (c.sync_all || c.created),
             rng_seed: self.cfg.rng_seed ^ crate::row::stable_hash(&addr),
             signer: self.cfg.signer.clone(),
             keys: self.cfg.keys.clone(),
             params,
         };
-        c.stack = Some(Stack::build(&c.desc.spec, &cfg));
+        c.stack = Some(Stack::build(&spec, &cfg));
+        c.role = role;
         c.peers_sent = None;
         self.attrs_dirty = true;
     }
@@ -591,11 +625,16 @@ impl Dds {
         }
         let mut delivered = Vec::new();
         while let Some(d) = stack.poll_delivery() {
-            delivered.push(d);
+            // A repairer's stack ends at nak: what it would deliver is for nobody.
+            if c.role == Role::Member {
+                delivered.push(d);
+            }
         }
         let mut lost = Vec::new();
         while let Some(StackEvent::Lost { origin, count }) = stack.poll_event() {
-            lost.push((origin.addr, count));
+            if c.role == Role::Member {
+                lost.push((origin.addr, count));
+            }
         }
         let mut out = Vec::new();
         for f in frames {
@@ -603,7 +642,7 @@ impl Dds {
                 id,
                 origin: f.origin.addr,
                 inc: f.origin.inc,
-                cast: f.dest == Dest::All,
+                cast: !matches!(f.dest, Dest::Peer(_)),
                 ttl: MAX_TTL,
                 bytes: f.bytes,
             };
@@ -611,6 +650,12 @@ impl Dds {
                 Dest::All => {
                     c.first_sight(frame_key(&msg));
                     for n in c.neighbours() {
+                        out.push((n.clone(), DdsMsg::Frame(msg.clone())));
+                    }
+                }
+                Dest::Subtree => {
+                    c.first_sight(frame_key(&msg));
+                    for n in c.children.keys() {
                         out.push((n.clone(), DdsMsg::Frame(msg.clone())));
                     }
                 }
@@ -765,12 +810,12 @@ impl Dds {
         let join_period = self.cfg.join_period;
         let c = self.channels.get_mut(&id).expect("channel");
         c.suspects.retain(|_, until| *until > now);
-        c.children.retain(|_, heard| *heard + 3 * join_period > now);
-        // A parent silent for three periods is suspected.
+        c.children.retain(|_, heard| *heard + 5 * join_period > now);
+        // A parent silent for five periods is suspected.
         if let Some(p) = c.upstream.clone()
             && c.joined_at > 0
-            && c.parent_heard + 3 * join_period < now
-            && c.joined_at + 3 * join_period < now
+            && c.parent_heard + 5 * join_period < now
+            && c.joined_at + 5 * join_period < now
         {
             c.suspects.insert(p, now + 30 * join_period);
         }
@@ -945,19 +990,21 @@ impl Core for Dds {
             self.read_directory(&zones);
             let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
             for id in ids {
-                let c = &self.channels[&id];
-                if c.wants_member() && c.stack.is_none() {
-                    self.build_stack(now, id);
-                }
                 let c = self.channels.get_mut(&id).expect("channel");
-                if !c.wants_member() && c.stack.is_some() {
-                    if let Some(s) = c.stack.as_mut() {
+                let (want, have) = (c.wants_role(), c.role_now());
+                if want != have {
+                    if have == Some(Role::Member)
+                        && let Some(s) = c.stack.as_mut()
+                    {
                         s.control(now, Control::Leaving);
+                        self.drain(now, id);
                     }
-                    self.drain(now, id);
                     let c = self.channels.get_mut(&id).expect("channel");
                     c.stack = None;
                     self.attrs_dirty = true;
+                    if let Some(role) = want {
+                        self.build_stack(now, id, role);
+                    }
                 }
                 self.tend(now, id, &zones);
                 let c = &self.channels[&id];

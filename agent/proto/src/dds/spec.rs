@@ -214,6 +214,14 @@ impl Spec {
     pub fn has(&self, k: LayerKind) -> bool {
         self.layers.contains(&k)
     }
+
+    /// The layers from `nak` down: what a relay runs to repair its zone.
+    /// The rules keep them below every layer that needs a key, so a relay
+    /// holds no key. None without `nak`.
+    pub fn repair_part(&self) -> Option<Spec> {
+        let at = self.layers.iter().position(|&k| k == LayerKind::Nak)?;
+        Spec::from_layers(self.layers[at..].to_vec()).ok()
+    }
 }
 
 impl fmt::Display for Spec {
@@ -300,6 +308,9 @@ mod tests {
             assert_eq!(Spec::parse(text).as_ref(), Err(want), "{text}");
             assert!(!want.to_string().is_empty());
         }
+        let full = Spec::parse("sign:encrypt:fifo:frag:flow:nak:gossip").unwrap();
+        assert_eq!(full.repair_part().unwrap().to_string(), "nak:gossip");
+        assert_eq!(Spec::parse("encrypt").unwrap().repair_part(), None);
         let long = "nak:".repeat(40);
         assert!(matches!(Spec::parse(&long), Err(SpecError::TooLong(_))));
         // The message tells the fix.

@@ -104,6 +104,8 @@ pub struct Encrypt {
     /// The manager's members and when each was last heard.
     members: BTreeMap<Arc<str>, Micros>,
     last_rekey: Micros,
+    /// This member left: it asks for no more keys.
+    left: bool,
     rekey_min: Micros,
     refresh: Micros,
     sealed: u64,
@@ -137,6 +139,7 @@ impl Encrypt {
             asked_at: None,
             members: BTreeMap::new(),
             last_rekey: 0,
+            left: false,
             rekey_min: p.rekey_min,
             refresh: p.key_refresh.max(1),
             sealed: 0,
@@ -162,7 +165,7 @@ impl Encrypt {
     }
 
     fn ask(&mut self, cx: &mut Cx<'_>) {
-        if self.is_manager() || self.asked_at.is_some_and(|t| t + ASK_AGAIN > cx.now) {
+        if self.is_manager() || self.left || self.asked_at.is_some_and(|t| t + ASK_AGAIN > cx.now) {
             return;
         }
         self.asked_at = Some(cx.now);
@@ -353,6 +356,9 @@ impl Layer for Encrypt {
 
     fn control(&mut self, ctl: &Control, cx: &mut Cx<'_>) {
         if *ctl == Control::Leaving && !self.is_manager() {
+            // Unacknowledged: if it is lost, the manager drops this member
+            // when its refreshes stop.
+            self.left = true;
             let m = self.manager.clone();
             self.to(&m, EncryptHeader::Leave, cx);
         }

@@ -7,9 +7,11 @@
 //! tail. A member delivers each message once, as it arrives (ordering is
 //! `fifo`'s or `total`'s job above), notices holes, and asks for them: first
 //! its repairer (the relay above it in the channel's tree, also a member
-//! holding the stream), then the origin, alternately, until the hole is
-//! filled. Any member that holds a message answers a request for it, so a
-//! relay repairs its zone without the origin.
+//! holding the stream) twice, then the origin, and so on until the hole is
+//! filled. Any member that holds a message answers a request for it, and
+//! one that lacks it too answers when its own repair comes; a repair a
+//! member receives goes on to the members below it in the tree, who lack it
+//! as well. So a relay repairs its zone without the origin.
 //!
 //! Bounds: an origin holds at most `nak_window` messages and `nak_bytes`
 //! bytes (the oldest go first, and a request for one gets a cut-off); a
@@ -38,6 +40,9 @@ const MAX_RANGES: usize = 32;
 const MAX_ASK: u64 = 256;
 /// Longest address in a header.
 const MAX_ADDR: usize = 256;
+/// Requests for messages a member lacks too, remembered to answer when
+/// they arrive.
+const MAX_WAITING: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NakHeader {
@@ -45,9 +50,12 @@ pub enum NakHeader {
         seq: u64,
         lo: u64,
     },
+    /// The origin's last number and lowest held; `beat` counts heartbeats,
+    /// so that no two are the same frame (relays drop frames seen before).
     Beat {
         hi: u64,
         lo: u64,
+        beat: u64,
     },
     Ack {
         inc: u64,
@@ -70,7 +78,7 @@ impl NakHeader {
         let mut w = Writer::new();
         match self {
             NakHeader::Data { seq, lo } => w.u8(0).varint(*seq).varint(*lo),
-            NakHeader::Beat { hi, lo } => w.u8(1).varint(*hi).varint(*lo),
+            NakHeader::Beat { hi, lo, beat } => w.u8(1).varint(*hi).varint(*lo).varint(*beat),
             NakHeader::Ack { inc, upto } => w.u8(2).varint(*inc).varint(*upto),
             NakHeader::Nak { addr, inc, ranges } => {
                 w.u8(3).str(addr).varint(*inc).varint(ranges.len() as u64);
@@ -95,6 +103,7 @@ impl NakHeader {
             1 => NakHeader::Beat {
                 hi: r.varint()?,
                 lo: r.varint()?,
+                beat: r.varint()?,
             },
             2 => NakHeader::Ack {
                 inc: r.varint()?,
@@ -128,6 +137,9 @@ impl NakHeader {
         Ok(h)
     }
 }
+
+/// Who asked for a message this member lacks too, and until when to answer.
+type Askers = (Vec<Arc<str>>, Micros);
 
 /// What an origin knows of one member.
 struct Member {
@@ -185,6 +197,8 @@ struct Stream {
     acked: u64,
     ack_at: Micros,
     heard: Micros,
+    /// The lowest number the origin last said it holds.
+    origin_lo: u64,
 }
 
 pub struct Nak {
@@ -208,15 +222,19 @@ pub struct Nak {
     sent_at: VecDeque<(u64, Micros)>,
     members: BTreeMap<Arc<str>, Member>,
     stable: u64,
+    beats: u64,
     // As a member.
     streams: BTreeMap<OriginId, Stream>,
     repairers: Vec<Arc<str>>,
+    /// Who asked this member for a message it lacks too, and until when.
+    waiting: BTreeMap<(OriginId, u64), Askers>,
     // Counters.
     sent_msgs: u64,
     delivered: u64,
     duplicates: u64,
     requests: u64,
     retransmits: u64,
+    subtree_repairs: u64,
     cut_offs: u64,
     skipped: u64,
     evicted: u64,
@@ -243,13 +261,16 @@ impl Nak {
             sent_at: VecDeque::new(),
             members: BTreeMap::new(),
             stable: 0,
+            beats: 0,
             streams: BTreeMap::new(),
             repairers: Vec::new(),
+            waiting: BTreeMap::new(),
             sent_msgs: 0,
             delivered: 0,
             duplicates: 0,
             requests: 0,
             retransmits: 0,
+            subtree_repairs: 0,
             cut_offs: 0,
             skipped: 0,
             evicted: 0,
@@ -314,6 +335,7 @@ impl Nak {
                 acked: 0,
                 ack_at: 0,
                 heard: cx.now,
+                origin_lo: lo,
             },
         );
         cx.control(Control::Synced {
@@ -352,6 +374,7 @@ impl Nak {
         self.stream(&origin, seq, lo, cx);
         let (window, max_bytes) = (self.window, self.max_bytes);
         let st = self.streams.get_mut(&origin).expect("made");
+        st.origin_lo = st.origin_lo.max(lo);
         if seq < st.next || st.got.contains(&seq) {
             self.duplicates += 1;
             st.heard = cx.now;
@@ -368,6 +391,25 @@ impl Nak {
         }
         self.note_hi(&origin, seq, cx);
         self.delivered += 1;
+        if matches!(msg.dest, Dest::Peer(_)) {
+            // A repair: what this agent lacked, the zone below it lacks too.
+            let mut m = msg.clone();
+            m.dest = Dest::Subtree;
+            m.push(NakHeader::Data { seq, lo }.encode());
+            self.subtree_repairs += 1;
+            cx.down(m);
+        }
+        if let Some((askers, until)) = self.waiting.remove(&(origin.clone(), seq))
+            && until >= cx.now
+        {
+            for to in askers {
+                let mut m = msg.clone();
+                m.dest = Dest::Peer(to);
+                m.push(NakHeader::Data { seq, lo }.encode());
+                self.retransmits += 1;
+                cx.down(m);
+            }
+        }
         cx.up(msg);
     }
 
@@ -377,7 +419,7 @@ impl Nak {
             self.lo()
         } else {
             match self.streams.get(&stream) {
-                Some(s) => s.store.lo(s.next),
+                Some(s) => s.origin_lo,
                 None => return,
             }
         };
@@ -407,6 +449,18 @@ impl Nak {
                         self.cut_offs += 1;
                         let inc = self.local.inc;
                         self.send_to(&to, NakHeader::CutOff { inc, resume: lo }, cx);
+                    }
+                    None if !own && self.waiting.len() < MAX_WAITING => {
+                        // Missing here too: answer when it comes.
+                        let until = cx.now + 2 * self.nak_retry;
+                        let w = self
+                            .waiting
+                            .entry((stream.clone(), seq))
+                            .or_insert((Vec::new(), until));
+                        if !w.0.contains(&to) && w.0.len() < 16 {
+                            w.0.push(to.clone());
+                        }
+                        w.1 = until;
                     }
                     None => {}
                 }
@@ -469,6 +523,8 @@ impl Nak {
                 n += 1;
             }
             if !ranges.is_empty() {
+                // The repairer twice (it answers when its own repair comes),
+                // then the origin, and so on.
                 let target = match self.repairers.first() {
                     Some(r) if tries % 2 == 0 && **r != *origin.addr => r.clone(),
                     _ => origin.addr.clone(),
@@ -504,6 +560,7 @@ impl Nak {
         for (to, inc, upto) in acks {
             self.send_to(&to, NakHeader::Ack { inc, upto }, cx);
         }
+        self.waiting.retain(|_, (_, until)| *until >= cx.now);
         // Streams of origins gone quiet for long are forgotten.
         let gone = cx.now.saturating_sub(12 * self.member_timeout);
         self.streams.retain(|_, s| s.heard >= gone);
@@ -518,7 +575,9 @@ impl Nak {
         }
         let (hi, lo) = (self.hi(), self.lo());
         let mut m = Msg::new(self.local.clone(), Dest::All, Vec::new());
-        m.push(NakHeader::Beat { hi, lo }.encode());
+        self.beats += 1;
+        let beat = self.beats;
+        m.push(NakHeader::Beat { hi, lo, beat }.encode());
         cx.down(m);
         let since = cx.now.saturating_sub(self.member_timeout);
         self.members.retain(|_, m| m.heard >= since);
@@ -603,8 +662,11 @@ impl Layer for Nak {
             NakHeader::Data { .. } if own => cx.up(msg),
             NakHeader::Data { seq, lo } => self.receive(seq, lo, msg, cx),
             NakHeader::Beat { .. } if own => {}
-            NakHeader::Beat { hi, lo } => {
+            NakHeader::Beat { hi, lo, .. } => {
                 self.stream(&msg.origin, hi + 1, lo, cx);
+                if let Some(st) = self.streams.get_mut(&msg.origin) {
+                    st.origin_lo = st.origin_lo.max(lo);
+                }
                 self.note_hi(&msg.origin, hi, cx);
             }
             NakHeader::Ack { inc, upto } => {
@@ -657,11 +719,22 @@ impl Layer for Nak {
             ("duplicates", self.duplicates),
             ("requests", self.requests),
             ("retransmits", self.retransmits),
+            ("subtree_repairs", self.subtree_repairs),
             ("cut_offs", self.cut_offs),
             ("skipped", self.skipped),
             ("evicted", self.evicted),
             ("stable", self.stable),
             ("members", self.members.len() as u64),
+            ("streams", self.streams.len() as u64),
+            (
+                "holes",
+                self.streams.values().map(|s| s.missing.len() as u64).sum(),
+            ),
+            (
+                "next",
+                self.streams.values().map(|s| s.next).max().unwrap_or(0),
+            ),
+            ("hi", self.streams.values().map(|s| s.hi).max().unwrap_or(0)),
         ]);
     }
 }
@@ -675,7 +748,11 @@ mod tests {
     fn headers_round_trip() {
         for h in [
             NakHeader::Data { seq: 7, lo: 1 },
-            NakHeader::Beat { hi: 9, lo: 3 },
+            NakHeader::Beat {
+                hi: 9,
+                lo: 3,
+                beat: 4,
+            },
             NakHeader::Ack { inc: 5, upto: 2 },
             NakHeader::Nak {
                 addr: "x:1".into(),

@@ -156,6 +156,8 @@ impl Net {
                             }
                         }
                     }
+                    // No tree here: nothing below.
+                    Dest::Subtree => {}
                     Dest::Peer(a) => {
                         if let Some(to) = self.addrs.iter().position(|x| x == a) {
                             let p = Pkt {
@@ -288,6 +290,29 @@ fn nak_alone_delivers_everything_once_under_loss() {
 }
 
 #[test]
+fn an_idle_origins_heartbeats_are_distinct_frames() {
+    // Relays drop a frame they saw before: two heartbeats with the same
+    // last number must still differ, or a member that lost the tail and
+    // the first heartbeat would never hear of it.
+    let spec = Spec::parse("nak").unwrap();
+    let mut s = Stack::build(&spec, &config(0, 2, 0, &Params::default()));
+    s.handle_timeout(0);
+    s.send(0, b"last".to_vec()).unwrap();
+    let mut beats = Vec::new();
+    for t in 1..=3 {
+        s.handle_timeout(t * 1_000 * MS);
+        while let Some(f) = s.poll_frame() {
+            if f.dest == Dest::All {
+                beats.push(f.bytes);
+            }
+        }
+    }
+    beats.remove(0); // the message itself
+    assert!(beats.len() >= 2);
+    assert_ne!(beats[0], beats[1]);
+}
+
+#[test]
 fn fifo_over_nak_keeps_each_origins_order() {
     let mut net = Net::new("fifo:nak", 5, 0.15, 2);
     publish(&mut net, &[1, 2], 120);
@@ -383,10 +408,11 @@ fn encrypt_delivers_to_members_and_refuses_the_wrong_key() {
         "rekeyed as members joined"
     );
     let epoch = manager.counter(LayerKind::Encrypt, "epoch");
-    // A member leaves: the manager rekeys without it.
+    // A member leaves: the manager rekeys without it (at once, or when its
+    // refreshes stop if the leave was lost).
     net.stacks[3].control(net.now, Control::Leaving);
     net.pump();
-    let t = net.now + 3_000 * MS;
+    let t = net.now + 20_000 * MS;
     net.run_until(t);
     assert!(net.stacks[0].counter(LayerKind::Encrypt, "epoch") > epoch);
     // Frames sealed under another channel's key are refused.
