@@ -465,7 +465,8 @@ fn origin_addr(i: usize, n: usize) -> Arc<str> {
 
 /// Figures for docs/dds.md: one publisher, a thousand subscribers, 15%
 /// loss, 1 KB messages at 50 per second, with and without gossip repair.
-/// `cargo test -p armillary-proto --release --test dds -- --ignored --nocapture figures`
+/// `cargo test -p armillary-proto --test dds -- --ignored --nocapture figures`
+/// (`DDS_LOSS=0` for a lossless baseline).
 #[test]
 #[ignore]
 fn figures_one_publisher_a_thousand_subscribers() {
