@@ -567,3 +567,52 @@ fn figures_one_publisher_a_thousand_subscribers() {
         assert_eq!(complete, 1000);
     }
 }
+
+#[test]
+fn the_api_refuses_with_typed_errors_and_every_agent_agrees_on_the_stack() {
+    let mut w = world(24, 0.0, 1, 66);
+    let bad = on(&mut w, 0, |d, now| {
+        d.create(
+            now,
+            "x",
+            "sign:encrypt:fifo:nak:frag",
+            None,
+            0,
+            SlowPolicy::Skip,
+        )
+    });
+    assert!(matches!(bad, Err(DdsError::Spec(_))), "{bad:?}");
+    let bad = on(&mut w, 0, |d, now| {
+        d.create(now, "a b", "nak", None, 0, SlowPolicy::Skip)
+    });
+    assert!(matches!(bad, Err(DdsError::BadName(_))));
+    let info = on(&mut w, 0, |d, now| {
+        d.create(now, "c", "fifo:nak", None, 5, SlowPolicy::Drop)
+    })
+    .unwrap();
+    let again = on(&mut w, 0, |d, now| {
+        d.create(now, "c", "nak", None, 0, SlowPolicy::Skip)
+    });
+    assert!(matches!(again, Err(DdsError::Exists(_))));
+    let unknown = on(&mut w, 3, |d, now| {
+        d.subscribe(now, "nope", SubscribeOpts::default())
+    });
+    assert!(matches!(unknown, Err(DdsError::UnknownChannel(_))));
+    let unknown = on(&mut w, 3, |d, now| d.publish(now, "nope", b"x".to_vec()));
+    assert!(matches!(unknown, Err(DdsError::UnknownChannel(_))));
+    let all: Vec<usize> = (0..24).collect();
+    until_known(&mut w, &all, "c");
+    for i in all {
+        let c = dds(&w, i)
+            .channels()
+            .into_iter()
+            .find(|c| &*c.name == "c")
+            .unwrap();
+        assert_eq!(c, info, "agent {i} holds another descriptor");
+    }
+    let big = on(&mut w, 0, |d, now| d.publish(now, "c", vec![0; 1 << 20]));
+    assert!(
+        matches!(big, Err(DdsError::Send(_))),
+        "no frag: one fragment at most"
+    );
+}
