@@ -1,0 +1,776 @@
+//! `nak`: NACK-based reliability, end to end from an origin to every member.
+//!
+//! An origin numbers its messages for every member and keeps each until it
+//! is stable: acknowledged by every member it has heard from recently. It
+//! keeps the last `retain` messages past that for late subscribers, and
+//! sends a heartbeat with its last number so that a member notices a lost
+//! tail. A member delivers each message once, as it arrives (ordering is
+//! `fifo`'s or `total`'s job above), notices holes, and asks for them: first
+//! its repairer (the relay above it in the channel's tree, also a member
+//! holding the stream) twice, then the origin, and so on until the hole is
+//! filled. Any member that holds a message answers a request for it, and
+//! one that lacks it too answers when its own repair comes; a repair a
+//! member receives goes on to the members below it in the tree, who lack it
+//! as well. So a relay repairs its zone without the origin.
+//!
+//! Bounds: an origin holds at most `nak_window` messages and `nak_bytes`
+//! bytes (the oldest go first, and a request for one gets a cut-off); a
+//! member holds as much of each stream for repairing others, accepts
+//! nothing further ahead than the window, and follows at most
+//! `max_streams` streams. A member that lags more than `lag_limit` behind,
+//! or is silent for `member_timeout`, stops holding back stability: the
+//! first is cut off (told to skip ahead), so a slow member never stalls
+//! the origin.
+//!
+//! Header (tag, then varints):
+//! `0 seq lo` data, `1 hi lo` heartbeat, `2 inc upto` acknowledgement,
+//! `3 addr inc n (from to)*n` request, `4 inc resume` cut-off, `5` pass.
+
+use crate::dds::codec::{DecodeError, Reader, Writer};
+use crate::dds::layer::{Control, Cx, Dest, Layer, Msg, OriginId};
+use crate::dds::params::Params;
+use crate::dds::spec::LayerKind;
+use crate::row::Micros;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Ranges in one request.
+const MAX_RANGES: usize = 32;
+/// Messages asked for in one request, and answered for one request.
+const MAX_ASK: u64 = 256;
+/// Longest address in a header.
+const MAX_ADDR: usize = 256;
+/// Requests for messages a member lacks too, remembered to answer when
+/// they arrive.
+const MAX_WAITING: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NakHeader {
+    Data {
+        seq: u64,
+        lo: u64,
+    },
+    /// The origin's last number and lowest held; `beat` counts heartbeats,
+    /// so that no two are the same frame (relays drop frames seen before).
+    Beat {
+        hi: u64,
+        lo: u64,
+        beat: u64,
+    },
+    Ack {
+        inc: u64,
+        upto: u64,
+    },
+    Nak {
+        addr: Arc<str>,
+        inc: u64,
+        ranges: Vec<(u64, u64)>,
+    },
+    CutOff {
+        inc: u64,
+        resume: u64,
+    },
+    Pass,
+}
+
+impl NakHeader {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            NakHeader::Data { seq, lo } => w.u8(0).varint(*seq).varint(*lo),
+            NakHeader::Beat { hi, lo, beat } => w.u8(1).varint(*hi).varint(*lo).varint(*beat),
+            NakHeader::Ack { inc, upto } => w.u8(2).varint(*inc).varint(*upto),
+            NakHeader::Nak { addr, inc, ranges } => {
+                w.u8(3).str(addr).varint(*inc).varint(ranges.len() as u64);
+                for (a, b) in ranges {
+                    w.varint(*a).varint(*b);
+                }
+                &mut w
+            }
+            NakHeader::CutOff { inc, resume } => w.u8(4).varint(*inc).varint(*resume),
+            NakHeader::Pass => w.u8(5),
+        };
+        w.finish()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<NakHeader, DecodeError> {
+        let mut r = Reader::new(b);
+        let h = match r.u8()? {
+            0 => NakHeader::Data {
+                seq: r.varint()?,
+                lo: r.varint()?,
+            },
+            1 => NakHeader::Beat {
+                hi: r.varint()?,
+                lo: r.varint()?,
+                beat: r.varint()?,
+            },
+            2 => NakHeader::Ack {
+                inc: r.varint()?,
+                upto: r.varint()?,
+            },
+            3 => {
+                let addr: Arc<str> = r.str(MAX_ADDR)?.into();
+                let inc = r.varint()?;
+                let n = r.count(MAX_RANGES, 2)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (a, b) = (r.varint()?, r.varint()?);
+                    if a > b || a == 0 {
+                        return Err(DecodeError::Invalid("request range"));
+                    }
+                    ranges.push((a, b));
+                }
+                NakHeader::Nak { addr, inc, ranges }
+            }
+            4 => NakHeader::CutOff {
+                inc: r.varint()?,
+                resume: r.varint()?,
+            },
+            5 => NakHeader::Pass,
+            t => return Err(DecodeError::BadTag(t)),
+        };
+        if let NakHeader::Data { seq: 0, .. } = h {
+            return Err(DecodeError::Invalid("sequence number 0"));
+        }
+        r.end()?;
+        Ok(h)
+    }
+}
+
+/// Who asked for a message this member lacks too, and until when to answer.
+type Askers = (Vec<Arc<str>>, Micros);
+
+/// What an origin knows of one member.
+struct Member {
+    upto: u64,
+    heard: Micros,
+}
+
+/// Messages held for repairs, bounded in count and bytes.
+#[derive(Default)]
+struct Store {
+    msgs: BTreeMap<u64, Msg>,
+    bytes: usize,
+}
+
+impl Store {
+    fn insert(&mut self, seq: u64, msg: Msg, max: u64, max_bytes: usize) -> u64 {
+        self.bytes += msg.wire_len();
+        self.msgs.insert(seq, msg);
+        let mut evicted = 0;
+        while self.msgs.len() as u64 > max || (self.bytes > max_bytes && self.msgs.len() > 1) {
+            self.pop_first();
+            evicted += 1;
+        }
+        evicted
+    }
+
+    fn pop_first(&mut self) {
+        if let Some((_, m)) = self.msgs.pop_first() {
+            self.bytes -= m.wire_len();
+        }
+    }
+
+    /// Drops everything up to `upto`.
+    fn collect(&mut self, upto: u64) {
+        while self.msgs.first_key_value().is_some_and(|(s, _)| *s <= upto) {
+            self.pop_first();
+        }
+    }
+
+    fn lo(&self, next: u64) -> u64 {
+        self.msgs.first_key_value().map_or(next, |(s, _)| *s)
+    }
+}
+
+/// What a member knows of one origin's stream.
+struct Stream {
+    /// The lowest number not yet received.
+    next: u64,
+    /// Numbers received above `next`.
+    got: BTreeSet<u64>,
+    hi: u64,
+    store: Store,
+    /// Holes: when to ask next, and how often asked.
+    missing: BTreeMap<u64, (Micros, u32)>,
+    acked: u64,
+    ack_at: Micros,
+    heard: Micros,
+    /// The lowest number the origin last said it holds.
+    origin_lo: u64,
+}
+
+pub struct Nak {
+    local: OriginId,
+    sync_all: bool,
+    window: u64,
+    max_bytes: usize,
+    retain: u64,
+    hold: Micros,
+    nak_delay: Micros,
+    nak_retry: Micros,
+    ack_period: Micros,
+    beat_period: Micros,
+    member_timeout: Micros,
+    lag_limit: u64,
+    max_streams: usize,
+    // As an origin.
+    next_seq: u64,
+    sent: Store,
+    /// When each message still held was sent.
+    sent_at: VecDeque<(u64, Micros)>,
+    members: BTreeMap<Arc<str>, Member>,
+    stable: u64,
+    beats: u64,
+    // As a member.
+    streams: BTreeMap<OriginId, Stream>,
+    repairers: Vec<Arc<str>>,
+    /// Who asked this member for a message it lacks too, and until when.
+    waiting: BTreeMap<(OriginId, u64), Askers>,
+    // Counters.
+    sent_msgs: u64,
+    delivered: u64,
+    duplicates: u64,
+    requests: u64,
+    retransmits: u64,
+    subtree_repairs: u64,
+    cut_offs: u64,
+    skipped: u64,
+    evicted: u64,
+}
+
+impl Nak {
+    pub fn new(local: OriginId, sync_all: bool, p: &Params) -> Nak {
+        Nak {
+            local,
+            sync_all,
+            window: p.nak_window.max(1),
+            max_bytes: p.nak_bytes,
+            retain: p.retain.min(p.nak_window),
+            hold: p.nak_hold,
+            nak_delay: p.nak_delay,
+            nak_retry: p.nak_retry.max(1),
+            ack_period: p.ack_period.max(1),
+            beat_period: p.beat_period.max(1),
+            member_timeout: p.member_timeout,
+            lag_limit: p.lag_limit.max(1),
+            max_streams: p.max_streams.max(1),
+            next_seq: 1,
+            sent: Store::default(),
+            sent_at: VecDeque::new(),
+            members: BTreeMap::new(),
+            stable: 0,
+            beats: 0,
+            streams: BTreeMap::new(),
+            repairers: Vec::new(),
+            waiting: BTreeMap::new(),
+            sent_msgs: 0,
+            delivered: 0,
+            duplicates: 0,
+            requests: 0,
+            retransmits: 0,
+            subtree_repairs: 0,
+            cut_offs: 0,
+            skipped: 0,
+            evicted: 0,
+        }
+    }
+
+    fn hi(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    fn lo(&self) -> u64 {
+        self.sent.lo(self.next_seq)
+    }
+
+    /// The messages of this agent that every member holds.
+    pub fn stable(&self) -> u64 {
+        self.stable
+    }
+
+    fn send_to(&self, to: &Arc<str>, h: NakHeader, cx: &mut Cx<'_>) {
+        let mut m = Msg::new(self.local.clone(), Dest::Peer(to.clone()), Vec::new());
+        m.push(h.encode());
+        cx.down(m);
+    }
+
+    /// The stream of `origin`, made on first sight, starting at `first`
+    /// (the first number seen) or, when syncing everything, at `lo`.
+    fn stream(&mut self, origin: &OriginId, first: u64, lo: u64, cx: &mut Cx<'_>) -> bool {
+        if self.streams.contains_key(origin) {
+            return true;
+        }
+        if self.streams.len() >= self.max_streams {
+            let stalest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.heard)
+                .map(|(o, _)| o.clone());
+            if let Some(o) = stalest {
+                self.streams.remove(&o);
+            }
+        }
+        let start = if self.sync_all {
+            lo.clamp(1, first.max(1))
+        } else {
+            first.max(1)
+        };
+        let mut missing = BTreeMap::new();
+        for s in start..first.min(start + self.window) {
+            missing.insert(s, (cx.now + self.nak_delay, 0));
+        }
+        if !missing.is_empty() {
+            cx.arm("nak", cx.now + self.nak_delay);
+        }
+        self.streams.insert(
+            origin.clone(),
+            Stream {
+                next: start,
+                got: BTreeSet::new(),
+                hi: start - 1,
+                store: Store::default(),
+                missing,
+                acked: 0,
+                ack_at: 0,
+                heard: cx.now,
+                origin_lo: lo,
+            },
+        );
+        cx.control(Control::Synced {
+            origin: origin.clone(),
+            from_start: start == 1,
+        });
+        false
+    }
+
+    /// Notes that `origin` reached `hi`: every number up to it not yet
+    /// received is a hole.
+    fn note_hi(&mut self, origin: &OriginId, hi: u64, cx: &mut Cx<'_>) {
+        let (window, delay) = (self.window, self.nak_delay);
+        let Some(st) = self.streams.get_mut(origin) else {
+            return;
+        };
+        st.heard = cx.now;
+        if hi <= st.hi {
+            return;
+        }
+        let from = (st.hi + 1).max(st.next);
+        let to = hi.min(st.next + window - 1);
+        for s in from..=to {
+            if !st.got.contains(&s) {
+                st.missing.entry(s).or_insert((cx.now + delay, 0));
+            }
+        }
+        st.hi = hi;
+        if from <= to {
+            cx.arm("nak", cx.now + delay);
+        }
+    }
+
+    fn receive(&mut self, seq: u64, lo: u64, msg: Msg, cx: &mut Cx<'_>) {
+        let origin = msg.origin.clone();
+        self.stream(&origin, seq, lo, cx);
+        let (window, max_bytes) = (self.window, self.max_bytes);
+        let st = self.streams.get_mut(&origin).expect("made");
+        st.origin_lo = st.origin_lo.max(lo);
+        if seq < st.next || st.got.contains(&seq) {
+            self.duplicates += 1;
+            st.heard = cx.now;
+            return;
+        }
+        if seq >= st.next + window {
+            return cx.refuse("ahead_of_window");
+        }
+        st.got.insert(seq);
+        st.missing.remove(&seq);
+        self.evicted += st.store.insert(seq, msg.clone(), window, max_bytes);
+        while st.got.remove(&st.next) {
+            st.next += 1;
+        }
+        self.note_hi(&origin, seq, cx);
+        self.delivered += 1;
+        if matches!(msg.dest, Dest::Peer(_)) {
+            // A repair: what this agent lacked, the zone below it lacks too.
+            let mut m = msg.clone();
+            m.dest = Dest::Subtree;
+            m.push(NakHeader::Data { seq, lo }.encode());
+            self.subtree_repairs += 1;
+            cx.down(m);
+        }
+        if let Some((askers, until)) = self.waiting.remove(&(origin.clone(), seq))
+            && until >= cx.now
+        {
+            for to in askers {
+                let mut m = msg.clone();
+                m.dest = Dest::Peer(to);
+                m.push(NakHeader::Data { seq, lo }.encode());
+                self.retransmits += 1;
+                cx.down(m);
+            }
+        }
+        cx.up(msg);
+    }
+
+    fn serve(&mut self, to: Arc<str>, stream: OriginId, ranges: &[(u64, u64)], cx: &mut Cx<'_>) {
+        let own = stream == self.local;
+        let lo = if own {
+            self.lo()
+        } else {
+            match self.streams.get(&stream) {
+                Some(s) => s.origin_lo,
+                None => return,
+            }
+        };
+        let mut budget = MAX_ASK;
+        let mut cut = false;
+        for &(a, b) in ranges {
+            for seq in a..=b {
+                if budget == 0 {
+                    return;
+                }
+                budget -= 1;
+                let held = if own {
+                    self.sent.msgs.get(&seq)
+                } else {
+                    self.streams[&stream].store.msgs.get(&seq)
+                };
+                match held {
+                    Some(m) => {
+                        let mut m = m.clone();
+                        m.dest = Dest::Peer(to.clone());
+                        m.push(NakHeader::Data { seq, lo }.encode());
+                        self.retransmits += 1;
+                        cx.down(m);
+                    }
+                    None if own && seq < lo && !cut => {
+                        cut = true;
+                        self.cut_offs += 1;
+                        let inc = self.local.inc;
+                        self.send_to(&to, NakHeader::CutOff { inc, resume: lo }, cx);
+                    }
+                    None if !own && self.waiting.len() < MAX_WAITING => {
+                        // Missing here too: answer when it comes.
+                        let until = cx.now + 2 * self.nak_retry;
+                        let w = self
+                            .waiting
+                            .entry((stream.clone(), seq))
+                            .or_insert((Vec::new(), until));
+                        if !w.0.contains(&to) && w.0.len() < 16 {
+                            w.0.push(to.clone());
+                        }
+                        w.1 = until;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn cut_off(&mut self, origin: &OriginId, resume: u64, cx: &mut Cx<'_>) {
+        let Some(st) = self.streams.get_mut(origin) else {
+            return;
+        };
+        if resume <= st.next {
+            return;
+        }
+        let lost = (st.next..resume).filter(|s| !st.got.contains(s)).count() as u64;
+        st.got = st.got.split_off(&resume);
+        st.missing = st.missing.split_off(&resume);
+        st.next = resume;
+        st.hi = st.hi.max(resume - 1);
+        while st.got.remove(&st.next) {
+            st.next += 1;
+        }
+        self.skipped += lost;
+        cx.control(Control::Skipped {
+            origin: origin.clone(),
+            count: lost,
+        });
+    }
+
+    /// Asks for every hole that is due.
+    fn ask(&mut self, cx: &mut Cx<'_>) {
+        let mut next_due = Micros::MAX;
+        let mut asks = Vec::new();
+        for (origin, st) in self.streams.iter_mut() {
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            let mut tries = 0;
+            let mut n = 0;
+            for (seq, (due, t)) in st.missing.iter_mut() {
+                if *due > cx.now {
+                    next_due = next_due.min(*due);
+                    continue;
+                }
+                if n >= MAX_ASK {
+                    next_due = next_due.min(cx.now + self.nak_retry);
+                    break;
+                }
+                let extends = ranges.last().is_some_and(|(_, b)| *b + 1 == *seq);
+                if extends {
+                    ranges.last_mut().expect("some").1 = *seq;
+                } else if ranges.len() >= MAX_RANGES {
+                    next_due = next_due.min(cx.now + self.nak_retry);
+                    break;
+                } else {
+                    ranges.push((*seq, *seq));
+                }
+                tries = tries.max(*t);
+                *t += 1;
+                *due = cx.now + self.nak_retry;
+                next_due = next_due.min(*due);
+                n += 1;
+            }
+            if !ranges.is_empty() {
+                // The repairer twice (it answers when its own repair comes),
+                // then the origin, and so on.
+                let target = match self.repairers.first() {
+                    Some(r) if tries % 2 == 0 && **r != *origin.addr => r.clone(),
+                    _ => origin.addr.clone(),
+                };
+                asks.push((target, origin.clone(), ranges));
+            }
+        }
+        for (target, origin, ranges) in asks {
+            self.requests += 1;
+            let h = NakHeader::Nak {
+                addr: origin.addr,
+                inc: origin.inc,
+                ranges,
+            };
+            self.send_to(&target, h, cx);
+        }
+        if next_due != Micros::MAX {
+            cx.set_timer("nak", next_due);
+        }
+    }
+
+    fn acks(&mut self, cx: &mut Cx<'_>) {
+        let keepalive = 4 * self.ack_period;
+        let mut acks = Vec::new();
+        for (origin, st) in self.streams.iter_mut() {
+            let upto = st.next - 1;
+            if upto > st.acked || cx.now >= st.ack_at + keepalive {
+                st.acked = upto;
+                st.ack_at = cx.now;
+                acks.push((origin.addr.clone(), origin.inc, upto));
+            }
+        }
+        for (to, inc, upto) in acks {
+            self.send_to(&to, NakHeader::Ack { inc, upto }, cx);
+        }
+        self.waiting.retain(|_, (_, until)| *until >= cx.now);
+        // Streams of origins gone quiet for long are forgotten.
+        let gone = cx.now.saturating_sub(12 * self.member_timeout);
+        self.streams.retain(|_, s| s.heard >= gone);
+        cx.set_timer("ack", cx.now + self.ack_period);
+    }
+
+    /// As an origin: heartbeat, membership, cut-offs, stability and collection.
+    fn beat(&mut self, cx: &mut Cx<'_>) {
+        cx.set_timer("beat", cx.now + self.beat_period);
+        if self.next_seq == 1 {
+            return;
+        }
+        let (hi, lo) = (self.hi(), self.lo());
+        let mut m = Msg::new(self.local.clone(), Dest::All, Vec::new());
+        self.beats += 1;
+        let beat = self.beats;
+        m.push(NakHeader::Beat { hi, lo, beat }.encode());
+        cx.down(m);
+        let since = cx.now.saturating_sub(self.member_timeout);
+        self.members.retain(|_, m| m.heard >= since);
+        let lagging: Vec<Arc<str>> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.upto + self.lag_limit < hi)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for a in lagging {
+            self.members.remove(&a);
+            self.cut_offs += 1;
+            let inc = self.local.inc;
+            self.send_to(
+                &a,
+                NakHeader::CutOff {
+                    inc,
+                    resume: hi + 1,
+                },
+                cx,
+            );
+        }
+        self.restabilize(cx);
+    }
+
+    fn restabilize(&mut self, cx: &mut Cx<'_>) {
+        let hi = self.hi();
+        let stable = self
+            .members
+            .values()
+            .map(|m| m.upto.min(hi))
+            .min()
+            .unwrap_or(hi);
+        if stable != self.stable {
+            self.stable = stable;
+            cx.control(Control::Stable { upto: stable });
+        }
+        let since = cx.now.saturating_sub(self.hold);
+        while self.sent_at.front().is_some_and(|(_, at)| *at < since) {
+            self.sent_at.pop_front();
+        }
+        let young = self.sent_at.front().map_or(hi, |(s, _)| s - 1);
+        self.sent
+            .collect(stable.min(young).min(hi.saturating_sub(self.retain)));
+    }
+}
+
+impl Layer for Nak {
+    fn kind(&self) -> LayerKind {
+        LayerKind::Nak
+    }
+
+    fn down(&mut self, mut msg: Msg, cx: &mut Cx<'_>) {
+        if msg.dest != Dest::All {
+            msg.push(NakHeader::Pass.encode());
+            return cx.down(msg);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sent_msgs += 1;
+        self.evicted += self
+            .sent
+            .insert(seq, msg.clone(), self.window, self.max_bytes);
+        self.sent_at.push_back((seq, cx.now));
+        if self.sent_at.len() as u64 > self.window {
+            self.sent_at.pop_front();
+        }
+        let lo = self.lo();
+        msg.push(NakHeader::Data { seq, lo }.encode());
+        cx.down(msg);
+    }
+
+    fn up(&mut self, header: &[u8], msg: Msg, cx: &mut Cx<'_>) {
+        let Ok(h) = NakHeader::decode(header) else {
+            return cx.refuse("bad_header");
+        };
+        let own = msg.origin == self.local;
+        // The agent that sent a point-to-point message, as the transport knows it.
+        let sender = msg.via.clone().unwrap_or_else(|| msg.origin.addr.clone());
+        match h {
+            NakHeader::Pass => cx.up(msg),
+            NakHeader::Data { .. } if own => cx.up(msg),
+            NakHeader::Data { seq, lo } => self.receive(seq, lo, msg, cx),
+            NakHeader::Beat { .. } if own => {}
+            NakHeader::Beat { hi, lo, .. } => {
+                self.stream(&msg.origin, hi + 1, lo, cx);
+                if let Some(st) = self.streams.get_mut(&msg.origin) {
+                    st.origin_lo = st.origin_lo.max(lo);
+                }
+                self.note_hi(&msg.origin, hi, cx);
+            }
+            NakHeader::Ack { inc, upto } => {
+                if inc != self.local.inc || upto > self.hi() {
+                    return cx.refuse("stray_ack");
+                }
+                let m = self
+                    .members
+                    .entry(sender)
+                    .or_insert(Member { upto, heard: 0 });
+                m.upto = m.upto.max(upto);
+                m.heard = cx.now;
+                self.restabilize(cx);
+            }
+            NakHeader::Nak { addr, inc, ranges } => {
+                let stream = OriginId { addr, inc };
+                self.serve(sender, stream, &ranges, cx);
+            }
+            NakHeader::CutOff { inc, resume } => {
+                if inc == msg.origin.inc && sender == msg.origin.addr {
+                    self.cut_off(&msg.origin, resume, cx);
+                }
+            }
+        }
+    }
+
+    fn timer(&mut self, name: &'static str, cx: &mut Cx<'_>) {
+        match name {
+            "start" => {
+                cx.set_timer("ack", cx.now + self.ack_period);
+                cx.set_timer("beat", cx.now + self.beat_period);
+            }
+            "nak" => self.ask(cx),
+            "ack" => self.acks(cx),
+            "beat" => self.beat(cx),
+            _ => {}
+        }
+    }
+
+    fn control(&mut self, ctl: &Control, _: &mut Cx<'_>) {
+        if let Control::Peers { repairers, .. } = ctl {
+            self.repairers = repairers.clone();
+        }
+    }
+
+    fn counters(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.extend([
+            ("sent", self.sent_msgs),
+            ("delivered", self.delivered),
+            ("duplicates", self.duplicates),
+            ("requests", self.requests),
+            ("retransmits", self.retransmits),
+            ("subtree_repairs", self.subtree_repairs),
+            ("cut_offs", self.cut_offs),
+            ("skipped", self.skipped),
+            ("evicted", self.evicted),
+            ("stable", self.stable),
+            ("members", self.members.len() as u64),
+            ("streams", self.streams.len() as u64),
+            (
+                "holes",
+                self.streams.values().map(|s| s.missing.len() as u64).sum(),
+            ),
+            (
+                "next",
+                self.streams.values().map(|s| s.next).max().unwrap_or(0),
+            ),
+            ("hi", self.streams.values().map(|s| s.hi).max().unwrap_or(0)),
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn headers_round_trip() {
+        for h in [
+            NakHeader::Data { seq: 7, lo: 1 },
+            NakHeader::Beat {
+                hi: 9,
+                lo: 3,
+                beat: 4,
+            },
+            NakHeader::Ack { inc: 5, upto: 2 },
+            NakHeader::Nak {
+                addr: "x:1".into(),
+                inc: 3,
+                ranges: vec![(1, 4), (9, 9)],
+            },
+            NakHeader::CutOff { inc: 1, resume: 40 },
+            NakHeader::Pass,
+        ] {
+            assert_eq!(NakHeader::decode(&h.encode()).unwrap(), h);
+        }
+        assert!(NakHeader::decode(&NakHeader::Data { seq: 0, lo: 0 }.encode()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn hostile_headers_never_panic(b in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = NakHeader::decode(&b);
+        }
+    }
+}
