@@ -4,11 +4,11 @@
 //! searches from far agents, aggregates that count; the same run on one
 //! thread and on two.
 
+use armillary_proto::Micros;
 use armillary_proto::chm::{
     Check, CheckSpec, Chm, ChmConfig, ChmEvent, ComponentId, Registration, Sample, Status,
 };
 use armillary_proto::sim::{Clock, NetConfig, World, tree};
-use armillary_proto::{Config, Micros};
 use zone_sql::Value;
 
 const SECOND: Micros = 1_000_000;
@@ -18,17 +18,10 @@ type W = World<(Chm,)>;
 
 fn world(n: usize, branching: usize, net: NetConfig, threads: usize, seed: u64) -> W {
     let leaves = tree::balanced(n, branching);
-    let configs: Vec<Config> = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut c = Config::new(l.clone(), l.as_arc().clone());
-            c.rng_seed = seed ^ (i as u64 * 7919);
-            c.seeds = vec![leaves[(i + 1) % n].as_arc().clone()];
-            c.events = false;
-            c
-        })
-        .collect();
+    let mut configs = tree::configs(&leaves, seed);
+    for c in &mut configs {
+        c.events = false;
+    }
     let clocks = vec![Clock::default(); n];
     let mut w = World::with_services(configs, clocks, net, seed, move |i| {
         (Chm::new(ChmConfig {

@@ -8,7 +8,7 @@ use armillary_proto::dds::{
     SlowPolicy, SubId, SubscribeOpts,
 };
 use armillary_proto::sim::{Clock, NetConfig, World, tree};
-use armillary_proto::{AfcCert, Config, Micros, ZonePath};
+use armillary_proto::{AfcCert, Micros, ZonePath};
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,17 +39,10 @@ fn world_with(n: usize, loss: f64, threads: usize, seed: u64, params: Params) ->
             .map(|(i, l)| (l.as_arc().clone(), key(i).verifying_key()))
             .collect(),
     ));
-    let configs: Vec<Config> = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut c = Config::new(l.clone(), l.as_arc().clone());
-            c.rng_seed = seed ^ (i as u64 * 7919);
-            c.seeds = vec![leaves[(i + 1) % n].as_arc().clone()];
-            c.events = false;
-            c
-        })
-        .collect();
+    let mut configs = tree::configs(&leaves, seed);
+    for c in &mut configs {
+        c.events = false;
+    }
     let net = NetConfig {
         loss,
         latency: (5 * MS, 40 * MS),

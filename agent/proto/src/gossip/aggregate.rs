@@ -52,14 +52,6 @@ impl Agent {
         let frame = self.levels[i].table.frame();
         let seed = stable_hash(zone.as_str());
         let mut faults: Vec<AfcFault> = Vec::new();
-        let fault = |faults: &mut Vec<AfcFault>, e: &crate::afc::StoredAfc, reason: String| {
-            faults.push(AfcFault {
-                zone: zone.clone(),
-                scope: e.cert.scope.clone(),
-                name: e.cert.name.clone(),
-                reason,
-            })
-        };
         let mut out = match self.system.eval(&frame, seed) {
             Ok(a) => a,
             Err(e) => {
@@ -79,73 +71,26 @@ impl Agent {
         out.set("nreporting", nreporting);
         let mut budget = MAX_ATTRS_BYTES - limits::SYSTEM_ATTRS_BYTES;
         for (prefix, program) in &self.service_programs {
-            let name = |faults: &mut Vec<AfcFault>, reason: String| {
+            if let Err(reason) = merge_output(program, &frame, seed, &mut out, &mut budget) {
                 faults.push(AfcFault {
                     zone: zone.clone(),
                     scope: ZonePath::root(),
                     name: format!("{prefix} (built-in)").into(),
                     reason,
-                })
-            };
-            let a = match program.eval(&frame, seed) {
-                Ok(a) => a,
-                Err(e) => {
-                    name(&mut faults, e.to_string());
-                    continue;
-                }
-            };
-            let len = a.encoded_len();
-            if let Err(e) = limits::check_output(&a) {
-                name(&mut faults, format!("output left out: {e}"));
-            } else if len > budget {
-                name(
-                    &mut faults,
-                    format!("output left out: its {len} bytes do not fit the {budget} bytes left"),
-                );
-            } else {
-                budget -= len;
-                for (n, v) in a.iter() {
-                    out.set(n.clone(), v.clone());
-                }
+                });
             }
         }
         for afc in self.afcs.applicable(&zone) {
             let Some(program) = &afc.program else {
                 continue;
             };
-            let a = match program.eval(&frame, seed) {
-                Ok(a) => a,
-                Err(e) => {
-                    fault(&mut faults, afc, e.to_string());
-                    continue;
-                }
-            };
-            if let Err(e) = limits::check_output(&a) {
-                fault(&mut faults, afc, format!("output left out: {e}"));
-                continue;
-            }
-            if let Some(n) = a.names().find(|n| out.get(n).is_some()) {
-                fault(
-                    &mut faults,
-                    afc,
-                    format!("output {n} already set by another AFC"),
-                );
-                continue;
-            }
-            let len = a.encoded_len();
-            if len > budget {
-                fault(
-                    &mut faults,
-                    afc,
-                    format!(
-                        "output left out: its {len} bytes do not fit the {budget} bytes left of the row's {MAX_ATTRS_BYTES}-byte attribute budget"
-                    ),
-                );
-                continue;
-            }
-            budget -= len;
-            for (n, v) in a.iter() {
-                out.set(n.clone(), v.clone());
+            if let Err(reason) = merge_output(program, &frame, seed, &mut out, &mut budget) {
+                faults.push(AfcFault {
+                    zone: zone.clone(),
+                    scope: afc.cert.scope.clone(),
+                    name: afc.cert.name.clone(),
+                    reason,
+                });
             }
         }
         if !faults.is_empty() {
@@ -290,6 +235,35 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Evaluates one program over a zone's table and adds its output to the
+/// zone's row `out`, within the `budget` bytes left; the reason when the
+/// output is left out (the program failed, a value breaks a row limit, a
+/// name is already set, or it does not fit).
+fn merge_output(
+    program: &Program,
+    frame: &zone_sql::Frame,
+    seed: u64,
+    out: &mut Attrs,
+    budget: &mut usize,
+) -> Result<(), String> {
+    let a = program.eval(frame, seed).map_err(|e| e.to_string())?;
+    limits::check_output(&a).map_err(|e| format!("output left out: {e}"))?;
+    if let Some(n) = a.names().find(|n| out.get(n).is_some()) {
+        return Err(format!("output {n} already set by another AFC"));
+    }
+    let len = a.encoded_len();
+    if len > *budget {
+        return Err(format!(
+            "output left out: its {len} bytes do not fit the {budget} bytes left of the row's {MAX_ATTRS_BYTES}-byte attribute budget"
+        ));
+    }
+    *budget -= len;
+    for (n, v) in a.iter() {
+        out.set(n.clone(), v.clone());
+    }
+    Ok(())
 }
 
 /// The system AFC: standard attributes every zone row has.

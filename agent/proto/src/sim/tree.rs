@@ -42,6 +42,23 @@ pub fn levels(leaves: &[ZonePath]) -> usize {
     leaves.iter().map(|l| l.depth()).max().unwrap_or(0)
 }
 
+/// One configuration per leaf, as the tests and scenarios start them: each
+/// agent's randomness derived from `seed` and its index, and the next leaf
+/// (wrapping) as its seed to join through.
+pub fn configs(leaves: &[ZonePath], seed: u64) -> Vec<crate::Config> {
+    let n = leaves.len();
+    leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut c = crate::Config::new(l.clone(), l.as_arc().clone());
+            c.rng_seed = seed ^ (i as u64 * 7919);
+            c.seeds = vec![leaves[(i + 1) % n].as_arc().clone()];
+            c
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
