@@ -4,6 +4,7 @@
 //! here so that the binary and the tests name one crate.
 
 pub mod api;
+pub mod chm;
 pub mod clock;
 pub mod fsutil;
 pub mod keys;

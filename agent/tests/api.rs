@@ -40,6 +40,7 @@ impl Fixture {
             data_dir: None,
             security: security.map(Arc::new),
             sensors: None,
+            services: Default::default(),
         };
         let node = Node::start(cfg).await.expect("node starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

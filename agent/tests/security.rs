@@ -318,6 +318,7 @@ async fn restored_afcs_are_checked_with_security_on() {
         data_dir: Some(dir.clone()),
         security: Some(Arc::new(sec)),
         sensors: None,
+        services: Default::default(),
     })
     .await
     .unwrap();

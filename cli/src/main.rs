@@ -32,6 +32,9 @@ enum Command {
     Dev(cmd::dev::DevArgs),
     /// Run the deterministic simulator: many agents in one process.
     Sim(cmd::sim::SimArgs),
+    /// Component health monitoring: register, check, look up, watch.
+    #[command(subcommand)]
+    Chm(cmd::chm::ChmCommand),
     /// Aggregation function certificates (AFCs).
     #[command(subcommand)]
     Afc(cmd::afc::AfcCommand),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => cmd::dev::run(args),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sim(args) => cmd::sim::run(args),
+        Command::Chm(c) => cmd::chm::run(c),
         Command::Afc(c) => cmd::afc::run(c),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Zones(a) => cmd::zones::zones(a),

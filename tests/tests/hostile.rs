@@ -81,6 +81,7 @@ async fn stranger(leaf: &str, seed: &str, security: Option<Security>) -> Node {
         data_dir: None,
         security: security.map(Arc::new),
         sensors: None,
+        services: Default::default(),
     })
     .await
     .unwrap()

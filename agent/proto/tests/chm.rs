@@ -6,8 +6,9 @@
 
 use armillary_proto::Micros;
 use armillary_proto::chm::{
-    Check, CheckSpec, Chm, ChmConfig, ChmEvent, ComponentId, Registration, Sample, Status,
+    Check, CheckSpec, Chm, ChmConfig, ChmEvent, ComponentId, Record, Registration, Sample, Status,
 };
+use armillary_proto::path::ZonePath;
 use armillary_proto::sim::{Clock, NetConfig, World, tree};
 use zone_sql::Value;
 
@@ -347,7 +348,7 @@ fn providers_nearest_first_and_degraded_ones_ranked_or_left_out() {
                 t4: t1 + 2_000 + work,
             };
             w.with_host(0, |h, now| {
-                h.with_service::<Chm, _>(now, |c, z| c.report_qos(now, z, &id(provider), s))
+                h.with_service::<Chm, _>(now, |c, _| c.report_qos(&id(provider), s))
             })
             .unwrap()
             .unwrap()
@@ -481,4 +482,53 @@ fn ten_thousand_agents() {
         "10000 agents, 15% loss, 30 s: {probes} probes, {suspicions} suspicions, {false_verdicts} false verdicts (agent-samples), {false_critical} false critical root rows (agent-samples), {} bytes per agent per second (gossip and CHM)",
         bytes / 10_000 / 35
     );
+}
+
+/// Starts a listing of `within` at agent `from` and waits for its result.
+fn list(w: &mut W, from: usize, within: &ZonePath) -> (Vec<Record>, bool) {
+    let within = within.clone();
+    let ticket = w
+        .with_host(from, |h, now| {
+            h.with_service::<Chm, _>(now, |c, z| c.list(now, z, within))
+        })
+        .unwrap()
+        .unwrap();
+    match wait(w, from, ticket) {
+        ChmEvent::Listed {
+            records, complete, ..
+        } => (records, complete),
+        e => panic!("not a listing: {e:?}"),
+    }
+}
+
+#[test]
+fn listings_of_near_and_far_zones_hold_exactly_their_components() {
+    let mut w = world(300, 6, NetConfig::default(), 2, 11);
+    register_all(&mut w);
+    w.run_until(5 * SECOND);
+    // The whole tree, from one agent: every component once, complete.
+    let (all, complete) = list(&mut w, 0, &ZonePath::root());
+    assert!(complete);
+    let mut ids: Vec<String> = all.iter().map(|r| r.id.to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300);
+    // Nearest zone first: the asker's own leaf zone opens the listing.
+    let home = w.agent(0).unwrap().leaf().parent().unwrap();
+    assert!(home.contains(&all[0].zone));
+    // A far zone, from an agent outside it: that zone's components only.
+    let far = w.agent(299).unwrap().leaf().parent().unwrap();
+    assert!(!far.contains(w.agent(0).unwrap().leaf()));
+    let (some, complete) = list(&mut w, 0, &far);
+    assert!(complete);
+    let expected = (0..300)
+        .filter(|&i| far.contains(w.agent(i).unwrap().leaf()))
+        .count();
+    assert_eq!(some.len(), expected);
+    assert!(some.iter().all(|r| far.contains(&r.zone)));
+    // One agent's zone: its one component.
+    let one = w.agent(150).unwrap().leaf().clone();
+    let (just, _) = list(&mut w, 7, &one);
+    assert_eq!(just.len(), 1);
+    assert_eq!(just[0].id.as_str(), "c150");
 }

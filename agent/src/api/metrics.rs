@@ -18,11 +18,25 @@ pub async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Api
 /// Renders the status as Prometheus metrics.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    for (name, value) in &s.counters {
+    let mut family = String::new();
+    for (key, value) in &s.counters {
+        let (name, labels) = split_labels(key);
         let name = metric_name(name);
         let name = name.strip_suffix("_total").unwrap_or(&name);
-        let _ = writeln!(out, "# TYPE armillary_{name}_total counter");
-        let _ = writeln!(out, "armillary_{name}_total {value}");
+        if family != name {
+            let _ = writeln!(out, "# TYPE armillary_{name}_total counter");
+            family = name.to_string();
+        }
+        let _ = writeln!(out, "armillary_{name}_total{labels} {value}");
+    }
+    for (key, value) in &s.gauges {
+        let (name, labels) = split_labels(key);
+        let name = metric_name(name);
+        if family != name {
+            let _ = writeln!(out, "# TYPE armillary_{name} gauge");
+            family = name.clone();
+        }
+        let _ = writeln!(out, "armillary_{name}{labels} {value}");
     }
     let _ = writeln!(
         out,
@@ -61,6 +75,15 @@ fn metric_name(n: &str) -> String {
         .collect()
 }
 
+/// `name{label="v"}` into the name and its labels (kept as written: the
+/// services that name them write valid labels).
+fn split_labels(key: &str) -> (&str, &str) {
+    match key.find('{') {
+        Some(i) if key.ends_with('}') => (&key[..i], &key[i..]),
+        _ => (key, ""),
+    }
+}
+
 fn label_value(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -83,7 +106,13 @@ mod tests {
             zones: vec![ZonePath::root()],
             round: 7,
             now: 0,
-            counters: BTreeMap::from([("msgs_sent".to_string(), 3), ("odd-name".to_string(), 1)]),
+            counters: BTreeMap::from([
+                ("msgs_sent".to_string(), 3),
+                ("odd-name".to_string(), 1),
+                ("chm_checks_run{kind=\"http\"}".to_string(), 4),
+                ("chm_checks_run{kind=\"tcp\"}".to_string(), 5),
+            ]),
+            gauges: BTreeMap::from([("chm_components{status=\"passing\"}".to_string(), 2)]),
             rejected: BTreeMap::from([("bad \"sig\"".to_string(), 2)]),
         };
         let text = render(&s);
@@ -94,6 +123,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("armillary_round 7\n"), "{text}");
+        assert_eq!(
+            text.matches("# TYPE armillary_chm_checks_run_total counter")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains("armillary_chm_checks_run_total{kind=\"tcp\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE armillary_chm_components gauge\narmillary_chm_components{status=\"passing\"} 2\n"), "{text}");
         assert!(text.contains("armillary_insecure 1\n"), "{text}");
     }
 }

@@ -9,6 +9,7 @@
 
 mod access;
 mod afcs;
+mod chm;
 mod error;
 mod guard;
 mod metrics;
@@ -93,6 +94,7 @@ fn build(
         )
         .route("/v1/watch", get(watch::watch))
         .route("/metrics", get(metrics::metrics))
+        .merge(chm::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -30,6 +30,8 @@ pub struct ClusterSpec {
     /// Readings of each agent's own sensors, by index, in place of the
     /// shared `sensors` (the network benchmark changes them one agent at a time).
     pub own_sensors: Vec<watch::Receiver<Attrs>>,
+    /// How every agent's services run.
+    pub services: super::ServiceOptions,
 }
 
 impl ClusterSpec {
@@ -44,6 +46,7 @@ impl ClusterSpec {
             api_addr: None,
             sensors: None,
             own_sensors: Vec::new(),
+            services: Default::default(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Cluster {
                 .get(i)
                 .or(self.spec.sensors.as_ref())
                 .cloned(),
+            services: self.spec.services.clone(),
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! The state a node's task owns: the protocol core and what surrounds it
 //! (durable store, counters, change fan-out). Handle calls run here.
 
+use super::glue::{Glue, Jobs};
 use super::handle::{AfcView, Change, NodeError, RowView, Status};
 use super::store::Store;
 use super::transport::NetCounters;
@@ -32,9 +33,14 @@ pub struct NodeCore {
     saved: (u64, Attrs),
     /// Each service's state last written.
     saved_services: BTreeMap<&'static str, Vec<u8>>,
+    /// The services' runtime halves.
+    glue: Vec<Box<dyn Glue>>,
+    jobs: Jobs,
 }
 
 impl NodeCore {
+    // Each argument is one part the node's task owns; only `Node::start` calls it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         host: Host<Box<dyn Services>>,
         store: Option<Store>,
@@ -43,6 +49,8 @@ impl NodeCore {
         insecure: bool,
         identity: Option<String>,
         gossip_addr: String,
+        glue: Vec<Box<dyn Glue>>,
+        jobs: Jobs,
     ) -> NodeCore {
         let agent = &host.gossip;
         let saved = (agent.afcs().version(), agent.local_attrs().clone());
@@ -58,7 +66,19 @@ impl NodeCore {
             table_marks: vec![0; levels],
             saved,
             saved_services: BTreeMap::new(),
+            glue,
+            jobs,
         }
+    }
+
+    /// The host and the runtime half of type `G`, for an API call of its
+    /// service; None when the node runs no such service.
+    pub fn glue<G: Glue>(&mut self) -> Option<(&mut Host<Box<dyn Services>>, &mut G)> {
+        let g = self
+            .glue
+            .iter_mut()
+            .find_map(|g| g.as_any_mut().downcast_mut::<G>())?;
+        Some((&mut self.host, g))
     }
 
     /// Hands a message from the network to the core it is for.
@@ -119,6 +139,11 @@ impl NodeCore {
             counters.insert(k.to_string(), v);
         }
         self.net.add_counters(&mut counters);
+        let mut gauges = BTreeMap::new();
+        for g in &self.glue {
+            g.counters(&self.host, &mut counters);
+            g.gauges(&self.host, &mut gauges);
+        }
         let mut rejected: BTreeMap<String, u64> = s
             .rejected
             .iter()
@@ -134,6 +159,7 @@ impl NodeCore {
             round: self.host.gossip.round(),
             now: now_micros(),
             counters,
+            gauges,
             rejected,
         }
     }
@@ -344,10 +370,16 @@ impl NodeCore {
             };
             let _ = self.changes.send(change);
         }
-        // Service events have no subscribers here yet: a service's API
-        // routes read its core.
+        // Service events go to their runtime halves; each then takes the
+        // work its core asks for.
         while let Some(e) = self.host.services.poll_event() {
-            tracing::trace!(service = e.service, "service event");
+            match self.glue.iter_mut().find(|g| g.service() == e.service) {
+                Some(g) => g.on_event(e.event, now),
+                None => tracing::trace!(service = e.service, "service event"),
+            }
+        }
+        for g in &mut self.glue {
+            g.after_input(&mut self.host, &self.jobs, now);
         }
         if self.changes.receiver_count() > 0 {
             for (i, zone) in self.host.gossip.zones().iter().enumerate() {

@@ -109,6 +109,8 @@ pub struct Status {
     pub round: u64,
     pub now: Micros,
     pub counters: BTreeMap<String, u64>,
+    /// Levels, such as components per status (`name{label="v"}` keys).
+    pub gauges: BTreeMap<String, i64>,
     pub rejected: BTreeMap<String, u64>,
 }
 
@@ -120,7 +122,7 @@ pub struct NodeInfo {
     pub insecure: bool,
 }
 
-type Job = Box<dyn FnOnce(&mut NodeCore) + Send>;
+pub(super) type Job = Box<dyn FnOnce(&mut NodeCore) + Send>;
 
 /// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
@@ -136,7 +138,7 @@ impl NodeHandle {
     }
 
     /// Runs `f` on the node's task and returns its result.
-    async fn call<T: Send + 'static>(
+    pub async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut NodeCore) -> T + Send + 'static,
     ) -> Result<T, NodeError> {
@@ -150,7 +152,7 @@ impl NodeHandle {
 
     /// Like [`Self::call`] for fallible requests: a refused request is
     /// counted in the agent's rejection metrics.
-    async fn try_call<T: Send + 'static>(
+    pub async fn try_call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut NodeCore) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
@@ -213,7 +215,28 @@ impl NodeHandle {
 
     /// The attributes applications set on this agent.
     pub async fn local_attrs(&self) -> Result<Attrs, NodeError> {
-        self.call(|c| c.host.gossip.local_attrs().clone()).await
+        self.call(|c| {
+            // The services' own attributes (`chm_...`) are theirs, not the
+            // applications'.
+            let prefixes: Vec<String> = c
+                .host
+                .services
+                .names()
+                .iter()
+                .map(|n| format!("{n}_"))
+                .collect();
+            let mut attrs = c.host.gossip.local_attrs().clone();
+            let theirs: Vec<String> = attrs
+                .names()
+                .filter(|k| prefixes.iter().any(|p| k.starts_with(p.as_str())))
+                .map(|k| k.to_string())
+                .collect();
+            for k in theirs {
+                attrs.remove(&k);
+            }
+            attrs
+        })
+        .await
     }
 
     pub async fn set_attr(&self, name: String, value: Value) -> Result<(), NodeError> {

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cluster;
 mod core;
+pub mod glue;
 mod handle;
 pub mod sensors;
 pub mod store;
@@ -13,13 +14,14 @@ pub mod transport;
 
 pub use self::core::NodeCore;
 pub use crate::security::now_micros;
+pub use glue::{Glue, Jobs, ServiceSet};
 pub use handle::{AfcView, Change, NodeError, NodeHandle, NodeInfo, RowView, Status};
 pub use store::{Store, StoreError};
 pub use transport::{NetCounters, PeerAuth, Transport, TransportError};
 
 use crate::config::Config;
 use crate::gossip::Agent;
-use crate::host::{Host, Services};
+use crate::host::Host;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +50,19 @@ pub struct NodeConfig {
     pub security: Option<Arc<crate::security::Security>>,
     /// Sensor readings for the leaf row (shared by the nodes of a process).
     pub sensors: Option<watch::Receiver<Attrs>>,
+    /// How the hosted services run.
+    pub services: ServiceOptions,
+}
+
+/// Settings of the services every agent hosts.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {
+    /// CHM runs command checks (`--cmd`). Off unless the operator turns it
+    /// on or the API is reachable from this host only: whoever may register
+    /// a component may then run commands as the agent.
+    pub cmd_checks: bool,
+    /// Settings of CHM's core (the seed of its random choices is filled in).
+    pub chm: crate::chm::proto::ChmConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,18 +82,20 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds the transport, restores saved state and starts the protocol,
-    /// the gossip core alone.
+    /// Binds the transport, restores saved state and starts the protocol
+    /// with the services every agent hosts ([`ServiceSet::standard`]).
     pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
-        Node::start_with(cfg, Box::new(())).await
+        let set = ServiceSet::standard(&cfg.services);
+        Node::start_with(cfg, set).await
     }
 
-    /// [`Node::start`] with services beside the gossip core: messages for
-    /// them are routed by the envelope's service id.
-    pub async fn start_with(
-        cfg: NodeConfig,
-        services: Box<dyn Services>,
-    ) -> Result<Node, StartError> {
+    /// [`Node::start`] with a chosen set of services beside the gossip
+    /// core: messages for them are routed by the envelope's service id.
+    pub async fn start_with(cfg: NodeConfig, set: ServiceSet) -> Result<Node, StartError> {
+        let ServiceSet {
+            cores: services,
+            glue,
+        } = set;
         let auth: Option<Arc<dyn PeerAuth>> = cfg.security.as_ref().map(|s| {
             Arc::new(auth::CertAuth::new(s.identity().clone(), s.trust().clone()))
                 as Arc<dyn PeerAuth>
@@ -155,6 +172,8 @@ impl Node {
             insecure,
             identity,
             gossip_addr,
+            glue,
+            Jobs(handle.jobs.clone()),
         );
         let (stop, mut stopped) = watch::channel(false);
         let mut sensors = cfg.sensors;

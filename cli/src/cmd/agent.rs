@@ -52,6 +52,10 @@ pub struct AgentArgs {
     /// Gossip round length [default: 1s].
     #[arg(long)]
     gossip_interval: Option<humantime::Duration>,
+    /// Let components register command checks (`chm register --cmd`):
+    /// whoever may use the API then runs commands as this agent's user.
+    #[arg(long)]
+    enable_cmd_checks: bool,
     #[command(flatten)]
     access: ApiAccessArgs,
 }
@@ -130,6 +134,8 @@ struct FileSettings {
     #[serde(default)]
     api_host: Vec<String>,
     api_token_file: Option<PathBuf>,
+    /// Command checks allowed (`--enable-cmd-checks`).
+    enable_cmd_checks: Option<bool>,
 }
 
 fn read_settings(path: &Path) -> Result<FileSettings, CliError> {
@@ -290,6 +296,10 @@ pub fn run(a: AgentArgs) -> CliResult {
         core.push = p;
     }
 
+    let services = armillary_agent::node::ServiceOptions {
+        cmd_checks: a.enable_cmd_checks || file.enable_cmd_checks.unwrap_or(false),
+        ..Default::default()
+    };
     let has_token = access.token.is_some();
     runtime::init_logging(insecure);
     runtime::tokio()?.block_on(async move {
@@ -304,6 +314,7 @@ pub fn run(a: AgentArgs) -> CliResult {
             data_dir: Some(data_dir.clone()),
             security: security.map(Arc::new),
             sensors: Some(Sensors::spawn(sensor_interval)),
+            services,
         })
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;

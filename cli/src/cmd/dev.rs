@@ -57,6 +57,8 @@ async fn dev(a: DevArgs, access: ApiAccess) -> CliResult {
     spec.api_addr = Some(a.api.to_string());
     spec.sensors = Some(Sensors::spawn(DEFAULT_INTERVAL));
     spec.secure = a.secure;
+    // A development system on loopback runs command checks.
+    spec.services.cmd_checks = true;
     let cluster = Cluster::start(spec)
         .await
         .map_err(|e| CliError::failed(format!("cannot start the agents: {e}")))?;
@@ -124,6 +126,9 @@ Try:
   armillary afc install busy --zone / --sql 'SELECT MAX(load) AS load, AVG(cpu, nmembers) AS cpu'{key}
   armillary watch / --attr load --attr cpu --attr nmembers
   armillary query 'SELECT name, nmembers FROM \"/\" ORDER BY name'
+  armillary chm register web-1 --http http://127.0.0.1:{}/v1/status --interval 2s --keyword web
+  armillary chm lookup web-1
+  armillary query 'SELECT name, chm_passing, chm_critical FROM \"/\"'
 
 Ctrl-C stops every agent.",
         leaves.len(),
@@ -139,5 +144,6 @@ Ctrl-C stops every agent.",
             String::new()
         },
         leaves[0],
+        api.port(),
     );
 }

@@ -28,7 +28,7 @@ pub struct WatchArgs {
 }
 
 /// Largest event accepted from the stream.
-const MAX_EVENT: usize = 1 << 20;
+pub const MAX_EVENT: usize = 1 << 20;
 
 pub fn run(a: WatchArgs) -> CliResult {
     let client = Client::new(&a.api)?;
@@ -128,7 +128,7 @@ fn show_time(t: u64) -> String {
 
 /// Takes the next complete event (name, JSON data) out of `buf`, skipping
 /// comments (keep-alives) and events without data.
-fn next_event(buf: &mut Vec<u8>) -> Option<(String, Value)> {
+pub fn next_event(buf: &mut Vec<u8>) -> Option<(String, Value)> {
     loop {
         let end = buf.windows(2).position(|w| w == b"\n\n")?;
         let block: Vec<u8> = buf.drain(..end + 2).collect();

@@ -30,6 +30,12 @@ pub const MAX_QUERIES: usize = 64;
 pub const MAX_TRIES: usize = 3;
 /// Most records one answer or one search returns.
 pub const MAX_RECORDS: usize = 32;
+/// Most records one listing returns.
+pub const MAX_LISTED: usize = 512;
+/// Most records one answer to a listing carries (within [`ANSWER_BYTES`]).
+pub const MAX_ANSWER_LISTED: usize = 256;
+/// Encoded bytes of records one answer carries at most.
+pub const ANSWER_BYTES: usize = 32 * 1024;
 /// Most referrals one answer carries, and contacts per referral.
 pub const MAX_REFERRALS: usize = 64;
 pub const MAX_CONTACTS: usize = 8;
@@ -39,6 +45,8 @@ pub const MAX_CONTACTS: usize = 8;
 pub enum Want {
     Id(ComponentId),
     Keyword(String),
+    /// Every component below the zone asked about (a listing).
+    All,
 }
 
 /// Asks a contact of `zone` for what it holds of `want` below `zone`.
@@ -64,6 +72,8 @@ pub struct Answer {
     pub inside: bool,
     pub records: Vec<Record>,
     pub referrals: Vec<Referral>,
+    /// Records were left out to keep the answer within its budget.
+    pub truncated: bool,
 }
 
 /// What a lookup tells of a component.
@@ -107,30 +117,37 @@ pub(super) struct Candidate {
 #[derive(Debug)]
 pub(super) struct Search {
     pub want: Want,
+    /// Only records and zones in this zone count (the root but for listings).
+    pub within: ZonePath,
     pub limit: usize,
     pub found: Vec<(usize, Record)>,
     pub queue: Vec<Candidate>,
     pub inflight: usize,
     pub sent: usize,
     pub seen: BTreeSet<ZonePath>,
+    /// Some zone could not be asked, or answered with records left out.
+    pub truncated: bool,
 }
 
 impl Search {
     pub fn new(want: Want, limit: usize) -> Search {
         Search {
             want,
+            within: ZonePath::root(),
             limit,
             found: Vec::new(),
             queue: Vec::new(),
             inflight: 0,
             sent: 0,
             seen: BTreeSet::new(),
+            truncated: false,
         }
     }
 
     /// Queues a zone unless it was queued before.
     pub fn offer(&mut self, me: &ZonePath, zone: ZonePath, contacts: Vec<Arc<str>>) {
-        if contacts.is_empty() || !self.seen.insert(zone.clone()) {
+        let related = self.within.contains(&zone) || zone.contains(&self.within);
+        if !related || contacts.is_empty() || !self.seen.insert(zone.clone()) {
             return;
         }
         let distance = me.depth() - me.common_depth(&zone).min(me.depth());
@@ -145,14 +162,19 @@ impl Search {
     }
 
     pub fn add_records(&mut self, me: &ZonePath, records: impl IntoIterator<Item = Record>) {
+        let cap = match self.want {
+            Want::All => self.limit,
+            _ => MAX_RECORDS * 2,
+        };
         for r in records {
-            if self.found.len() >= MAX_RECORDS * 2 {
+            if self.found.len() >= cap {
                 break;
             }
-            if self
-                .found
-                .iter()
-                .any(|(_, f)| f.id == r.id && f.zone == r.zone)
+            if !self.within.contains(&r.zone)
+                || self
+                    .found
+                    .iter()
+                    .any(|(_, f)| f.id == r.id && f.zone == r.zone)
             {
                 continue;
             }
@@ -174,7 +196,23 @@ impl Search {
                         .all(|c| c.distance > usable[self.limit - 1].0);
                 (enough && self.inflight == 0) || self.exhausted()
             }
+            Want::All => self.found.len() >= self.limit || self.exhausted(),
         }
+    }
+
+    /// Whether a listing saw every zone it was referred to, in full.
+    pub fn complete(&self) -> bool {
+        !self.truncated
+            && self.queue.is_empty()
+            && self.inflight == 0
+            && self.found.len() < self.limit
+    }
+
+    /// Every record found, nearest zone first, then by zone and id.
+    pub fn all(&self) -> Vec<Record> {
+        let mut v: Vec<&(usize, Record)> = self.found.iter().collect();
+        v.sort_by(|a, b| (a.0, &a.1.zone, &a.1.id).cmp(&(b.0, &b.1.zone, &b.1.id)));
+        v.into_iter().map(|(_, r)| r.clone()).collect()
     }
 
     fn exhausted(&self) -> bool {

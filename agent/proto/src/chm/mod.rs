@@ -139,6 +139,13 @@ pub enum ChmEvent {
         keyword: String,
         records: Vec<Record>,
     },
+    /// The result of [`Chm::list`]: `complete` is false when some zone
+    /// could not be asked or the listing reached its limit.
+    Listed {
+        ticket: u64,
+        records: Vec<Record>,
+        complete: bool,
+    },
 }
 
 /// Why a request to CHM was refused.
@@ -209,6 +216,7 @@ struct Consumed {
 #[derive(Debug, Clone)]
 enum Purpose {
     Lookup,
+    List,
     Providers(String),
     /// Finding the agent of a provider to share QoS with.
     QosHost(ComponentId),
@@ -538,16 +546,23 @@ impl Chm {
         ))
     }
 
+    /// Starts a listing of every component in `within` (at most
+    /// [`lookup::MAX_LISTED`]), nearest zone first; its result comes as
+    /// [`ChmEvent::Listed`].
+    pub fn list(&mut self, now: Micros, zones: Zones<'_>, within: ZonePath) -> u64 {
+        self.stats.lookups += 1;
+        self.next_id += 1;
+        let ticket = self.next_id;
+        let mut s = Search::new(Want::All, lookup::MAX_LISTED);
+        s.within = within;
+        self.start(now, &zones, ticket, s, Purpose::List);
+        ticket
+    }
+
     /// A consumer's timestamps of one call to provider `id`: checked,
     /// corrected for the clocks' offset, diagnosed here and shared with
     /// the provider's agent. Returns this agent's own view of the provider.
-    pub fn report_qos(
-        &mut self,
-        _now: Micros,
-        _zones: Zones<'_>,
-        id: &ComponentId,
-        sample: Sample,
-    ) -> Result<QosView, ChmError> {
+    pub fn report_qos(&mut self, id: &ComponentId, sample: Sample) -> Result<QosView, ChmError> {
         if let Err(e) = sample.check() {
             self.stats.qos_refused += 1;
             return Err(e.into());
@@ -821,10 +836,12 @@ impl Chm {
 
     // ----- lookups -----
 
-    fn key(want: &Want) -> Key<'_> {
+    /// The Bloom filter key of `want`; None when every zone matches.
+    fn key(want: &Want) -> Option<Key<'_>> {
         match want {
-            Want::Id(id) => Key::Id(id.as_str()),
-            Want::Keyword(k) => Key::Keyword(k),
+            Want::Id(id) => Some(Key::Id(id.as_str())),
+            Want::Keyword(k) => Some(Key::Keyword(k)),
+            Want::All => None,
         }
     }
 
@@ -838,10 +855,12 @@ impl Chm {
         want: &Want,
         within: &ZonePath,
     ) -> (Vec<Record>, Vec<Referral>) {
-        let records = self.home_records(now, zones, |e| match want {
+        let mut records = self.home_records(now, zones, |e| match want {
             Want::Id(id) => e.id == *id,
             Want::Keyword(k) => e.keywords.iter().any(|x| x == k),
+            Want::All => true,
         });
+        records.retain(|r| within.contains(&r.zone));
         let leaf = zones.leaf();
         let key = Self::key(want);
         let mut referrals = Vec::new();
@@ -854,8 +873,11 @@ impl Chm {
                 if row.zone.contains(leaf) {
                     continue;
                 }
-                let hit = match row.get(summary::BLOOM) {
-                    Some(Value::Str(s)) => Bloom::from_hex(s).is_some_and(|b| b.contains(key)),
+                let hit = match (key, row.get(summary::BLOOM)) {
+                    (None, _) => true,
+                    (Some(key), Some(Value::Str(s))) => {
+                        Bloom::from_hex(s).is_some_and(|b| b.contains(key))
+                    }
                     _ => false,
                 };
                 if hit && referrals.len() < lookup::MAX_REFERRALS {
@@ -884,16 +906,20 @@ impl Chm {
     ) -> u64 {
         self.next_id += 1;
         let ticket = self.next_id;
-        let mut s = Search::new(want.clone(), limit);
-        let (records, referrals) = self.resolve(now, zones, &want, &ZonePath::root());
+        self.start(now, zones, ticket, Search::new(want, limit), purpose);
+        ticket
+    }
+
+    /// Starts search `ticket` from what this agent holds itself.
+    fn start(&mut self, now: Micros, zones: &Zones<'_>, ticket: u64, mut s: Search, p: Purpose) {
+        let (records, referrals) = self.resolve(now, zones, &s.want, &ZonePath::root());
         let me = zones.leaf().clone();
         s.add_records(&me, records);
         for r in referrals {
             s.offer(&me, r.zone, r.contacts);
         }
-        self.searches.insert(ticket, (s, purpose));
+        self.searches.insert(ticket, (s, p));
         self.pump(now, &me, ticket);
-        ticket
     }
 
     /// Sends what a search may send, or ends it.
@@ -965,6 +991,17 @@ impl Chm {
                     },
                 );
             }
+            Purpose::List => {
+                let complete = s.complete();
+                self.done(
+                    ticket,
+                    ChmEvent::Listed {
+                        ticket,
+                        records: s.all(),
+                        complete,
+                    },
+                );
+            }
             Purpose::QosHost(id) => {
                 if let Some(c) = self.consumed.get_mut(&id) {
                     c.looking = false;
@@ -988,7 +1025,8 @@ impl Chm {
             // A stale contact: try the zone's next one.
             Self::retry(s, cand);
         } else {
-            s.add_records(&me, a.records.into_iter().take(lookup::MAX_RECORDS));
+            s.truncated |= a.truncated;
+            s.add_records(&me, a.records.into_iter().take(lookup::MAX_ANSWER_LISTED));
             for r in a.referrals.into_iter().take(lookup::MAX_REFERRALS) {
                 if cand.zone.contains(&r.zone) {
                     s.offer(&me, r.zone, r.contacts);
@@ -1003,6 +1041,8 @@ impl Chm {
         if c.tries < lookup::MAX_TRIES.min(c.contacts.len()) {
             s.queue.push(c);
             s.queue.sort_by_key(|c| std::cmp::Reverse(c.distance));
+        } else {
+            s.truncated = true;
         }
     }
 
@@ -1022,13 +1062,26 @@ impl Chm {
     fn on_query(&mut self, now: Micros, zones: &Zones<'_>, from: &Peer, q: Query) {
         self.stats.queries_answered += 1;
         let inside = q.zone.contains(zones.leaf());
-        let (records, referrals) = if inside {
-            let (mut r, f) = self.resolve(now, zones, &q.want, &q.zone);
-            r.truncate(lookup::MAX_RECORDS);
-            (r, f)
+        let (mut records, referrals) = if inside {
+            self.resolve(now, zones, &q.want, &q.zone)
         } else {
             (Vec::new(), Vec::new())
         };
+        let most = match q.want {
+            Want::All => lookup::MAX_ANSWER_LISTED,
+            _ => lookup::MAX_RECORDS,
+        };
+        let mut bytes = 0;
+        let fit = records
+            .iter()
+            .take(most)
+            .take_while(|r| {
+                bytes += postcard::experimental::serialized_size(r).unwrap_or(usize::MAX);
+                bytes <= lookup::ANSWER_BYTES
+            })
+            .count();
+        let truncated = fit < records.len();
+        records.truncate(fit);
         self.outbox.push_back(Transmit {
             to: from.addr.clone(),
             msg: ChmMsg::Answer(Answer {
@@ -1036,6 +1089,7 @@ impl Chm {
                 inside,
                 records,
                 referrals,
+                truncated,
             }),
         });
     }
@@ -1286,7 +1340,7 @@ impl Service for Chm {
             ChmMsg::Probe(p) => p.updates.len() <= detector::MAX_UPDATES,
             ChmMsg::Query(_) => true,
             ChmMsg::Answer(a) => {
-                a.records.len() <= lookup::MAX_RECORDS
+                a.records.len() <= lookup::MAX_ANSWER_LISTED
                     && a.referrals.len() <= lookup::MAX_REFERRALS
                     && a.referrals
                         .iter()

@@ -1,0 +1,73 @@
+//! A service's runtime half, beside its sans-IO core: what only a runtime
+//! can do for it (run a health check, answer an API caller waiting for a
+//! lookup, fan events out to subscribers). The node's task owns every glue
+//! and calls it after each input; a glue sends work back to the task
+//! through [`Jobs`], so nothing here needs a lock.
+
+use super::core::NodeCore;
+use super::handle::Job;
+use crate::host::{Host, ServiceId, Services};
+use crate::row::Micros;
+use std::any::Any;
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+
+/// The runtime half of one service.
+pub trait Glue: Send + 'static {
+    /// The envelope id of the service whose events it takes.
+    fn service(&self) -> ServiceId;
+    /// One event of its service (the core's event type, boxed).
+    fn on_event(&mut self, event: Box<dyn Any + Send>, now: Micros);
+    /// Called after every input of the node: takes the work the core asks
+    /// of the runtime.
+    fn after_input(&mut self, host: &mut Host<Box<dyn Services>>, jobs: &Jobs, now: Micros);
+    /// Counters for the status and `/metrics`, named `SERVICE_...`.
+    fn counters(&self, host: &Host<Box<dyn Services>>, out: &mut BTreeMap<String, u64>);
+    /// Gauges for the status and `/metrics`, named `SERVICE_...`, with
+    /// their labels (`name{label="v"}` keys are kept as they are).
+    fn gauges(&self, host: &Host<Box<dyn Services>>, out: &mut BTreeMap<String, i64>) {
+        let _ = (host, out);
+    }
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Sends work back to the node's task (a check's outcome, say).
+#[derive(Clone)]
+pub struct Jobs(pub(super) mpsc::Sender<Job>);
+
+impl Jobs {
+    /// Runs `f` on the node's task; false when the node has stopped.
+    pub async fn run(&self, f: impl FnOnce(&mut NodeCore) + Send + 'static) -> bool {
+        self.0.send(Box::new(f)).await.is_ok()
+    }
+}
+
+/// The services a node runs: their cores, and each one's runtime half.
+pub struct ServiceSet {
+    pub cores: Box<dyn Services>,
+    pub glue: Vec<Box<dyn Glue>>,
+}
+
+impl ServiceSet {
+    /// The services every agent hosts: CHM.
+    pub fn standard(opts: &super::ServiceOptions) -> ServiceSet {
+        use crate::chm::{ChmGlue, proto::Chm};
+        let mut cfg = opts.chm.clone();
+        if cfg.seed == 0 {
+            cfg.seed = rand::random();
+        }
+        ServiceSet {
+            cores: Box::new((Chm::new(cfg),)),
+            glue: vec![Box::new(ChmGlue::new(opts.cmd_checks))],
+        }
+    }
+
+    /// The gossip core alone.
+    pub fn none() -> ServiceSet {
+        ServiceSet {
+            cores: Box::new(()),
+            glue: Vec::new(),
+        }
+    }
+}
