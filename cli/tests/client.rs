@@ -575,3 +575,95 @@ fn dev_refuses_an_api_beyond_loopback_without_a_token() {
         .unwrap();
     fails_with(&out, 2, "--api-host");
 }
+
+#[test]
+fn chm_commands_register_look_up_and_refuse_bad_input_with_exit_code_2() {
+    let dev = Dev::start();
+    let status_url = format!("http://{}/v1/status", dev.api);
+    dev.ok(&[
+        "chm",
+        "register",
+        "web-1",
+        "--http",
+        &status_url,
+        "--interval",
+        "200ms",
+        "--keyword",
+        "web",
+        "--address",
+        "127.0.0.1:80",
+    ]);
+    dev.ok(&[
+        "chm",
+        "register",
+        "job",
+        "--cmd",
+        "echo busy; exit 1",
+        "--interval",
+        "200ms",
+    ]);
+    dev.ok(&["chm", "register", "beat", "--ttl", "1h"]);
+    dev.ok(&["chm", "heartbeat", "beat", "--status", "passing"]);
+    let r = dev.eventually(&["chm", "lookup", "web-1", "--json"], |v| {
+        v["status"] == "passing"
+    });
+    for key in [
+        "id",
+        "status",
+        "reason",
+        "zone",
+        "since",
+        "observers",
+        "age_s",
+        "keywords",
+        "address",
+        "qos",
+    ] {
+        assert!(r.get(key).is_some(), "lookup --json lacks {key}: {r}");
+    }
+    assert_eq!(r["qos"]["level"], "unknown");
+    dev.eventually(&["chm", "lookup", "job", "--json"], |v| {
+        v["status"] == "warning"
+    });
+    let p = dev.json(&["chm", "providers", "web", "--json"]);
+    assert_eq!(p.as_array().map(Vec::len), Some(1), "{p}");
+    let l = dev.json(&["chm", "list", "--status", "passing", "--json"]);
+    assert_eq!(l.as_array().map(Vec::len), Some(2), "{l}");
+    // Maintenance turns it critical with the reason; disabling restores it.
+    dev.ok(&["chm", "maint", "beat", "--enable", "--reason", "upgrade"]);
+    let r = dev.json(&["chm", "lookup", "beat", "--json"]);
+    assert_eq!(r["status"], "critical");
+    assert!(r["reason"].as_str().unwrap().contains("upgrade"), "{r}");
+    dev.ok(&["chm", "maint", "beat", "--disable"]);
+    // QoS samples: one accepted, one with T4 before T1 refused.
+    dev.ok(&[
+        "chm", "qos", "web-1", "--t1", "0", "--t2", "10", "--t3", "20", "--t4", "40",
+    ]);
+    for bad in [
+        vec![
+            "chm", "qos", "web-1", "--t1", "50", "--t2", "10", "--t3", "20", "--t4", "40",
+        ],
+        vec!["chm", "register", "Bad_Id", "--ttl", "10s"],
+        vec!["chm", "register", "x", "--http", "not-a-url"],
+        vec!["chm", "register", "x", "--ttl", "-5s"],
+        vec![
+            "chm",
+            "register",
+            "x",
+            "--tcp",
+            "127.0.0.1:1",
+            "--interval",
+            "0s",
+        ],
+        vec!["chm", "lookup", "nope"],
+        vec!["chm", "heartbeat", "nope"],
+        vec!["chm", "deregister", "nope"],
+    ] {
+        let out = dev.run(&bad);
+        assert_eq!(out.status.code(), Some(2), "armillary {bad:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "armillary {bad:?} says nothing");
+    }
+    dev.ok(&["chm", "deregister", "job"]);
+    let out = dev.run(&["chm", "lookup", "job"]);
+    assert_eq!(out.status.code(), Some(2));
+}
