@@ -1080,3 +1080,39 @@ async fn the_dashboard_sends_json_and_the_token() {
     assert_eq!(v["token_in_url"], false, "{v}");
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_history_for_plots() {
+    let f = Fixture::start().await;
+    // Samples come every two seconds: wait for two of the root's row.
+    let h = f
+        .eventually("/v1/history?zone=/&attr=nmembers", |v| {
+            v["series"]["nmembers"]
+                .as_array()
+                .is_some_and(|p| p.len() >= 2)
+        })
+        .await;
+    assert_eq!(h["zone"], "/");
+    assert_eq!(h["period_s"], 2.0);
+    assert_eq!(h["window_s"], 600.0);
+    let pts = h["series"]["nmembers"].as_array().unwrap();
+    assert_eq!(pts[0][1], 1.0, "{h}");
+    assert!(pts[0][0].as_f64().unwrap() < pts[1][0].as_f64().unwrap());
+    // Every numeric attribute of a zone when none is named; text is not.
+    let (status, all) = f.get("/v1/history?zone=/a&window=10m").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let names: Vec<&String> = all["series"].as_object().unwrap().keys().collect();
+    assert!(names.iter().any(|n| *n == "nmembers"), "{names:?}");
+    assert!(!names.iter().any(|n| *n == "contacts"), "{names:?}");
+    // A zone without history, an attribute it lacks, bad parameters.
+    let (status, v) = f.get("/v1/history?zone=/b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = f.get("/v1/history?zone=/&attr=nosuch").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert!(error_of(&v).contains("nosuch"), "{v}");
+    let (status, v) = f.get("/v1/history?zone=/&window=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _) = f.get("/v1/history?zone=/&bogus=1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    f.stop().await;
+}

@@ -53,6 +53,7 @@ impl Dev {
         let api = format!("127.0.0.1:{}", free_port());
         let child = Command::new(BIN)
             .args(["dev", "--agents", "4", "--round", "200ms", "--api", &api])
+            .args(["--dns", "127.0.0.1:0"])
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

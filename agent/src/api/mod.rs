@@ -12,6 +12,7 @@ mod afcs;
 mod chm;
 mod error;
 mod guard;
+mod history;
 mod metrics;
 mod tables;
 mod watch;
@@ -93,6 +94,7 @@ fn build(
             put(tables::set_attr).delete(tables::unset_attr),
         )
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/history", get(history::history))
         .route("/metrics", get(metrics::metrics))
         .merge(chm::routes())
         .fallback(error::not_found)

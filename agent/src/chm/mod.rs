@@ -4,6 +4,7 @@
 //! itself is `armillary_proto::chm`.
 
 pub mod checks;
+pub mod dns;
 pub mod views;
 
 pub use armillary_proto::chm as proto;

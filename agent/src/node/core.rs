@@ -3,6 +3,7 @@
 
 use super::glue::{Glue, Jobs};
 use super::handle::{AfcView, Change, NodeError, RowView, Status};
+use super::history::History;
 use super::store::Store;
 use super::transport::NetCounters;
 use super::transport::{Body, Inbound};
@@ -36,6 +37,8 @@ pub struct NodeCore {
     /// The services' runtime halves.
     glue: Vec<Box<dyn Glue>>,
     jobs: Jobs,
+    /// The aggregate rows over the last minutes, for plots.
+    pub(super) history: History,
 }
 
 impl NodeCore {
@@ -55,6 +58,8 @@ impl NodeCore {
         let agent = &host.gossip;
         let saved = (agent.afcs().version(), agent.local_attrs().clone());
         let levels = agent.zones().len();
+        // Two seconds or a round between samples: ten minutes of points.
+        let history = History::new(agent.config().round.max(2_000_000));
         NodeCore {
             host,
             store,
@@ -68,6 +73,7 @@ impl NodeCore {
             saved_services: BTreeMap::new(),
             glue,
             jobs,
+            history,
         }
     }
 
@@ -401,6 +407,27 @@ impl NodeCore {
                 }
             }
         }
+        self.sample_history(now);
         self.persist();
+    }
+
+    /// Adds the aggregate rows to the history when a sample is due.
+    fn sample_history(&mut self, now: u64) {
+        if !self.history.due(now) {
+            return;
+        }
+        let g = &self.host.gossip;
+        let root = ZonePath::root();
+        let rows = g
+            .zone_row(&root)
+            .map(|a| (root.clone(), a))
+            .into_iter()
+            .chain(g.zones().iter().flat_map(|z| {
+                g.table(z)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(move |r| Some((z.child(r.name()).ok()?, &r.attrs)))
+            }));
+        self.history.sample(now, rows);
     }
 }

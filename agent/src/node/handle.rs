@@ -60,6 +60,18 @@ impl NodeError {
     }
 }
 
+/// A zone's aggregate row over the last minutes.
+#[derive(Debug, Clone)]
+pub struct HistoryView {
+    pub zone: ZonePath,
+    /// Microseconds between samples.
+    pub period: u64,
+    /// How far back the history reaches at most.
+    pub window: u64,
+    /// Attribute name to (time, value) points, oldest first.
+    pub series: std::collections::BTreeMap<String, Vec<(u64, f64)>>,
+}
+
 /// A change a subscriber may want to hear about.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -183,6 +195,35 @@ impl NodeHandle {
     /// This agent's evaluation of `zone`'s aggregate row.
     pub async fn zone_row(&self, zone: ZonePath) -> Result<Attrs, NodeError> {
         self.try_call(move |c| c.zone_row(&zone)).await
+    }
+
+    /// The history of `zone`'s aggregate row: the attributes named in
+    /// `attrs` (every numeric one when empty), from `since` on.
+    pub async fn history(
+        &self,
+        zone: ZonePath,
+        attrs: Vec<String>,
+        since: u64,
+    ) -> Result<HistoryView, NodeError> {
+        self.try_call(move |c| {
+            let h = &c.history;
+            let series = h.of(&zone, &attrs, since);
+            if series.is_empty() && !h.zones().contains(&zone) {
+                let zones = h.zones();
+                let known = zones.iter().map(|z| z.as_str()).collect::<Vec<_>>();
+                return Err(NodeError::UnknownZone {
+                    zone,
+                    known: known.join(", "),
+                });
+            }
+            Ok(HistoryView {
+                zone,
+                period: h.period(),
+                window: h.window(),
+                series,
+            })
+        })
+        .await
     }
 
     /// Every table the agent holds, for ad-hoc SQL.

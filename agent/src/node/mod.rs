@@ -7,6 +7,7 @@ pub mod cluster;
 mod core;
 pub mod glue;
 mod handle;
+pub mod history;
 pub mod sensors;
 pub mod store;
 mod tls;
@@ -15,7 +16,7 @@ pub mod transport;
 pub use self::core::NodeCore;
 pub use crate::security::now_micros;
 pub use glue::{Glue, Jobs, ServiceSet};
-pub use handle::{AfcView, Change, NodeError, NodeHandle, NodeInfo, RowView, Status};
+pub use handle::{AfcView, Change, HistoryView, NodeError, NodeHandle, NodeInfo, RowView, Status};
 pub use store::{Store, StoreError};
 pub use transport::{NetCounters, PeerAuth, Transport, TransportError};
 

@@ -3,6 +3,7 @@
 use crate::output::{CliError, CliResult};
 use crate::runtime;
 use armillary_agent::api::{AccessError, ApiAccess, ApiToken};
+use armillary_agent::chm::dns::DnsServer;
 use armillary_agent::cluster::DEFAULT_CLUSTER;
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
 use armillary_agent::node::{Node, NodeConfig, Store};
@@ -30,6 +31,10 @@ pub struct AgentArgs {
     /// Address of the HTTP API [default: 127.0.0.1:8080].
     #[arg(long)]
     api: Option<SocketAddr>,
+    /// Serve CHM's DNS interface (`ID.component.armillary.`,
+    /// `KEYWORD.service.armillary.`) on this UDP and TCP address.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<SocketAddr>,
     /// Agents to join through (host:port, comma separated).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
@@ -115,6 +120,7 @@ struct FileSettings {
     listen: Option<SocketAddr>,
     advertise: Option<SocketAddr>,
     api: Option<SocketAddr>,
+    dns: Option<SocketAddr>,
     #[serde(default)]
     join: Vec<String>,
     cluster_id: Option<String>,
@@ -202,6 +208,7 @@ pub fn run(a: AgentArgs) -> CliResult {
         .api
         .or(file.api)
         .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid address"));
+    let dns = a.dns.or(file.dns);
     let join: Vec<String> = if a.join.is_empty() { file.join } else { a.join };
     let cluster_name = a
         .cluster_id
@@ -332,6 +339,16 @@ pub fn run(a: AgentArgs) -> CliResult {
                 "running without keys: peers are not authenticated and rows are not signed"
             );
         }
+        let dns = match dns {
+            Some(addr) => {
+                let d = DnsServer::bind(addr, node.handle())
+                    .await
+                    .map_err(|e| CliError::failed(e.to_string()))?;
+                tracing::info!(dns = %d.local_addr(), "serving DNS");
+                Some(d)
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(armillary_agent::api::serve(
             listener,
@@ -345,6 +362,9 @@ pub fn run(a: AgentArgs) -> CliResult {
         tracing::info!("stopping");
         let _ = stop_tx.send(());
         let _ = server.await;
+        if let Some(d) = dns {
+            let _ = d.shutdown().await;
+        }
         node.shutdown().await;
         Ok(())
     })

@@ -8,6 +8,7 @@ use crate::output::{CliError, CliResult};
 use crate::runtime;
 use armillary_agent::ZonePath;
 use armillary_agent::api::ApiAccess;
+use armillary_agent::chm::dns::DnsServer;
 use armillary_agent::node::cluster::{Cluster, ClusterSpec};
 use armillary_agent::node::sensors::{DEFAULT_INTERVAL, Sensors};
 use armillary_agent::security::KeysDir;
@@ -26,6 +27,9 @@ pub struct DevArgs {
     /// Address of the HTTP API (served by the first agent).
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: SocketAddr,
+    /// Address of CHM's DNS interface (UDP and TCP, answered by the first agent).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    dns: SocketAddr,
     /// Gossip round length.
     #[arg(long, default_value = "1s")]
     round: humantime::Duration,
@@ -74,7 +78,10 @@ async fn dev(a: DevArgs, access: ApiAccess) -> CliResult {
         }
         None => None,
     };
-    print_intro(&a, &leaves, keys.as_deref());
+    let dns = DnsServer::bind(a.dns, first.clone())
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    print_intro(&a, &leaves, keys.as_deref(), dns.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(armillary_agent::api::serve(
         listener,
@@ -88,6 +95,7 @@ async fn dev(a: DevArgs, access: ApiAccess) -> CliResult {
     eprintln!("stopping {} agents...", leaves.len());
     let _ = stop_tx.send(());
     let _ = api.await;
+    let _ = dns.shutdown().await;
     cluster.shutdown().await;
     if let Some(k) = keys {
         let _ = std::fs::remove_dir_all(k);
@@ -95,7 +103,7 @@ async fn dev(a: DevArgs, access: ApiAccess) -> CliResult {
     Ok(())
 }
 
-fn print_intro(a: &DevArgs, leaves: &[ZonePath], keys: Option<&std::path::Path>) {
+fn print_intro(a: &DevArgs, leaves: &[ZonePath], keys: Option<&std::path::Path>, dns: SocketAddr) {
     let (mode, key) = match keys {
         Some(k) => (
             format!("secure, authority keys in {}", k.display()),
@@ -119,6 +127,7 @@ fn print_intro(a: &DevArgs, leaves: &[ZonePath], keys: Option<&std::path::Path>)
     println!(
         "Armillary dev system: {} agents, {} levels, gossip every {}, {mode}.
 API of {} on http://{api}/v1/status, dashboard on http://{api}/
+DNS on {dns} (udp and tcp): dig @{} -p {} web-1.component.armillary.
 
 Try:
   {env}armillary zones                     # the root table
@@ -135,6 +144,8 @@ Ctrl-C stops every agent.",
         levels,
         a.round,
         leaves[0],
+        dns.ip(),
+        dns.port(),
         if levels > 1 {
             format!(
                 "  armillary zones {:<20} # one zone's children\n",

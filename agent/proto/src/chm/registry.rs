@@ -429,7 +429,7 @@ impl Health {
         reason: &str,
         spec: &CheckSpec,
     ) -> Option<Status> {
-        self.last_check = Some(now);
+        let first = self.last_check.replace(now).is_none();
         let next = match outcome {
             Status::Passing => {
                 self.successes = self.successes.saturating_add(1);
@@ -456,6 +456,11 @@ impl Health {
             }
         };
         if next == self.checked {
+            // The first outcome replaces "not checked yet", even when it
+            // keeps the status (a component that starts critical says why).
+            if first && self.maintenance.is_none() {
+                self.reason = cut(reason, MAX_REASON);
+            }
             return None;
         }
         self.checked = next;
@@ -590,6 +595,20 @@ mod tests {
         r.check.failures_before_critical = 2;
         r.deregister_after = Some(1);
         assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn the_first_outcome_says_why_a_component_stays_critical() {
+        let spec = CheckSpec::new(Check::Tcp { addr: "h:1".into() });
+        let mut h = Health::new(0);
+        assert_eq!(h.record(1, Status::Critical, "refused", &spec), None);
+        assert_eq!(
+            (h.status, h.since, h.reason.as_str()),
+            (Status::Critical, 0, "refused")
+        );
+        // Later outcomes that keep the status leave the reason alone.
+        assert_eq!(h.record(2, Status::Critical, "timed out", &spec), None);
+        assert_eq!(h.reason, "refused");
     }
 
     #[test]
