@@ -1116,3 +1116,102 @@ async fn zone_history_for_plots() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     f.stop().await;
 }
+
+/// The metric names a PromQL expression reads (`armillary_...`).
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("armillary_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_dashboards_query_only_metrics_the_agent_exports() {
+    let f = Fixture::start().await;
+    // An HTTP check runs, so that the per-kind check families exist.
+    let r = f
+        .send(
+            reqwest::Method::PUT,
+            "/v1/chm/components/self",
+            Some("application/json"),
+            &json!({"http": f.url("/v1/status"), "interval": "1s"}).to_string(),
+        )
+        .await;
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = f
+            .http
+            .get(f.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("armillary_chm_checks_run_total{kind=\"http\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(
+        exported.contains("armillary_chm_checks_run_total"),
+        "{text}"
+    );
+    let boards = [
+        (
+            "gossip.json",
+            include_str!("../../dashboards/grafana/gossip.json"),
+        ),
+        (
+            "chm.json",
+            include_str!("../../dashboards/grafana/chm.json"),
+        ),
+    ];
+    for (file, board) in boards {
+        let b: Value = serde_json::from_str(board).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(b["uid"].is_string() && b["title"].is_string(), "{file}");
+        let panels = b["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{file}");
+        let mut queried = 0;
+        for p in panels {
+            let targets = p["targets"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{file}: {p}"));
+            assert!(
+                !targets.is_empty(),
+                "{file}: panel {} has no query",
+                p["title"]
+            );
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                let names = metrics_in(expr);
+                assert!(
+                    !names.is_empty(),
+                    "{file}: {expr} reads no armillary metric"
+                );
+                for n in names {
+                    assert!(
+                        exported.contains(n.as_str()),
+                        "{file}: {expr} reads {n}, which /metrics does not export"
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 10, "{file}");
+    }
+    f.stop().await;
+}

@@ -24,7 +24,13 @@ impl FormatTime for Stamp {
 
 /// Logs to standard error; `RUST_LOG` filters (default `info`).
 pub fn init_logging(insecure: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at(insecure, "info")
+}
+
+/// Logging at `level` unless `RUST_LOG` says otherwise (benchmarks keep
+/// their figures readable with `warn`).
+pub fn init_logging_at(insecure: bool, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(Stamp { insecure })

@@ -56,3 +56,50 @@ fn churn_must_be_a_fraction() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--churn"));
     }
 }
+
+#[test]
+fn chm_bench_reports_verdicts_lookups_and_bytes() {
+    let out = Command::new(BIN)
+        .args(["bench", "chm", "--agents", "6", "--branching", "3"])
+        .args(["--reps", "1", "--round", "250ms", "--components", "2"])
+        .args(["--window", "1s", "--json"])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let r = &runs.as_array().unwrap()[0];
+    assert_eq!(r["agents"], 6);
+    assert_eq!(r["components_per_agent"], 2);
+    assert_eq!(r["missed"], 0, "{r}");
+    for k in [
+        "check_p50_s",
+        "check_p99_s",
+        "kill_p50_s",
+        "kill_p99_s",
+        "lookup_p50_ms",
+    ] {
+        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+    }
+    // The agents with CHM send more than the same agents without it.
+    assert!(
+        r["baseline_bytes_per_agent_s"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert!(r["bytes_per_agent_s"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn chm_bench_refuses_bad_sizes_with_exit_code_2() {
+    for args in [["--agents", "2"], ["--components", "0"]] {
+        let out = Command::new(BIN)
+            .args(["bench", "chm"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}

@@ -64,6 +64,9 @@ pub struct ServiceOptions {
     pub cmd_checks: bool,
     /// Settings of CHM's core (the seed of its random choices is filled in).
     pub chm: crate::chm::proto::ChmConfig,
+    /// Run the gossip core alone, with no service: the baseline that
+    /// benchmarks measure the services' cost against.
+    pub gossip_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +89,11 @@ impl Node {
     /// Binds the transport, restores saved state and starts the protocol
     /// with the services every agent hosts ([`ServiceSet::standard`]).
     pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
-        let set = ServiceSet::standard(&cfg.services);
+        let set = if cfg.services.gossip_only {
+            ServiceSet::none()
+        } else {
+            ServiceSet::standard(&cfg.services)
+        };
         Node::start_with(cfg, set).await
     }
 

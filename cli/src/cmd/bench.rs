@@ -30,6 +30,57 @@ use zone_sql::{Attrs, Value};
 pub enum BenchCommand {
     /// Seconds from setting an attribute until every agent's root row shows it.
     Spread(SpreadArgs),
+    /// CHM's verdict times, lookups and bytes at 10 components per agent.
+    Chm(super::bench_chm::ChmBenchArgs),
+}
+
+/// The benchmarked cluster's shape, shared by every `bench` command.
+#[derive(Args)]
+pub(super) struct ClusterArgs {
+    /// Gossip round length.
+    #[arg(long, default_value = "1s")]
+    pub round: humantime::Duration,
+    /// Most children per zone.
+    #[arg(long, default_value_t = 8)]
+    pub branching: usize,
+    /// Run with certificates: authenticated connections, signed rows.
+    #[arg(long)]
+    pub secure: bool,
+}
+
+impl ClusterArgs {
+    /// A cluster of `n` agents of this shape, each with a sensor feed of its
+    /// own (read once, so rows have their usual size): the feeds come back
+    /// for churn.
+    pub fn spec(&self, n: usize) -> (ClusterSpec, Vec<watch::Sender<Attrs>>) {
+        let mut spec = ClusterSpec::new(n, self.branching, *self.round);
+        spec.secure = self.secure;
+        let reading = Sensors::new().read();
+        let (feeds, readers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| watch::channel(reading.clone())).unzip();
+        spec.own_sensors = readers;
+        (spec, feeds)
+    }
+}
+
+/// Installs [`AFCS`] at the root, signed when the cluster is secure.
+pub(super) async fn install_afcs(c: &Cluster) -> Result<(), CliError> {
+    for (name, sql) in AFCS {
+        let mut afc = AfcCert::new(
+            ZonePath::root(),
+            name,
+            sql,
+            armillary_agent::node::now_micros(),
+        );
+        if let Some(auth) = c.authority() {
+            sign_afc(auth, &mut afc);
+        }
+        c.handle(0)
+            .install_afc(afc)
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -40,15 +91,8 @@ pub struct SpreadArgs {
     /// Changes measured per size and mode.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Gossip round length.
-    #[arg(long, default_value = "1s")]
-    round: humantime::Duration,
-    /// Most children per zone.
-    #[arg(long, default_value_t = 8)]
-    branching: usize,
-    /// Run with certificates: authenticated connections, signed rows.
-    #[arg(long)]
-    secure: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Also run with this fraction of agents changing their `load` sensor
     /// every second (e.g. 0.2), beside the idle runs.
     #[arg(long, value_name = "F")]
@@ -90,6 +134,7 @@ struct Figures {
 pub fn run(c: BenchCommand) -> CliResult {
     match c {
         BenchCommand::Spread(a) => spread(a),
+        BenchCommand::Chm(a) => super::bench_chm::run(a),
     }
 }
 
@@ -108,7 +153,7 @@ fn spread(a: SpreadArgs) -> CliResult {
             )));
         }
     };
-    runtime::init_logging(!a.secure);
+    runtime::init_logging(!a.cluster.secure);
     let rt = runtime::tokio()?;
     let modes: &[(&str, bool)] = if a.no_baseline {
         &[("push", true)]
@@ -193,7 +238,7 @@ fn spread(a: SpreadArgs) -> CliResult {
     Ok(())
 }
 
-async fn total_bytes(c: &Cluster) -> u64 {
+pub(super) async fn total_bytes(c: &Cluster) -> u64 {
     let mut sum = 0;
     for (_, n) in c.live() {
         if let Ok(s) = n.handle().status().await {
@@ -261,7 +306,7 @@ async fn seen(h: NodeHandle, want: i64, start: Instant, limit: Duration) -> Opti
 
 /// The AFCs every run installs at the root: the measured one, and the
 /// fleet's load, which moves whenever a sensor changes.
-const AFCS: [(&str, &str); 2] = [
+pub(super) const AFCS: [(&str, &str); 2] = [
     ("bench", "SELECT MAX(bench) AS bench"),
     ("load", "SELECT AVG(load, nmembers) AS load"),
 ];
@@ -271,13 +316,13 @@ const CHURN_TICK: Duration = Duration::from_millis(50);
 
 /// Changes the `load` reading of random agents, `per_s` of them a second
 /// spread evenly, until dropped; counts the changes made.
-struct Churn {
+pub(super) struct Churn {
     task: tokio::task::JoinHandle<()>,
     changes: Arc<AtomicU64>,
 }
 
 impl Churn {
-    fn start(feeds: Vec<watch::Sender<Attrs>>, per_s: f64) -> Churn {
+    pub(super) fn start(feeds: Vec<watch::Sender<Attrs>>, per_s: f64) -> Churn {
         let changes = Arc::new(AtomicU64::new(0));
         let made = changes.clone();
         let task = tokio::spawn(async move {
@@ -306,7 +351,7 @@ impl Churn {
     }
 
     /// Stops it; the changes made.
-    fn stop(self) -> u64 {
+    pub(super) fn stop(self) -> u64 {
         self.task.abort();
         self.changes.load(Ordering::Relaxed)
     }
@@ -319,16 +364,9 @@ async fn measure(
     push: bool,
     churn: f64,
 ) -> Result<Figures, CliError> {
-    let round = *a.round;
-    let mut spec = ClusterSpec::new(n, a.branching, round);
+    let round = *a.cluster.round;
+    let (mut spec, feeds) = a.cluster.spec(n);
     spec.push = push;
-    spec.secure = a.secure;
-    // Every agent has sensors of its own, read once: rows have their usual
-    // size, and churn changes one agent's `load` at a time.
-    let reading = Sensors::new().read();
-    let (feeds, readers): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| watch::channel(reading.clone())).unzip();
-    spec.own_sensors = readers;
     let c = Cluster::start(spec)
         .await
         .map_err(|e| CliError::failed(format!("cannot start {n} agents: {e}")))?;
@@ -338,21 +376,7 @@ async fn measure(
         r.get("nmembers") == Some(&Value::Int(n as i64))
     })
     .await;
-    for (name, sql) in AFCS {
-        let mut afc = AfcCert::new(
-            ZonePath::root(),
-            name,
-            sql,
-            armillary_agent::node::now_micros(),
-        );
-        if let Some(auth) = c.authority() {
-            sign_afc(auth, &mut afc);
-        }
-        c.handle(0)
-            .install_afc(afc)
-            .await
-            .map_err(|e| CliError::failed(e.to_string()))?;
-    }
+    install_afcs(&c).await?;
     let churning = Churn::start(feeds, churn * n as f64);
     let churn_start = Instant::now();
     c.handle(0)
@@ -406,7 +430,7 @@ async fn measure(
         agents: n,
         mode,
         levels,
-        secure: a.secure,
+        secure: a.cluster.secure,
         reps: a.reps,
         churn,
         sensor_changes_per_s,

@@ -5,6 +5,7 @@ pub mod afc_remote;
 pub mod agent;
 pub mod attr;
 pub mod bench;
+pub mod bench_chm;
 pub mod chm;
 pub mod dev;
 pub mod keys;
