@@ -103,3 +103,31 @@ fn chm_bench_refuses_bad_sizes_with_exit_code_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn soak_counts_no_false_verdicts_and_sees_the_paused_agent() {
+    let out = Command::new(BIN)
+        .args(["bench", "soak", "--agents", "8", "--duration", "16s"])
+        .args([
+            "--pause",
+            "4s",
+            "--round",
+            "500ms",
+            "--branching",
+            "4",
+            "--json",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(r["false_critical_changes"], 0, "{r}");
+    assert_eq!(r["false_critical_samples"], 0, "{r}");
+    assert_eq!(r["paused_seen_critical"], true, "{r}");
+    assert!(r["recovered_after_s"].is_number(), "{r}");
+    assert!(r["samples"].as_u64().unwrap() > 0, "{r}");
+}

@@ -39,6 +39,8 @@ pub struct NodeCore {
     jobs: Jobs,
     /// The aggregate rows over the last minutes, for plots.
     pub(super) history: History,
+    /// A pause asked for by a test ([`super::NodeHandle::pause`]).
+    pub(super) pause: Option<std::time::Duration>,
 }
 
 impl NodeCore {
@@ -74,6 +76,7 @@ impl NodeCore {
             glue,
             jobs,
             history,
+            pause: None,
         }
     }
 

@@ -226,6 +226,13 @@ impl NodeHandle {
         .await
     }
 
+    /// Fault injection: the agent's task stops for `d` as a process under
+    /// SIGSTOP would (no input handled, no timer, nothing sent; its QUIC
+    /// endpoint keeps running), then goes on with what queued up.
+    pub async fn pause(&self, d: std::time::Duration) -> Result<(), NodeError> {
+        self.call(move |c| c.pause = Some(d)).await
+    }
+
     /// Every table the agent holds, for ad-hoc SQL.
     pub async fn tables(&self) -> Result<Vec<NamedTable>, NodeError> {
         self.call(|c| c.named_tables()).await

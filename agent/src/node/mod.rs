@@ -196,7 +196,13 @@ impl Node {
                 tokio::select! {
                     biased;
                     _ = stopped.changed() => break,
-                    Some(job) = jobs_rx.recv() => job(&mut core),
+                    Some(job) = jobs_rx.recv() => {
+                        job(&mut core);
+                        if let Some(d) = core.pause.take() {
+                            // As a stopped process: no input, timer or transmit.
+                            tokio::time::sleep(d).await;
+                        }
+                    }
                     Some(m) = in_rx.recv() => {
                         core.deliver(m);
                         // Drain what else has arrived before sending replies.

@@ -124,6 +124,9 @@ struct Shared {
     max_message: usize,
     /// Peers we refuse to talk to (fault injection for partition tests).
     blocked: RwLock<HashSet<SocketAddr>>,
+    /// Share of outgoing messages dropped, in millionths (fault injection
+    /// for loss tests).
+    loss_ppm: std::sync::atomic::AtomicU32,
     /// Tasks that hold the endpoint, stopped on close so the socket is freed.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -200,6 +203,7 @@ impl Transport {
             inbound,
             max_message,
             blocked: RwLock::new(HashSet::new()),
+            loss_ppm: std::sync::atomic::AtomicU32::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let accept_task = tokio::spawn(accept_loop(shared.clone()));
@@ -229,6 +233,10 @@ impl Transport {
                 .counters
                 .send_dropped
                 .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let loss = self.shared.loss_ppm.load(Ordering::Relaxed);
+        if loss > 0 && rand::random_range(0..1_000_000) < loss {
             return;
         }
         if self.queue(addr).try_send(bytes).is_err() {
@@ -276,6 +284,13 @@ impl Transport {
             .write()
             .expect("blocked lock")
             .extend(addrs);
+    }
+
+    /// Drops each outgoing message with probability `p` (0 turns it off):
+    /// message loss, for tests and soaks.
+    pub fn set_loss(&self, p: f64) {
+        let ppm = (p.clamp(0.0, 1.0) * 1e6) as u32;
+        self.shared.loss_ppm.store(ppm, Ordering::Relaxed);
     }
 
     pub fn unblock_all(&self) {

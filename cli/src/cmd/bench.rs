@@ -32,6 +32,8 @@ pub enum BenchCommand {
     Spread(SpreadArgs),
     /// CHM's verdict times, lookups and bytes at 10 components per agent.
     Chm(super::bench_chm::ChmBenchArgs),
+    /// False CHM verdicts under message loss with one agent paused.
+    Soak(super::bench_soak::SoakArgs),
 }
 
 /// The benchmarked cluster's shape, shared by every `bench` command.
@@ -135,6 +137,7 @@ pub fn run(c: BenchCommand) -> CliResult {
     match c {
         BenchCommand::Spread(a) => spread(a),
         BenchCommand::Chm(a) => super::bench_chm::run(a),
+        BenchCommand::Soak(a) => super::bench_soak::run(a),
     }
 }
 
