@@ -6,6 +6,7 @@
 pub mod api;
 pub mod chm;
 pub mod clock;
+pub mod dds;
 pub mod fsutil;
 pub mod keys;
 pub mod node;

@@ -35,6 +35,9 @@ enum Command {
     /// Component health monitoring: register, check, look up, watch.
     #[command(subcommand)]
     Chm(cmd::chm::ChmCommand),
+    /// Reliable multicast channels: create, list, publish, subscribe.
+    #[command(subcommand)]
+    Dds(cmd::dds::DdsCommand),
     /// Aggregation function certificates (AFCs).
     #[command(subcommand)]
     Afc(cmd::afc::AfcCommand),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Chm(c) => cmd::chm::run(c),
+        Command::Dds(c) => cmd::dds::run(c),
         Command::Afc(c) => cmd::afc::run(c),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Zones(a) => cmd::zones::zones(a),

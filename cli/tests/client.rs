@@ -668,3 +668,71 @@ fn chm_commands_register_look_up_and_refuse_bad_input_with_exit_code_2() {
     let out = dev.run(&["chm", "lookup", "job"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn dds_commands_create_publish_subscribe_and_refuse_bad_input_with_exit_code_2() {
+    let dev = Dev::start();
+    let c = dev.json(&[
+        "dds",
+        "create",
+        "ticks",
+        "--stack",
+        "fifo:frag:nak",
+        "--retain",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(c["name"], "ticks");
+    assert_eq!(c["stack"], "fifo:frag:nak");
+    dev.eventually(&["dds", "channels", "--json"], |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|c| c["name"] == "ticks"))
+    });
+    // Bad stacks and unknown channels exit 2 with the reason.
+    fails_with(
+        &dev.run(&["dds", "create", "x", "--stack", "nak:total"]),
+        2,
+        "total",
+    );
+    fails_with(
+        &dev.run(&["dds", "create", "y", "--stack", "fifo:bogus"]),
+        2,
+        "bogus",
+    );
+    fails_with(&dev.run(&["dds", "publish", "nope", "hello"]), 2, "nope");
+    fails_with(
+        &dev.run(&["dds", "subscribe", "nope", "--count", "1"]),
+        2,
+        "nope",
+    );
+    // One message per line of standard input, then one given as an argument.
+    let mut p = Command::new(BIN)
+        .args(["dds", "publish", "ticks"])
+        .env("ARMILLARY_API", &dev.api)
+        .env_remove("ARMILLARY_API_TOKEN")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"a\nb\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    dev.ok(&["dds", "publish", "ticks", "c"]);
+    let out = dev.ok(&[
+        "dds",
+        "subscribe",
+        "ticks",
+        "--from-start",
+        "--count",
+        "3",
+        "--json",
+    ]);
+    let msgs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let data: Vec<&str> = msgs.iter().map(|m| m["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["a", "b", "c"], "{out}");
+    for m in &msgs {
+        assert_eq!(m["channel"], "ticks");
+        assert!(m["seq"].is_u64() && m["from"].is_string(), "{m}");
+    }
+}

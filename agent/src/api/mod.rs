@@ -10,6 +10,7 @@
 mod access;
 mod afcs;
 mod chm;
+mod dds;
 mod error;
 mod guard;
 mod history;
@@ -97,6 +98,7 @@ fn build(
         .route("/v1/history", get(history::history))
         .route("/metrics", get(metrics::metrics))
         .merge(chm::routes())
+        .merge(dds::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

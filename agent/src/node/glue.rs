@@ -50,16 +50,24 @@ pub struct ServiceSet {
 }
 
 impl ServiceSet {
-    /// The services every agent hosts: CHM.
+    /// The services every agent hosts: CHM and DDS.
     pub fn standard(opts: &super::ServiceOptions) -> ServiceSet {
         use crate::chm::{ChmGlue, proto::Chm};
+        use crate::dds::{DdsGlue, proto::Dds, proto::DdsConfig};
         let mut cfg = opts.chm.clone();
         if cfg.seed == 0 {
             cfg.seed = rand::random();
         }
+        let dds = DdsConfig {
+            rng_seed: rand::random(),
+            ..DdsConfig::default()
+        };
         ServiceSet {
-            cores: Box::new((Chm::new(cfg),)),
-            glue: vec![Box::new(ChmGlue::new(opts.cmd_checks))],
+            cores: Box::new((Chm::new(cfg), Dds::new(dds))),
+            glue: vec![
+                Box::new(ChmGlue::new(opts.cmd_checks)),
+                Box::new(DdsGlue::new()),
+            ],
         }
     }
 

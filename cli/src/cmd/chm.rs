@@ -2,13 +2,12 @@
 //! with the agent at `--api`, which checks them; any agent looks them up.
 
 use crate::client::{ApiArgs, Client, block_on};
-use crate::cmd::watch::{MAX_EVENT, next_event};
+use crate::cmd::watch::{Flow, Lines, read_events};
 use crate::output::{CliError, CliResult, print_json};
 use clap::{Args, Subcommand};
-use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -438,57 +437,35 @@ fn watch(a: ChmWatchArgs) -> CliResult {
             None => {}
         }
         let resp = client.stream(&["v1", "chm", "watch"], &q).await?;
-        let mut body = resp.bytes_stream();
-        let mut buf = Vec::new();
-        let mut printed = 0u64;
-        let stdout = std::io::stdout();
-        loop {
-            while let Some((name, d)) = next_event(&mut buf) {
-                match name.as_str() {
-                    "status" => {
-                        let line = if a.json {
-                            json!({
-                                "id": d["id"], "status": d["status"], "previous": d["previous"],
-                                "time": d["time"], "zone": d["zone"],
-                            })
-                            .to_string()
-                        } else {
-                            format!(
-                                "{}  {}  {} -> {}  {}  {}",
-                                text(&d["time"]),
-                                text(&d["id"]),
-                                text(&d["previous"]),
-                                text(&d["status"]),
-                                text(&d["zone"]),
-                                text(&d["reason"])
-                            )
-                        };
-                        let mut out = stdout.lock();
-                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                            return Ok(());
-                        }
-                        printed += 1;
-                        if a.count.is_some_and(|n| printed >= n) {
-                            return Ok(());
-                        }
-                    }
-                    "lagged" => eprintln!("note: missed {} changes (too slow)", d["missed"]),
-                    _ => {}
+        let mut lines = Lines::new(a.count);
+        read_events(&client, resp, |name, d| {
+            match name {
+                "status" => {
+                    let line = if a.json {
+                        json!({
+                            "id": d["id"], "status": d["status"], "previous": d["previous"],
+                            "time": d["time"], "zone": d["zone"],
+                        })
+                        .to_string()
+                    } else {
+                        format!(
+                            "{}  {}  {} -> {}  {}  {}",
+                            text(&d["time"]),
+                            text(&d["id"]),
+                            text(&d["previous"]),
+                            text(&d["status"]),
+                            text(&d["zone"]),
+                            text(&d["reason"])
+                        )
+                    };
+                    return Ok(lines.print(&line));
                 }
+                "lagged" => eprintln!("note: missed {} changes (too slow)", d["missed"]),
+                _ => {}
             }
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() > MAX_EVENT {
-                        return Err(CliError::failed(
-                            "the agent sent an event larger than 1 MiB",
-                        ));
-                    }
-                }
-                Some(Err(e)) => return Err(client.unreachable(e)),
-                None => return Err(CliError::failed("the agent closed the stream")),
-            }
-        }
+            Ok(Flow::More)
+        })
+        .await
     })
 }
 

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_chm;
 pub mod bench_soak;
 pub mod chm;
+pub mod dds;
 pub mod dev;
 pub mod keys;
 pub mod sim;

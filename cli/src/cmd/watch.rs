@@ -36,50 +36,89 @@ pub fn run(a: WatchArgs) -> CliResult {
         let resp = client
             .stream(&["v1", "watch"], &[("zone", a.zone.as_str())])
             .await?;
-        let mut body = resp.bytes_stream();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut printed = 0u64;
         let mut last: Option<Map<String, Value>> = None;
-        let stdout = std::io::stdout();
-        loop {
-            while let Some((name, data)) = next_event(&mut buf) {
-                match name.as_str() {
-                    "row" => {
-                        let Some(line) = a.line(&data, &mut last) else {
-                            continue;
-                        };
-                        let mut out = stdout.lock();
-                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                            return Ok(()); // the reader went away (`| head`)
-                        }
-                        printed += 1;
-                        if a.count.is_some_and(|n| printed >= n) {
-                            return Ok(());
-                        }
+        let mut lines = Lines::new(a.count);
+        read_events(&client, resp, |name, data| {
+            match name {
+                "row" => {
+                    if let Some(line) = a.line(data, &mut last) {
+                        return Ok(lines.print(&line));
                     }
-                    "lagged" => eprintln!(
-                        "note: fell behind and missed {} changes; the current row follows",
-                        data["missed"]
-                    ),
-                    _ => {}
                 }
+                "lagged" => eprintln!(
+                    "note: fell behind and missed {} changes; the current row follows",
+                    data["missed"]
+                ),
+                _ => {}
             }
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() > MAX_EVENT {
-                        return Err(CliError::failed("the agent sent an event over 1 MiB"));
-                    }
-                }
-                Some(Err(e)) => return Err(client.unreachable(e)),
-                None => {
-                    return Err(CliError::failed(
-                        "the agent closed the stream (it is shutting down?)",
-                    ));
-                }
+            Ok(Flow::More)
+        })
+        .await
+    })
+}
+
+/// What an event stream's reader does after one event.
+pub enum Flow {
+    More,
+    Stop,
+}
+
+/// Prints lines to standard output, stopping after `count` of them or when
+/// the reader went away (`| head`).
+pub struct Lines {
+    printed: u64,
+    count: Option<u64>,
+}
+
+impl Lines {
+    pub fn new(count: Option<u64>) -> Lines {
+        Lines { printed: 0, count }
+    }
+
+    pub fn print(&mut self, line: &str) -> Flow {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            return Flow::Stop;
+        }
+        self.printed += 1;
+        match self.count {
+            Some(n) if self.printed >= n => Flow::Stop,
+            _ => Flow::More,
+        }
+    }
+}
+
+/// Reads the server-sent events of `resp`, handing each (name, data) to
+/// `on` until it says stop; a broken or closed stream is an error.
+pub async fn read_events(
+    client: &Client,
+    resp: reqwest::Response,
+    mut on: impl FnMut(&str, &Value) -> Result<Flow, CliError>,
+) -> CliResult {
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        while let Some((name, data)) = next_event(&mut buf) {
+            if let Flow::Stop = on(&name, &data)? {
+                return Ok(());
             }
         }
-    })
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > MAX_EVENT {
+                    return Err(CliError::failed("the agent sent an event over 1 MiB"));
+                }
+            }
+            Some(Err(e)) => return Err(client.unreachable(e)),
+            None => {
+                return Err(CliError::failed(
+                    "the agent closed the stream (it is shutting down?)",
+                ));
+            }
+        }
+    }
 }
 
 impl WatchArgs {

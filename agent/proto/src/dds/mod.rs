@@ -29,8 +29,8 @@ pub use error::DdsError;
 pub use layer::{Backpressure, Control, Cx, Dest, Layer, Msg, OriginId};
 pub use params::{MAX_MESSAGE, Params};
 pub use service::{
-    CHANNELS_AFC, CHANNELS_AFC_NAME, ChannelInfo, CloseReason, Dds, DdsConfig, DdsEvent, DdsStats,
-    Delivery, SubId, SubscribeOpts, TreeInfo,
+    CHANNELS_AFC, ChannelInfo, CloseReason, Dds, DdsConfig, DdsEvent, DdsStats, Delivery, SubId,
+    SubscribeOpts, TreeInfo,
 };
 pub use spec::{LayerKind, Spec, SpecError};
 pub use stack::{Delivered, Frame, KeyBook, PinnedKeys, SendError, Stack, StackConfig, StackEvent};

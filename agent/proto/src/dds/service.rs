@@ -1,7 +1,7 @@
 //! The DDS service: channels over the zone tree.
 //!
 //! - **Directory.** A channel's creator publishes its descriptor in its
-//!   leaf row (`dds_channels`); the AFC [`CHANNELS_AFC`] carries the
+//!   leaf row (`dds_channels`); the built-in aggregation [`CHANNELS_AFC`] carries the
 //!   descriptors up to every zone, so every agent of the zone finds it.
 //!   Members publish the ids of their channels (`dds_member`), so that
 //!   members of one zone find each other for gossip repair.
@@ -41,11 +41,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use zone_sql::Value;
 
-/// The AFC that lists the channels of every zone (install it at the root,
-/// or at the zone channels live in).
+/// The built-in aggregation that lists the channels of every zone.
 pub const CHANNELS_AFC: &str = "SELECT FIRST(16, dds_channels) AS dds_channels";
-/// The name to install it under.
-pub const CHANNELS_AFC_NAME: &str = "dds_channels";
 
 const MS: Micros = 1_000;
 /// Frames relayed at most this many hops.
@@ -1048,6 +1045,11 @@ impl Core for Dds {
 impl Service for Dds {
     const ID: ServiceId = 10;
     const NAME: &'static str = "dds";
+
+    /// Every zone lists the channels below it, for every agent running DDS.
+    fn aggregations() -> Vec<String> {
+        vec![CHANNELS_AFC.to_string()]
+    }
 
     fn encode(msg: &DdsMsg) -> Vec<u8> {
         msg.encode()

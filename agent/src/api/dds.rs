@@ -1,0 +1,219 @@
+//! `/v1/dds/...`: channels (create, list), publishing by POST and
+//! subscribing over SSE.
+
+use super::ApiState;
+use super::error::{ApiError, parse_body};
+use super::tables::parse_zone;
+use crate::dds::{self, DdsCallError, Next, proto};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use base64::Engine;
+use futures_util::Stream;
+use proto::{ChannelInfo, CloseReason, DdsError, Delivery, SlowPolicy};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::time::Duration;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/dds/channels", get(list).post(create))
+        .route("/v1/dds/channels/{name}/messages", post(publish))
+        .route("/v1/dds/channels/{name}/subscribe", get(subscribe))
+}
+
+impl From<DdsCallError> for ApiError {
+    fn from(e: DdsCallError) -> ApiError {
+        match e {
+            DdsCallError::Node(n) => n.into(),
+            DdsCallError::NotRunning => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            DdsCallError::Dds(d) => {
+                let status = match &d {
+                    DdsError::UnknownChannel(_) => StatusCode::NOT_FOUND,
+                    DdsError::Exists(_) => StatusCode::CONFLICT,
+                    DdsError::TooManyChannels(_) => StatusCode::CONFLICT,
+                    DdsError::NotStarted => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(status, d.to_string())
+            }
+        }
+    }
+}
+
+/// A channel as the API and the CLI show it.
+pub fn channel(c: &ChannelInfo) -> Value {
+    json!({
+        "name": &*c.name,
+        "zone": c.zone.as_str(),
+        "stack": c.stack,
+        "retain": c.retain,
+        "policy": c.policy.name(),
+        "coordinator": &*c.coordinator,
+    })
+}
+
+/// A delivered message: its data as text when it is UTF-8, else base64
+/// with `"encoding": "base64"`.
+pub fn message(d: &Delivery) -> Value {
+    let mut v = json!({
+        "channel": &*d.channel,
+        "seq": d.seq,
+        "from": &*d.from,
+    });
+    match std::str::from_utf8(&d.data) {
+        Ok(t) => v["data"] = json!(t),
+        Err(_) => {
+            v["data"] = json!(base64::engine::general_purpose::STANDARD.encode(&d.data));
+            v["encoding"] = json!("base64");
+        }
+    }
+    v
+}
+
+async fn list(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let cs = dds::channels(&s.handle).await?;
+    Ok(Json(Value::Array(cs.iter().map(channel).collect())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    stack: String,
+    zone: Option<String>,
+    #[serde(default)]
+    retain: u32,
+    policy: Option<String>,
+}
+
+async fn create(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: CreateBody = parse_body(
+        &body?,
+        r#"{"name": "prices", "stack": "fifo:nak:frag", "zone": "/", "retain": 100, "policy": "skip"}"#,
+    )?;
+    let zone = b.zone.as_deref().map(parse_zone).transpose()?;
+    let policy = match b.policy.as_deref() {
+        None | Some("skip") => SlowPolicy::Skip,
+        Some("drop") => SlowPolicy::Drop,
+        Some(p) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown policy {p:?}: give skip (a slow subscriber misses the oldest messages and is told) or drop (it is closed)"
+            )));
+        }
+    };
+    let c = dds::create(&s.handle, b.name, b.stack, zone, b.retain, policy).await?;
+    Ok((StatusCode::CREATED, Json(channel(&c))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    data: String,
+    /// `base64` when `data` is base64 of binary content.
+    encoding: Option<String>,
+}
+
+async fn publish(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: PublishBody = parse_body(
+        &body?,
+        r#"{"data": "text"} or {"data": "...", "encoding": "base64"}"#,
+    )?;
+    let data = match b.encoding.as_deref() {
+        None | Some("utf-8") => b.data.into_bytes(),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(b.data.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("data is not base64: {e}")))?,
+        Some(e) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown encoding {e:?}: give base64, or none for text"
+            )));
+        }
+    };
+    let bytes = data.len();
+    dds::publish(&s.handle, name, data).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "published": true, "bytes": bytes })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeParams {
+    #[serde(default)]
+    from_start: bool,
+}
+
+async fn subscribe(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    q: Result<Query<SubscribeParams>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let q = q?;
+    let sub = dds::subscribe(&s.handle, name, q.0.from_start).await?;
+    let closing = Box::pin(ApiState::closed(s.closing.clone()));
+    let pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    let stream = futures_util::stream::unfold(
+        (sub, closing, pending, false),
+        |(mut sub, mut closing, mut pending, mut ended)| async move {
+            loop {
+                if let Some(e) = pending.pop_front() {
+                    return Some((Ok(e), (sub, closing, pending, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                let next = tokio::select! {
+                    n = sub.next() => n,
+                    _ = &mut closing => return None,
+                };
+                match next {
+                    Ok(Next::Messages(ms)) => {
+                        pending.extend(ms.iter().map(|m| {
+                            Event::default()
+                                .event("message")
+                                .data(message(m).to_string())
+                        }));
+                    }
+                    Ok(Next::Missed(n)) => pending.push_back(
+                        Event::default()
+                            .event("lagged")
+                            .data(json!({ "missed": n }).to_string()),
+                    ),
+                    Ok(Next::Closed(r)) => {
+                        let reason = match r {
+                            CloseReason::TooSlow => "too_slow",
+                            CloseReason::Unsubscribed => "unsubscribed",
+                        };
+                        pending.push_back(
+                            Event::default()
+                                .event("closed")
+                                .data(json!({ "reason": reason }).to_string()),
+                        );
+                        ended = true;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    ))
+}

@@ -1,0 +1,145 @@
+//! DDS hosted by every agent, over real QUIC on loopback: a channel created
+//! at one agent is found by the others through the zone tree, subscribers
+//! at other agents get every message in order, a late subscriber gets the
+//! retained tail, and bad requests are refused with a reason.
+
+use armillary_agent::dds::{self, DdsCallError, Next, Subscription, proto};
+use armillary_agent::node::NodeHandle;
+use armillary_agent::node::cluster::{Cluster, ClusterSpec};
+use proto::{DdsError, SlowPolicy};
+use std::time::{Duration, Instant};
+
+/// The next messages of `s`, or a failure after `limit`.
+async fn next_messages(s: &mut Subscription, limit: Duration) -> Vec<proto::Delivery> {
+    match tokio::time::timeout(limit, s.next()).await {
+        Ok(Ok(Next::Messages(m))) => m,
+        other => panic!("no messages: {other:?}"),
+    }
+}
+
+async fn known_everywhere(handles: &[NodeHandle], name: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for h in handles {
+            let cs = dds::channels(h).await.unwrap();
+            all &= cs.iter().any(|c| &*c.name == name);
+        }
+        if all {
+            return;
+        }
+        assert!(start.elapsed() < limit, "{name} not known everywhere");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_deliver_in_order_across_agents() {
+    let c = Cluster::start(ClusterSpec::new(4, 2, Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let handles: Vec<NodeHandle> = (0..4).map(|i| c.handle(i)).collect();
+    let limit = Duration::from_secs(30);
+
+    // Bad input is refused with the broken rule or the unknown name.
+    let bad = dds::create(
+        &handles[0],
+        "x".into(),
+        "nak:total".into(),
+        None,
+        0,
+        SlowPolicy::Skip,
+    )
+    .await;
+    assert!(
+        matches!(bad, Err(DdsCallError::Dds(DdsError::Spec(_)))),
+        "{bad:?}"
+    );
+    let unknown = dds::publish(&handles[1], "nope".into(), b"x".to_vec()).await;
+    assert!(
+        matches!(unknown, Err(DdsCallError::Dds(DdsError::UnknownChannel(_)))),
+        "{unknown:?}"
+    );
+
+    let info = dds::create(
+        &handles[0],
+        "ticks".into(),
+        "fifo:frag:nak".into(),
+        None,
+        8,
+        SlowPolicy::Skip,
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.stack, "fifo:frag:nak");
+    known_everywhere(&handles, "ticks", limit).await;
+
+    let mut subs = Vec::new();
+    for h in &handles[1..] {
+        subs.push(dds::subscribe(h, "ticks".into(), false).await.unwrap());
+    }
+    // Warm-up messages until every subscriber has joined the tree.
+    let start = Instant::now();
+    let mut joined = vec![false; subs.len()];
+    let mut w = 0;
+    while joined.iter().any(|j| !j) {
+        dds::publish(
+            &handles[0],
+            "ticks".into(),
+            format!("warm {w}").into_bytes(),
+        )
+        .await
+        .unwrap();
+        w += 1;
+        for (s, j) in subs.iter_mut().zip(joined.iter_mut()) {
+            if let Ok(Ok(Next::Messages(_))) =
+                tokio::time::timeout(Duration::from_millis(100), s.next()).await
+            {
+                *j = true;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "subscribers never joined: {joined:?}"
+        );
+    }
+    for i in 0..50 {
+        dds::publish(&handles[0], "ticks".into(), format!("m{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    for s in &mut subs {
+        let mut got: Vec<String> = Vec::new();
+        let mut last_seq = 0;
+        while got.last().map(String::as_str) != Some("m49") {
+            for d in next_messages(s, limit).await {
+                assert!(d.seq > last_seq, "delivery numbers increase");
+                last_seq = d.seq;
+                let text = String::from_utf8(d.data).unwrap();
+                if text.starts_with('m') {
+                    got.push(text);
+                }
+            }
+        }
+        let want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, want, "every message once, in order");
+    }
+
+    // A late subscriber asks for the retained tail: the last 8.
+    let mut late = dds::subscribe(&handles[3], "ticks".into(), true)
+        .await
+        .unwrap();
+    let mut tail = Vec::new();
+    while tail.len() < 8 {
+        tail.extend(
+            next_messages(&mut late, limit)
+                .await
+                .into_iter()
+                .map(|d| String::from_utf8(d.data).unwrap()),
+        );
+    }
+    assert_eq!(tail, (42..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    drop(subs);
+    drop(late);
+    c.shutdown().await;
+}

@@ -1,0 +1,246 @@
+//! `armillary dds ...`: reliable multicast channels. A channel is created
+//! at one agent with its layer stack; any agent publishes on it and
+//! subscribes to it through its own API.
+
+use crate::client::{ApiArgs, Client, block_on};
+use crate::cmd::watch::{Flow, Lines, read_events};
+use crate::output::{CliError, CliResult, print_json};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::io::BufRead;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum DdsCommand {
+    /// Create a channel coordinated by this agent.
+    Create(CreateArgs),
+    /// The channels this agent knows.
+    Channels(ChannelsArgs),
+    /// Publish messages on a channel.
+    Publish(PublishArgs),
+    /// Print a channel's messages as they arrive.
+    Subscribe(SubscribeArgs),
+}
+
+pub fn run(c: DdsCommand) -> CliResult {
+    match c {
+        DdsCommand::Create(a) => create(a),
+        DdsCommand::Channels(a) => channels(a),
+        DdsCommand::Publish(a) => publish(a),
+        DdsCommand::Subscribe(a) => subscribe(a),
+    }
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    channel: String,
+    /// Layers top to bottom, e.g. sign:encrypt:fifo:frag:nak.
+    #[arg(long, value_name = "SPEC")]
+    stack: String,
+    /// The zone the channel lives in [default: /].
+    #[arg(long, value_name = "Z")]
+    zone: Option<String>,
+    /// Messages kept for late subscribers (`subscribe --from-start`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retain: u32,
+    /// What a subscriber that falls behind gets: skip (misses the oldest,
+    /// told how many) or drop (closed).
+    #[arg(long, default_value = "skip")]
+    policy: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn create(a: CreateArgs) -> CliResult {
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let mut body =
+            json!({"name": a.channel, "stack": a.stack, "retain": a.retain, "policy": a.policy});
+        if let Some(z) = &a.zone {
+            body["zone"] = json!(z);
+        }
+        let c = client
+            .call(
+                Method::POST,
+                &["v1", "dds", "channels"],
+                &[],
+                Some(body.to_string()),
+            )
+            .await?;
+        if a.json {
+            return print_json(&c);
+        }
+        println!(
+            "created {} in {} with {} (retain {}, policy {})",
+            text(&c["name"]),
+            text(&c["zone"]),
+            text(&c["stack"]),
+            c["retain"],
+            text(&c["policy"])
+        );
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct ChannelsArgs {
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn channels(a: ChannelsArgs) -> CliResult {
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let cs = client.get(&["v1", "dds", "channels"], &[]).await?;
+        if a.json {
+            return print_json(&cs);
+        }
+        let list = cs.as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            println!("no channels");
+        }
+        for c in list {
+            println!(
+                "{:<24} {:<16} {:<40} retain {:<5} {:<5} coordinator {}",
+                text(&c["name"]),
+                text(&c["zone"]),
+                text(&c["stack"]),
+                c["retain"],
+                text(&c["policy"]),
+                text(&c["coordinator"])
+            );
+        }
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    channel: String,
+    /// The message; without it (and without --file), one message per line
+    /// of standard input.
+    #[arg(conflicts_with = "file")]
+    data: Option<String>,
+    /// Publish this file's content as one message (binary is fine).
+    #[arg(long, value_name = "F")]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// The publish body of one message: text as it is, else base64.
+fn message_body(data: &[u8]) -> String {
+    match std::str::from_utf8(data) {
+        Ok(t) => json!({ "data": t }).to_string(),
+        Err(_) => json!({
+            "data": base64::engine::general_purpose::STANDARD.encode(data),
+            "encoding": "base64",
+        })
+        .to_string(),
+    }
+}
+
+fn publish(a: PublishArgs) -> CliResult {
+    let client = Client::new(&a.api)?;
+    let one: Option<Vec<u8>> = match (&a.data, &a.file) {
+        (Some(d), _) => Some(d.clone().into_bytes()),
+        (None, Some(f)) => Some(
+            std::fs::read(f)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", f.display())))?,
+        ),
+        (None, None) => None,
+    };
+    block_on(async move {
+        let path = ["v1", "dds", "channels", &a.channel, "messages"];
+        match one {
+            Some(d) => {
+                client
+                    .call(Method::POST, &path, &[], Some(message_body(&d)))
+                    .await?;
+            }
+            None => {
+                for line in std::io::stdin().lock().lines() {
+                    let line = line.map_err(|e| {
+                        CliError::failed(format!("cannot read standard input: {e}"))
+                    })?;
+                    client
+                        .call(
+                            Method::POST,
+                            &path,
+                            &[],
+                            Some(message_body(line.as_bytes())),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct SubscribeArgs {
+    channel: String,
+    /// Stop after N messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Start with the messages the channel retains.
+    #[arg(long)]
+    from_start: bool,
+    /// One {"channel","seq","from","data"} per message.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn subscribe(a: SubscribeArgs) -> CliResult {
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let q: Vec<(&str, &str)> = if a.from_start {
+            vec![("from_start", "true")]
+        } else {
+            Vec::new()
+        };
+        let resp = client
+            .stream(&["v1", "dds", "channels", &a.channel, "subscribe"], &q)
+            .await?;
+        let mut lines = Lines::new(a.count);
+        read_events(&client, resp, |name, d| {
+            match name {
+                "message" => {
+                    let line = if a.json {
+                        d.to_string()
+                    } else {
+                        format!("{}  {}  {}", d["seq"], text(&d["from"]), text(&d["data"]))
+                    };
+                    return Ok(lines.print(&line));
+                }
+                "lagged" => eprintln!("note: missed {} messages (too slow)", d["missed"]),
+                "closed" => {
+                    return Err(CliError::failed(format!(
+                        "the agent closed the subscription: {}",
+                        text(&d["reason"])
+                    )));
+                }
+                _ => {}
+            }
+            Ok(Flow::More)
+        })
+        .await
+    })
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
