@@ -143,3 +143,57 @@ async fn channels_deliver_in_order_across_agents() {
     drop(late);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_arrive_intact_across_zones() {
+    let c = Cluster::start(ClusterSpec::new(4, 2, Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let handles: Vec<NodeHandle> = (0..4).map(|i| c.handle(i)).collect();
+    let limit = Duration::from_secs(60);
+    dds::create(
+        &handles[0],
+        "blobs".into(),
+        "fifo:frag:nak".into(),
+        None,
+        0,
+        SlowPolicy::Skip,
+    )
+    .await
+    .unwrap();
+    known_everywhere(&handles, "blobs", limit).await;
+    let mut sub = dds::subscribe(&handles[3], "blobs".into(), false)
+        .await
+        .unwrap();
+    // Joined once a small message gets through.
+    let start = Instant::now();
+    loop {
+        dds::publish(&handles[0], "blobs".into(), b"hello".to_vec())
+            .await
+            .unwrap();
+        if let Ok(Ok(Next::Messages(_))) =
+            tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+        {
+            break;
+        }
+        assert!(start.elapsed() < limit, "never joined");
+    }
+    for size in [1 << 20, 16 << 20] {
+        let blob: Vec<u8> = (0..size)
+            .map(|i: usize| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        dds::publish(&handles[0], "blobs".into(), blob.clone())
+            .await
+            .unwrap();
+        let got = loop {
+            let ms = next_messages(&mut sub, limit).await;
+            if let Some(m) = ms.into_iter().find(|m| m.data.len() > 5) {
+                break m;
+            }
+        };
+        assert_eq!(got.data.len(), size);
+        assert!(got.data == blob, "{size} bytes arrive intact");
+    }
+    drop(sub);
+    c.shutdown().await;
+}

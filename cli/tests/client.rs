@@ -735,4 +735,25 @@ fn dds_commands_create_publish_subscribe_and_refuse_bad_input_with_exit_code_2()
         assert_eq!(m["channel"], "ticks");
         assert!(m["seq"].is_u64() && m["from"].is_string(), "{m}");
     }
+    // A 2 MiB binary file is one message, base64 in the JSON line.
+    let blob: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let file = std::env::temp_dir().join(format!("armillary-blob-{}", std::process::id()));
+    std::fs::write(&file, &blob).unwrap();
+    dev.ok(&["dds", "publish", "ticks", "--file", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let out = dev.ok(&[
+        "dds",
+        "subscribe",
+        "ticks",
+        "--from-start",
+        "--count",
+        "4",
+        "--json",
+    ]);
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["encoding"], "base64");
+    let data = last["data"].as_str().unwrap();
+    assert_eq!(data.len(), blob.len().div_ceil(3) * 4, "the whole message");
 }

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
@@ -21,10 +21,17 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::time::Duration;
 
+/// Largest publish body: a message of [`proto::MAX_MESSAGE`] bytes as
+/// base64 in its JSON object.
+pub const MAX_PUBLISH_BODY: usize = proto::MAX_MESSAGE / 3 * 4 + 1024;
+
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/dds/channels", get(list).post(create))
-        .route("/v1/dds/channels/{name}/messages", post(publish))
+        .route(
+            "/v1/dds/channels/{name}/messages",
+            post(publish).layer(DefaultBodyLimit::max(MAX_PUBLISH_BODY)),
+        )
         .route("/v1/dds/channels/{name}/subscribe", get(subscribe))
 }
 
@@ -128,6 +135,20 @@ async fn publish(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                r.status(),
+                format!(
+                    "a message is at most {} MiB (as base64 in JSON, {} bytes of body); split it",
+                    proto::MAX_MESSAGE >> 20,
+                    MAX_PUBLISH_BODY
+                ),
+            )
+        } else {
+            r.into()
+        }
+    });
     let b: PublishBody = parse_body(
         &body?,
         r#"{"data": "text"} or {"data": "...", "encoding": "base64"}"#,

@@ -2,7 +2,7 @@
 //! with the agent at `--api`, which checks them; any agent looks them up.
 
 use crate::client::{ApiArgs, Client, block_on};
-use crate::cmd::watch::{Flow, Lines, read_events};
+use crate::cmd::watch::{Flow, Lines, MAX_EVENT, read_events};
 use crate::output::{CliError, CliResult, print_json};
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -438,7 +438,7 @@ fn watch(a: ChmWatchArgs) -> CliResult {
         }
         let resp = client.stream(&["v1", "chm", "watch"], &q).await?;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, |name, d| {
+        read_events(&client, resp, MAX_EVENT, |name, d| {
             match name {
                 "status" => {
                     let line = if a.json {

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use std::io::BufRead;
 use std::path::PathBuf;
 
+/// Largest message event: a 16 MiB message as base64 in its JSON object.
+const MAX_MESSAGE_EVENT: usize = 24 << 20;
+
 #[derive(Subcommand)]
 pub enum DdsCommand {
     /// Create a channel coordinated by this agent.
@@ -212,7 +215,7 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
             .stream(&["v1", "dds", "channels", &a.channel, "subscribe"], &q)
             .await?;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, |name, d| {
+        read_events(&client, resp, MAX_MESSAGE_EVENT, |name, d| {
             match name {
                 "message" => {
                     let line = if a.json {

@@ -38,7 +38,7 @@ pub fn run(a: WatchArgs) -> CliResult {
             .await?;
         let mut last: Option<Map<String, Value>> = None;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, |name, data| {
+        read_events(&client, resp, MAX_EVENT, |name, data| {
             match name {
                 "row" => {
                     if let Some(line) = a.line(data, &mut last) {
@@ -89,11 +89,13 @@ impl Lines {
     }
 }
 
-/// Reads the server-sent events of `resp`, handing each (name, data) to
-/// `on` until it says stop; a broken or closed stream is an error.
+/// Reads the server-sent events of `resp` (each at most `max_event`
+/// bytes), handing each (name, data) to `on` until it says stop; a broken
+/// or closed stream is an error.
 pub async fn read_events(
     client: &Client,
     resp: reqwest::Response,
+    max_event: usize,
     mut on: impl FnMut(&str, &Value) -> Result<Flow, CliError>,
 ) -> CliResult {
     let mut body = resp.bytes_stream();
@@ -107,8 +109,11 @@ pub async fn read_events(
         match body.next().await {
             Some(Ok(chunk)) => {
                 buf.extend_from_slice(&chunk);
-                if buf.len() > MAX_EVENT {
-                    return Err(CliError::failed("the agent sent an event over 1 MiB"));
+                if buf.len() > max_event {
+                    return Err(CliError::failed(format!(
+                        "the agent sent an event over {} KiB",
+                        max_event >> 10
+                    )));
                 }
             }
             Some(Err(e)) => return Err(client.unreachable(e)),
