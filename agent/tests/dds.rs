@@ -17,6 +17,14 @@ async fn next_messages(s: &mut Subscription, limit: Duration) -> Vec<proto::Deli
     }
 }
 
+/// Creates a channel at `h`, right after the agents started (the
+/// runtime waits for DDS's first tick).
+async fn create(h: &NodeHandle, name: &str, stack: &str, retain: u32) -> proto::ChannelInfo {
+    dds::create(h, name.into(), stack.into(), None, retain, SlowPolicy::Skip)
+        .await
+        .unwrap()
+}
+
 async fn known_everywhere(handles: &[NodeHandle], name: &str, limit: Duration) {
     let start = Instant::now();
     loop {
@@ -61,16 +69,7 @@ async fn channels_deliver_in_order_across_agents() {
         "{unknown:?}"
     );
 
-    let info = dds::create(
-        &handles[0],
-        "ticks".into(),
-        "fifo:frag:nak".into(),
-        None,
-        8,
-        SlowPolicy::Skip,
-    )
-    .await
-    .unwrap();
+    let info = create(&handles[0], "ticks", "fifo:frag:nak", 8).await;
     assert_eq!(info.stack, "fifo:frag:nak");
     known_everywhere(&handles, "ticks", limit).await;
 
@@ -151,16 +150,7 @@ async fn large_messages_arrive_intact_across_zones() {
         .unwrap();
     let handles: Vec<NodeHandle> = (0..4).map(|i| c.handle(i)).collect();
     let limit = Duration::from_secs(60);
-    dds::create(
-        &handles[0],
-        "blobs".into(),
-        "fifo:frag:nak".into(),
-        None,
-        0,
-        SlowPolicy::Skip,
-    )
-    .await
-    .unwrap();
+    create(&handles[0], "blobs", "fifo:frag:nak", 0).await;
     known_everywhere(&handles, "blobs", limit).await;
     let mut sub = dds::subscribe(&handles[3], "blobs".into(), false)
         .await

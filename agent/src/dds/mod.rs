@@ -148,10 +148,24 @@ pub async fn create(
     retain: u32,
     policy: SlowPolicy,
 ) -> Result<ChannelInfo, DdsCallError> {
-    with_dds(h, move |d, _, now| {
-        Ok(d.create(now, &name, &spec, zone, retain, policy)?)
-    })
-    .await
+    // DDS learns this agent's address at its first tick after the agent
+    // starts: a create in that instant waits for it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let (name, spec, zone) = (name.clone(), spec.clone(), zone.clone());
+        let r = with_dds(h, move |d, _, now| {
+            Ok(d.create(now, &name, &spec, zone, retain, policy)?)
+        })
+        .await;
+        match r {
+            Err(DdsCallError::Dds(DdsError::NotStarted))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The channels this agent knows.
