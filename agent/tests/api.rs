@@ -66,6 +66,12 @@ impl Fixture {
         reply(self.http.get(self.url(path)).send().await.unwrap()).await
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         reply(
             self.http
@@ -612,15 +618,7 @@ async fn secure_mode_wants_signatures() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["removed"]["state"], "removed");
 
-    let text = f
-        .http
-        .get(f.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = f.metrics().await;
     assert!(text.contains("armillary_insecure 0\n"), "{text}");
     f.stop().await;
 }
@@ -1147,15 +1145,7 @@ async fn grafana_dashboards_query_only_metrics_the_agent_exports() {
     assert!(r.status().is_success(), "{:?}", r.text().await);
     let mut text = String::new();
     for _ in 0..100 {
-        text = f
-            .http
-            .get(f.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = f.metrics().await;
         if text.contains("armillary_chm_checks_run_total{kind=\"http\"}") {
             break;
         }

@@ -6,12 +6,11 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_armillary");
 
-#[test]
-fn spread_with_churn_reports_idle_and_churning_runs() {
+/// Runs `armillary bench ARGS`, which must succeed, and parses its JSON.
+fn bench_json(args: &[&str]) -> Value {
     let out = Command::new(BIN)
-        .args(["bench", "spread", "--agents", "4", "--branching", "2"])
-        .args(["--reps", "2", "--round", "200ms", "--churn", "0.5"])
-        .args(["--no-baseline", "--json"])
+        .arg("bench")
+        .args(args)
         .output()
         .expect("the binary runs");
     assert!(
@@ -19,7 +18,26 @@ fn spread_with_churn_reports_idle_and_churning_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let runs: Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+#[test]
+fn spread_with_churn_reports_idle_and_churning_runs() {
+    let runs = bench_json(&[
+        "spread",
+        "--agents",
+        "4",
+        "--branching",
+        "2",
+        "--reps",
+        "2",
+        "--round",
+        "200ms",
+        "--churn",
+        "0.5",
+        "--no-baseline",
+        "--json",
+    ]);
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 2, "{runs:?}");
     let (idle, churn) = (&runs[0], &runs[1]);
@@ -59,18 +77,22 @@ fn churn_must_be_a_fraction() {
 
 #[test]
 fn chm_bench_reports_verdicts_lookups_and_bytes() {
-    let out = Command::new(BIN)
-        .args(["bench", "chm", "--agents", "6", "--branching", "3"])
-        .args(["--reps", "1", "--round", "250ms", "--components", "2"])
-        .args(["--window", "1s", "--json"])
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let runs = bench_json(&[
+        "chm",
+        "--agents",
+        "6",
+        "--branching",
+        "3",
+        "--reps",
+        "1",
+        "--round",
+        "250ms",
+        "--components",
+        "2",
+        "--window",
+        "1s",
+        "--json",
+    ]);
     let r = &runs.as_array().unwrap()[0];
     assert_eq!(r["agents"], 6);
     assert_eq!(r["components_per_agent"], 2);
@@ -106,25 +128,20 @@ fn chm_bench_refuses_bad_sizes_with_exit_code_2() {
 
 #[test]
 fn soak_counts_no_false_verdicts_and_sees_the_paused_agent() {
-    let out = Command::new(BIN)
-        .args(["bench", "soak", "--agents", "8", "--duration", "16s"])
-        .args([
-            "--pause",
-            "4s",
-            "--round",
-            "500ms",
-            "--branching",
-            "4",
-            "--json",
-        ])
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let r = bench_json(&[
+        "soak",
+        "--agents",
+        "8",
+        "--duration",
+        "16s",
+        "--pause",
+        "4s",
+        "--round",
+        "500ms",
+        "--branching",
+        "4",
+        "--json",
+    ]);
     assert_eq!(r["false_critical_changes"], 0, "{r}");
     assert_eq!(r["false_critical_samples"], 0, "{r}");
     assert_eq!(r["paused_seen_critical"], true, "{r}");

@@ -91,7 +91,8 @@ enum Host {
 /// The records of one answer.
 #[derive(Debug, Default)]
 pub struct Answer {
-    pub code: Option<ResponseCode>,
+    /// NOERROR unless set.
+    pub code: ResponseCode,
     pub answers: Vec<Record>,
     pub additionals: Vec<Record>,
 }
@@ -168,32 +169,29 @@ async fn answer(
                 }
             }
             Err(ChmCallError::NotFound(_) | ChmCallError::Chm(_)) => {
-                out.code = Some(ResponseCode::NXDomain)
+                out.code = ResponseCode::NXDomain
             }
             Err(e) => {
                 tracing::debug!(error = %e, "DNS lookup failed");
-                out.code = Some(ResponseCode::ServFail)
+                out.code = ResponseCode::ServFail
             }
         },
         Question::Service(kw) => match providers(node, kw, limit).await {
+            // The core's providers are passing (and not severe) already.
             Ok(rs) => {
-                let passing: Vec<_> = rs
-                    .iter()
-                    .filter(|r| r.status == super::proto::Status::Passing)
-                    .collect();
-                if passing.is_empty() {
-                    out.code = Some(ResponseCode::NXDomain);
+                if rs.is_empty() {
+                    out.code = ResponseCode::NXDomain;
                 }
-                for (rank, r) in passing.iter().enumerate() {
+                for (rank, r) in rs.iter().enumerate() {
                     if let Some(a) = &r.address {
                         add(&mut out, qname, t, r.id.as_str(), a, rank);
                     }
                 }
             }
-            Err(ChmCallError::Chm(_)) => out.code = Some(ResponseCode::NXDomain),
+            Err(ChmCallError::Chm(_)) => out.code = ResponseCode::NXDomain,
             Err(e) => {
                 tracing::debug!(error = %e, "DNS provider search failed");
-                out.code = Some(ResponseCode::ServFail)
+                out.code = ResponseCode::ServFail
             }
         },
     }
@@ -219,7 +217,45 @@ impl RequestHandler for Handler {
             r.set_max_payload(e.max_payload().max(512));
             r
         });
-        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let (a, ours) = self.respond(request).await;
+        meta.response_code = a.code;
+        // Negative answers in our zone carry its SOA (minimum TTL 0).
+        let soa = if ours && a.answers.is_empty() {
+            vec![soa()]
+        } else {
+            Vec::new()
+        };
+        let r = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+            meta,
+            &a.answers,
+            &[],
+            &soa,
+            &a.additionals,
+        );
+        match response.send_response(r).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send a DNS answer");
+                hickory_server::proto::op::Header {
+                    metadata: meta,
+                    counts: Default::default(),
+                }
+                .into()
+            }
+        }
+    }
+}
+
+impl Handler {
+    /// The answer to `request`, and whether its name is in our zone.
+    async fn respond(&self, request: &Request) -> (Answer, bool) {
+        let refuse = |code| {
+            let a = Answer {
+                code,
+                ..Answer::default()
+            };
+            (a, false)
+        };
         let query = match request.request_info() {
             Ok(info)
                 if request.metadata.message_type == MessageType::Query
@@ -227,75 +263,26 @@ impl RequestHandler for Handler {
             {
                 info.query.clone()
             }
-            _ => {
-                meta.response_code = ResponseCode::NotImp;
-                return send(
-                    &mut response,
-                    meta.response_code,
-                    builder.build_no_records(meta),
-                )
-                .await;
-            }
+            _ => return refuse(ResponseCode::NotImp),
         };
-        let qname = query.original().name().clone();
         let q = match question(&query.name().to_string()) {
             Ok(q) if query.query_class() == DNSClass::IN => q,
-            Ok(_) | Err(NotOurs::Outside) => {
-                meta.response_code = ResponseCode::Refused;
-                return send(
-                    &mut response,
-                    meta.response_code,
-                    builder.build_no_records(meta),
-                )
-                .await;
-            }
+            Ok(_) | Err(NotOurs::Outside) => return refuse(ResponseCode::Refused),
             Err(NotOurs::Unknown) => {
-                meta.response_code = ResponseCode::NXDomain;
-                let soa = [soa()];
-                let r = builder.build(meta, &[], &[], &soa, &[]);
-                return send(&mut response, meta.response_code, r).await;
+                let a = Answer {
+                    code: ResponseCode::NXDomain,
+                    ..Answer::default()
+                };
+                return (a, true);
             }
         };
         let limit = match &request.edns {
             None => PLAIN_ANSWERS,
             Some(e) => (usize::from(e.max_payload()) / ANSWER_BYTES).clamp(1, MAX_ANSWERS),
         };
+        let qname = query.original().name().clone();
         let a = answer(&self.node, &qname, query.query_type(), q, limit).await;
-        meta.response_code = a.code.unwrap_or(ResponseCode::NoError);
-        let soa = if a.answers.is_empty() {
-            vec![soa()]
-        } else {
-            Vec::new()
-        };
-        let r = builder.build(meta, &a.answers, &[], &soa, &a.additionals);
-        send(&mut response, meta.response_code, r).await
-    }
-}
-
-async fn send<'a, R: ResponseHandler>(
-    response: &mut R,
-    code: ResponseCode,
-    r: hickory_server::zone_handler::MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> ResponseInfo {
-    match response.send_response(r).await {
-        Ok(info) => info,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot send a DNS answer");
-            let mut metadata = Metadata::new(0, MessageType::Response, OpCode::Query);
-            metadata.response_code = code;
-            hickory_server::proto::op::Header {
-                metadata,
-                counts: Default::default(),
-            }
-            .into()
-        }
+        (a, true)
     }
 }
 

@@ -245,13 +245,7 @@ async fn with_chm<T: Send + 'static>(
     + Send
     + 'static,
 ) -> Result<T, ChmCallError> {
-    h.call(move |core| {
-        let now = now_micros();
-        let (host, glue) = core.glue::<ChmGlue>().ok_or(ChmCallError::NotRunning)?;
-        host.with_service::<Chm, _>(now, |c, z| f(c, z, glue, now))
-            .ok_or(ChmCallError::NotRunning)?
-    })
-    .await?
+    h.with_glue(f).await?.ok_or(ChmCallError::NotRunning)?
 }
 
 /// Registers (or replaces) a component of this agent.

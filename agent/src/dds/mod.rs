@@ -5,7 +5,6 @@
 
 pub use armillary_proto::dds as proto;
 
-use crate::clock::now_micros;
 use crate::host::{Host, ServiceId, Services};
 use crate::node::{Glue, Jobs, NodeError, NodeHandle};
 use crate::path::ZonePath;
@@ -130,13 +129,9 @@ async fn with_dds<T: Send + 'static>(
     h: &NodeHandle,
     f: impl FnOnce(&mut Dds, &mut DdsGlue, Micros) -> Result<T, DdsCallError> + Send + 'static,
 ) -> Result<T, DdsCallError> {
-    h.call(move |core| {
-        let now = now_micros();
-        let (host, glue) = core.glue::<DdsGlue>().ok_or(DdsCallError::NotRunning)?;
-        host.with_service::<Dds, _>(now, |d, _| f(d, glue, now))
-            .ok_or(DdsCallError::NotRunning)?
-    })
-    .await?
+    h.with_glue(move |d, _, g, now| f(d, g, now))
+        .await?
+        .ok_or(DdsCallError::NotRunning)?
 }
 
 /// Creates a channel coordinated by this agent.

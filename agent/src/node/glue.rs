@@ -6,7 +6,7 @@
 
 use super::core::NodeCore;
 use super::handle::Job;
-use crate::host::{Host, ServiceId, Services};
+use crate::host::{Host, Service, ServiceId, Services, Zones};
 use crate::row::Micros;
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -30,6 +30,23 @@ pub trait Glue: Send + 'static {
     }
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl super::NodeHandle {
+    /// Runs `f` on the node's task with service `S`'s core, its view of the
+    /// zone tree and its runtime half `G`: how a service's API calls reach
+    /// it. None when the node runs no such service.
+    pub async fn with_glue<S: Service, G: Glue, T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut S, Zones<'_>, &mut G, Micros) -> T + Send + 'static,
+    ) -> Result<Option<T>, super::NodeError> {
+        self.call(move |core| {
+            let now = crate::clock::now_micros();
+            let (host, glue) = core.glue::<G>()?;
+            host.with_service::<S, _>(now, |s, z| f(s, z, glue, now))
+        })
+        .await
+    }
 }
 
 /// Sends work back to the node's task (a check's outcome, say).

@@ -65,6 +65,19 @@ impl ClusterArgs {
     }
 }
 
+/// A bar of `len` runs on the terminal; hidden when the output is JSON.
+pub(super) fn progress(json: bool, len: u64) -> ProgressBar {
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
+    );
+    bar
+}
+
 /// Installs [`AFCS`] at the root, signed when the cluster is secure.
 pub(super) async fn install_afcs(c: &Cluster) -> Result<(), CliError> {
     for (name, sql) in AFCS {
@@ -163,14 +176,7 @@ fn spread(a: SpreadArgs) -> CliResult {
     } else {
         &[("push", true), ("gossip", false)]
     };
-    let bar = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new((a.agents.len() * modes.len() * churns.len()) as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
-    );
+    let bar = progress(a.json, (a.agents.len() * modes.len() * churns.len()) as u64);
     let mut all = Vec::new();
     for &n in &a.agents {
         for &(mode, push) in modes {
@@ -252,7 +258,11 @@ pub(super) async fn total_bytes(c: &Cluster) -> u64 {
 }
 
 /// Polls until every agent's root row satisfies `ok`, or `limit` passes.
-async fn until_all(c: &Cluster, limit: Duration, ok: impl Fn(&zone_sql::Attrs) -> bool) -> bool {
+pub(super) async fn until_all(
+    c: &Cluster,
+    limit: Duration,
+    ok: impl Fn(&zone_sql::Attrs) -> bool,
+) -> bool {
     let end = Instant::now() + limit;
     loop {
         let mut all = true;

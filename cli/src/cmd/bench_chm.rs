@@ -12,7 +12,7 @@
 //!   the same cluster, sensors and AFCs with the gossip core alone (no CHM),
 //!   started in the same run.
 
-use super::bench::{Churn, ClusterArgs, install_afcs, total_bytes};
+use super::bench::{Churn, ClusterArgs, install_afcs, progress, total_bytes, until_all};
 use crate::output::{CliError, CliResult, print_json};
 use crate::runtime;
 use armillary_agent::ZonePath;
@@ -22,7 +22,6 @@ use armillary_agent::node::cluster::Cluster;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use proto::{Check, CheckSpec, ComponentId, Registration, Status};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -79,7 +78,7 @@ struct Figures {
 /// Health endpoints every check calls: `/c/{id}` answers 200 unless the
 /// bench has failed `id`.
 #[derive(Clone, Default)]
-struct Endpoints {
+pub(super) struct Endpoints {
     failing: Arc<Mutex<BTreeSet<String>>>,
 }
 
@@ -102,7 +101,9 @@ async fn endpoint(State(e): State<Endpoints>, Path(id): Path<String>) -> StatusC
     }
 }
 
-async fn serve_endpoints(e: Endpoints) -> Result<(String, tokio::task::JoinHandle<()>), CliError> {
+pub(super) async fn serve_endpoints(
+    e: Endpoints,
+) -> Result<(String, tokio::task::JoinHandle<()>), CliError> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| CliError::failed(format!("cannot serve the health endpoints: {e}")))?;
@@ -131,14 +132,7 @@ pub fn run(a: ChmBenchArgs) -> CliResult {
     }
     runtime::init_logging_at(!a.cluster.secure, "warn");
     let rt = runtime::tokio()?;
-    let bar = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.agents.len() as u64 * 2)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
-    );
+    let bar = progress(a.json, a.agents.len() as u64 * 2);
     let mut all = Vec::new();
     for &n in &a.agents {
         bar.set_message(format!("{n} agents, gossip alone (baseline)"));
@@ -218,32 +212,14 @@ async fn rate(c: &Cluster, window: Duration) -> f64 {
     b1.saturating_sub(b0) as f64 / c.live().count() as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// Waits until every agent counts `n` members at the root.
-async fn converge(c: &Cluster, n: usize, limit: Duration) {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        let mut all = true;
-        for (_, node) in c.live() {
-            let root = node
-                .handle()
-                .zone_row(ZonePath::root())
-                .await
-                .unwrap_or_default();
-            if root.get("nmembers") != Some(&zone_sql::Value::Int(n as i64)) {
-                all = false;
-                break;
-            }
-        }
-        if all {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Whether a root row counts `n` members.
+fn members(root: &zone_sql::Attrs, n: usize) -> bool {
+    root.get("nmembers") == Some(&zone_sql::Value::Int(n as i64))
 }
 
 async fn baseline(a: &ChmBenchArgs, n: usize) -> Result<f64, CliError> {
     let (c, churn) = start(a, n, true).await?;
-    converge(&c, n, *a.cluster.round * 60).await;
+    until_all(&c, *a.cluster.round * 60, |r| members(r, n)).await;
     tokio::time::sleep(*a.cluster.round * 3).await;
     let r = rate(&c, *a.window).await;
     churn.stop();
@@ -341,7 +317,7 @@ async fn measure(a: &ChmBenchArgs, n: usize, baseline: f64) -> Result<Figures, C
         }
     }
     let patience = *a.cluster.round * 60;
-    converge(&c, n, patience).await;
+    until_all(&c, patience, |r| members(r, n)).await;
     // Every agent sees the last component passing before the measures.
     let ready = everywhere(
         &c,

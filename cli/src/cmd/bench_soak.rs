@@ -13,7 +13,8 @@
 //! - the paused agent's components should turn critical while it is
 //!   paused, and every root row should count none again soon after.
 
-use super::bench::{Churn, ClusterArgs, install_afcs};
+use super::bench::{Churn, ClusterArgs, install_afcs, until_all};
+use super::bench_chm::{Endpoints, serve_endpoints};
 use crate::output::{CliError, CliResult, print_json};
 use crate::runtime;
 use armillary_agent::ZonePath;
@@ -126,19 +127,6 @@ pub fn run(a: SoakArgs) -> CliResult {
     Ok(())
 }
 
-/// An HTTP endpoint that always answers 200.
-async fn healthy_endpoint() -> Result<(String, tokio::task::JoinHandle<()>), CliError> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| CliError::failed(format!("cannot serve the health endpoint: {e}")))?;
-    let url = format!("http://{}/health", l.local_addr().expect("bound"));
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    Ok((url, task))
-}
-
 /// When the pause ran, in microseconds since the epoch, once known.
 #[derive(Default)]
 struct Window {
@@ -148,7 +136,8 @@ struct Window {
 
 async fn soak(a: &SoakArgs) -> Result<Figures, CliError> {
     let n = a.agents;
-    let (url, server) = healthy_endpoint().await?;
+    // Endpoints that always answer 200: nobody fails them.
+    let (base, server) = serve_endpoints(Endpoints::default()).await?;
     let (spec, feeds) = a.cluster.spec(n);
     let c = Cluster::start(spec)
         .await
@@ -158,7 +147,9 @@ async fn soak(a: &SoakArgs) -> Result<Figures, CliError> {
     for i in 0..n {
         for k in 0..a.components {
             let id = component(i, k);
-            let mut spec = CheckSpec::new(Check::Http { url: url.clone() });
+            let mut spec = CheckSpec::new(Check::Http {
+                url: format!("{base}/c/{id}"),
+            });
             spec.interval = 1_000_000;
             spec.timeout = 1_000_000;
             let r = Registration::new(ComponentId::parse(&id).expect("a valid id"), spec);
@@ -169,26 +160,14 @@ async fn soak(a: &SoakArgs) -> Result<Figures, CliError> {
     }
     // Settled: every root row counts every component passing.
     let all = (n * a.components) as i64;
-    let settle = Instant::now();
-    loop {
-        let mut ok = true;
-        for (_, node) in c.live() {
-            let root = node
-                .handle()
-                .zone_row(ZonePath::root())
-                .await
-                .unwrap_or_default();
-            ok &= root.get("chm_passing") == Some(&Value::Int(all));
-        }
-        if ok {
-            break;
-        }
-        if settle.elapsed() > *a.cluster.round * 120 {
-            return Err(CliError::failed(
-                "the agents never counted every component passing",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let settled = until_all(&c, *a.cluster.round * 120, |r| {
+        r.get("chm_passing") == Some(&Value::Int(all))
+    })
+    .await;
+    if !settled {
+        return Err(CliError::failed(
+            "the agents never counted every component passing",
+        ));
     }
     let paused = n / 2 + 1;
     let paused_zone = c.leaves[paused].clone();
