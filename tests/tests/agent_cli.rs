@@ -62,6 +62,13 @@ fn members(api: u16) -> Option<i64> {
     v.get(0)?.get("n")?.as_i64()
 }
 
+/// A counter of the agent's `/v1/status` (0 when unreadable).
+fn counter(api: u16, name: &str) -> u64 {
+    let (_, body) = raw_get_path(&format!("127.0.0.1:{api}"), "/v1/status", "127.0.0.1", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["counters"][name].as_u64().unwrap_or(0)
+}
+
 fn afc_state(api: u16, name: &str) -> Option<String> {
     let out = run_cli(&[
         "afc",
@@ -166,6 +173,13 @@ fn secure_agents_from_keys_to_restart() {
         afc_state(a1, "hosts").as_deref() == Some("active")
     });
     wait_for("two members again", || members(a1) == Some(2));
+    // h2 still held a connection to h1's previous run: the restarted h1
+    // resets it at h2's first packet (its reset and connection-id keys are
+    // kept in its data directory), so h2 reconnects at once instead of
+    // sending into it until the idle timeout.
+    wait_for("h2 counts the reset of its stale connection", || {
+        counter(a2, "net_peer_resets") >= 1
+    });
 
     // A data directory that belongs to another zone is refused, with exit code 2.
     let out = run_cli(&[
@@ -290,12 +304,16 @@ fn an_api_with_a_token_and_names_from_the_settings_file() {
 
 /// GET /v1/attrs with the given Host and bearer token; (status, body).
 fn raw_get(api: &str, host: &str, token: &str) -> (u16, String) {
+    raw_get_path(api, "/v1/attrs", host, token)
+}
+
+fn raw_get_path(api: &str, path: &str, host: &str, token: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET /v1/attrs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();

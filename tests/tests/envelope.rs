@@ -19,6 +19,7 @@ fn transport(cluster: ClusterId) -> (Transport, Arc<NetCounters>, mpsc::Receiver
     let t = Transport::bind(
         "127.0.0.1:0".parse().unwrap(),
         None,
+        None,
         cluster,
         tx,
         counters.clone(),

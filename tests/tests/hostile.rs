@@ -145,6 +145,7 @@ async fn garbage_and_oversized_messages_are_counted_and_ignored() {
     let evil = Transport::bind(
         "127.0.0.1:0".parse().unwrap(),
         None,
+        None,
         ClusterId::default(),
         tx,
         Arc::new(NetCounters::default()),

@@ -114,8 +114,14 @@ impl Node {
             .map(|s| s.identity().cert.subject.clone());
         let counters = Arc::new(NetCounters::default());
         let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
+        let store = match &cfg.data_dir {
+            Some(d) => Some(Store::open(d, &cfg.core.leaf, cfg.core.cluster)?),
+            None => None,
+        };
+        let reset_key = store.as_ref().map(Store::reset_key).transpose()?;
         let transport = Arc::new(Transport::bind(
             cfg.listen,
+            reset_key,
             auth,
             cfg.core.cluster,
             in_tx,
@@ -130,10 +136,6 @@ impl Node {
         if core_cfg.rng_seed == 0 {
             core_cfg.rng_seed = rand::random();
         }
-        let store = match &cfg.data_dir {
-            Some(d) => Some(Store::open(d, &core_cfg.leaf, core_cfg.cluster)?),
-            None => None,
-        };
         let gossip_addr = core_cfg.addr.to_string();
         let leaf = core_cfg.leaf.clone();
         let mut agent = Agent::new(core_cfg, now_micros());

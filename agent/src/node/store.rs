@@ -25,6 +25,7 @@ use zone_sql::Attrs;
 const MARKER: &str = "armillary.json";
 const STATE: &str = "state.json";
 const SERVICES: &str = "services";
+const RESET_KEY: &str = "quic-reset.key";
 const FORMAT: u32 = 1;
 /// Largest state file read back.
 const MAX_STATE_BYTES: u64 = 16 << 20;
@@ -177,6 +178,24 @@ impl Store {
             write_atomic(&to.join(entry.file_name()), &bytes, private).map_err(io_err(&to))?;
         }
         Ok(())
+    }
+
+    /// The key of this agent's QUIC stateless resets, made on first start
+    /// and kept: an agent restarted at the same address then resets the
+    /// connections its peers still hold to its previous run at their first
+    /// packet, instead of their sending into them until the idle timeout.
+    pub fn reset_key(&self) -> Result<[u8; 32], StoreError> {
+        let path = self.dir.join(RESET_KEY);
+        if path.exists() {
+            let bytes = read_bounded(&path, 64).map_err(io_err(&path))?;
+            return bytes.try_into().map_err(|_| StoreError::Corrupt {
+                path: path.clone(),
+                msg: "not a 32-byte key; delete it to make a new one".into(),
+            });
+        }
+        let key: [u8; 32] = rand::random();
+        write_atomic(&path, &key, true).map_err(io_err(&path))?;
+        Ok(key)
     }
 
     /// The saved state, or an empty one on first start.

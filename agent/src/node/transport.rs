@@ -64,6 +64,9 @@ pub struct NetCounters {
     pub send_dropped: AtomicU64,
     pub send_failed: AtomicU64,
     pub connects: AtomicU64,
+    /// Connections to a peer that restarted, reset by it (QUIC stateless
+    /// reset) instead of waiting out the idle timeout.
+    pub peer_resets: AtomicU64,
     rejected: Mutex<BTreeMap<Refusal, u64>>,
 }
 
@@ -86,6 +89,7 @@ impl NetCounters {
             ("net_send_dropped", &self.send_dropped),
             ("net_send_failed", &self.send_failed),
             ("net_connects", &self.connects),
+            ("net_peer_resets", &self.peer_resets),
         ] {
             out.insert(k.to_string(), v.load(Ordering::Relaxed));
         }
@@ -181,9 +185,12 @@ pub struct Transport {
 
 impl Transport {
     /// Binds `listen` and starts accepting for an agent of `cluster`;
-    /// decoded messages go to `inbound`.
+    /// decoded messages go to `inbound`. With a `reset_key` kept across
+    /// restarts, connections peers still hold to this address's previous
+    /// run are reset at their first packet (QUIC stateless reset).
     pub fn bind(
         listen: SocketAddr,
+        reset_key: Option<[u8; 32]>,
         auth: Option<Arc<dyn PeerAuth>>,
         cluster: ClusterId,
         inbound: mpsc::Sender<Inbound>,
@@ -191,8 +198,25 @@ impl Transport {
         max_message: usize,
     ) -> Result<Transport, TransportError> {
         let (server, client) = tls::configs()?;
-        let mut endpoint = quinn::Endpoint::server(server, listen)
-            .map_err(|err| TransportError::Bind { addr: listen, err })?;
+        let bind_err = |err| TransportError::Bind { addr: listen, err };
+        let mut endpoint = match reset_key {
+            None => quinn::Endpoint::server(server, listen).map_err(bind_err)?,
+            Some(k) => {
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k);
+                // Connection ids carry a keyed hash that the endpoint checks
+                // before anything else: the next run must know the key too,
+                // or it drops the old connections' packets unanswered.
+                let tag = ring::hmac::sign(&key, b"armillary connection ids");
+                let cid_key = u64::from_le_bytes(tag.as_ref()[..8].try_into().expect("8 bytes"));
+                let mut config = quinn::EndpointConfig::new(Arc::new(key));
+                config.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+                let runtime = Arc::new(quinn::TokioRuntime);
+                quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind_err)?
+            }
+        };
         endpoint.set_default_client_config(client);
         let shared = Arc::new(Shared {
             endpoint,
@@ -398,9 +422,7 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
             Ok(Some(b)) => b,
             _ => break,
         };
-        if conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
-            conn = None;
-        }
+        forget_closed(&shared, &mut conn);
         if conn.is_none() {
             match connect(&shared, addr).await {
                 Ok(c) => conn = Some(c),
@@ -425,6 +447,7 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
             }
             _ => {
                 shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                forget_closed(&shared, &mut conn);
                 conn = None;
             }
         }
@@ -432,6 +455,18 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
     if let Some(c) = conn {
         c.close(0u32.into(), b"idle");
     }
+}
+
+/// Forgets a connection that has closed, counting those the peer reset
+/// because it restarted.
+fn forget_closed(shared: &Shared, conn: &mut Option<quinn::Connection>) {
+    let Some(reason) = conn.as_ref().and_then(|c| c.close_reason()) else {
+        return;
+    };
+    if matches!(reason, quinn::ConnectionError::Reset) {
+        shared.counters.peer_resets.fetch_add(1, Ordering::Relaxed);
+    }
+    *conn = None;
 }
 
 /// Why a peer could not be reached.
