@@ -129,7 +129,47 @@ impl Client {
         if !status.is_success() {
             return Err(api_error(status, &text));
         }
-        serde_json::from_str(&text).map_err(|e| {
+        self.json(&text)
+    }
+
+    /// [`Client::call`] for a request the agent may answer 503 to while it
+    /// is busy (a publisher held back by flow control): waits and tries
+    /// again, backing off, for up to `patience`.
+    pub async fn call_when_ready(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: String,
+        patience: Duration,
+    ) -> Result<Value, CliError> {
+        let end = tokio::time::Instant::now() + patience;
+        let mut nap = Duration::from_millis(5);
+        loop {
+            let resp = self
+                .http
+                .request(method.clone(), self.url(segments, &[]))
+                .timeout(REQUEST_TIMEOUT)
+                .header(CONTENT_TYPE, JSON)
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+            if status == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < end {
+                tokio::time::sleep(nap).await;
+                nap = (nap * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            if !status.is_success() {
+                return Err(api_error(status, &text));
+            }
+            return self.json(&text);
+        }
+    }
+
+    fn json(&self, text: &str) -> Result<Value, CliError> {
+        serde_json::from_str(text).map_err(|e| {
             CliError::failed(format!(
                 "the agent at {} sent a reply that is not JSON ({e}); is this an Armillary API?",
                 self.shown()

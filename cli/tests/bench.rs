@@ -8,8 +8,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_armillary");
 
 /// Runs `armillary bench ARGS`, which must succeed, and parses its JSON.
 fn bench_json(args: &[&str]) -> Value {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    run_json(&all)
+}
+
+/// The JSON a command prints, which must succeed.
+fn run_json(args: &[&str]) -> Value {
     let out = Command::new(BIN)
-        .arg("bench")
         .args(args)
         .output()
         .expect("the binary runs");
@@ -147,4 +153,64 @@ fn soak_counts_no_false_verdicts_and_sees_the_paused_agent() {
     assert_eq!(r["paused_seen_critical"], true, "{r}");
     assert!(r["recovered_after_s"].is_number(), "{r}");
     assert!(r["samples"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[test]
+fn dds_bench_compares_a_channel_with_plain_quic_and_checks_every_message() {
+    let runs = run_json(&[
+        "dds",
+        "bench",
+        "--subscribers",
+        "2",
+        "--messages",
+        "400",
+        "--size",
+        "256",
+        "--loss",
+        "0.05",
+        "--slow",
+        "--round",
+        "200ms",
+        "--json",
+    ]);
+    let runs = runs.as_array().expect("an array");
+    let mode = |m: &str| {
+        runs.iter()
+            .find(|r| r["mode"] == m)
+            .unwrap_or_else(|| panic!("no {m} run in {runs:?}"))
+    };
+    for m in ["quic", "dds", "dds_slow"] {
+        let r = mode(m);
+        assert_eq!(r["subscribers"], 2);
+        assert_eq!(r["complete"], true, "{r}");
+        // Every message once and in order, losses and all.
+        for k in ["lost", "duplicated", "reordered"] {
+            assert_eq!(r[k], 0, "{m} {k}: {r}");
+        }
+        assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    }
+    // The 5% loss was repaired by the stack, and counted.
+    let d = mode("dds");
+    assert!(d["repaired"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["requests_per_subscriber"].as_f64().unwrap() > 0.0, "{d}");
+    // The slow reader read some, and missed or is behind.
+    assert!(mode("dds_slow")["slow_read"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn dds_bench_refuses_bad_input_with_exit_code_2() {
+    for args in [
+        &["--subscribers", "0"][..],
+        &["--size", "8"],
+        &["--loss", "0.9"],
+        &["--stack", "nak:fifo"],
+    ] {
+        let out = Command::new(BIN)
+            .args(["dds", "bench"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
 }

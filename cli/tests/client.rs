@@ -705,6 +705,20 @@ fn dds_commands_create_publish_subscribe_and_refuse_bad_input_with_exit_code_2()
         2,
         "nope",
     );
+    // Without frag a message must fit one fragment: 413, exit 2, the limit.
+    dev.ok(&["dds", "create", "small", "--stack", "fifo:nak"]);
+    let big = "x".repeat(100 * 1024);
+    fails_with(
+        &dev.run(&["dds", "publish", "small", &big]),
+        2,
+        "takes at most",
+    );
+    // sign needs agents with certificates; this cluster has none.
+    fails_with(
+        &dev.run(&["dds", "create", "signed", "--stack", "sign:fifo:nak"]),
+        2,
+        "certificates",
+    );
     // One message per line of standard input, then one given as an argument.
     let mut p = Command::new(BIN)
         .args(["dds", "publish", "ticks"])

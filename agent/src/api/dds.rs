@@ -15,7 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use base64::Engine;
 use futures_util::Stream;
-use proto::{ChannelInfo, CloseReason, DdsError, Delivery, SlowPolicy};
+use proto::{ChannelInfo, CloseReason, DdsError, Delivery, SendError, SlowPolicy};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -46,6 +46,12 @@ impl From<DdsCallError> for ApiError {
                     DdsError::Exists(_) => StatusCode::CONFLICT,
                     DdsError::TooManyChannels(_) => StatusCode::CONFLICT,
                     DdsError::NotStarted => StatusCode::SERVICE_UNAVAILABLE,
+                    DdsError::Send(SendError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+                    // The publisher waits and retries (flow control, or
+                    // the channel key not yet here).
+                    DdsError::Send(SendError::Backpressure { .. }) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                     _ => StatusCode::BAD_REQUEST,
                 };
                 ApiError::new(status, d.to_string())

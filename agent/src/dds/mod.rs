@@ -282,3 +282,21 @@ impl Drop for Subscription {
         });
     }
 }
+
+/// The counters of `name`'s stack at this agent, each prefixed by its
+/// layer (`nak_requests`, `nak_repaired_le_100ms`, ...): empty while this
+/// agent runs no stack for it.
+pub async fn stack_counters(
+    h: &NodeHandle,
+    name: String,
+) -> Result<Vec<(String, u64)>, DdsCallError> {
+    with_dds(h, move |d, _, _| {
+        Ok(d.stack(&name).map(|s| s.counters()).unwrap_or_default())
+    })
+    .await
+}
+
+/// This agent's place in the tree of `name` (parent, children, member).
+pub async fn tree(h: &NodeHandle, name: String) -> Result<Option<proto::TreeInfo>, DdsCallError> {
+    with_dds(h, move |d, _, _| Ok(d.tree(&name))).await
+}

@@ -67,18 +67,30 @@ pub struct ServiceSet {
 }
 
 impl ServiceSet {
-    /// The services every agent hosts: CHM and DDS.
-    pub fn standard(opts: &super::ServiceOptions) -> ServiceSet {
+    /// The services every agent hosts: CHM and DDS. With `security`, DDS
+    /// signs with the agent's key and checks origins' certificates against
+    /// its trust anchors (channels with `sign`).
+    pub fn standard(
+        opts: &super::ServiceOptions,
+        security: Option<&crate::security::Security>,
+    ) -> ServiceSet {
         use crate::chm::{ChmGlue, proto::Chm};
-        use crate::dds::{DdsGlue, proto::Dds, proto::DdsConfig};
+        use crate::dds::{DdsGlue, proto::CertKeys, proto::Dds, proto::DdsConfig};
+        use std::sync::Arc;
         let mut cfg = opts.chm.clone();
         if cfg.seed == 0 {
             cfg.seed = rand::random();
         }
-        let dds = DdsConfig {
+        let mut dds = DdsConfig {
             rng_seed: rand::random(),
             ..DdsConfig::default()
         };
+        if let Some(s) = security {
+            let id = s.identity();
+            dds.signer = Some(Arc::new(id.key.clone()));
+            dds.proof = CertKeys::proof_of(&id.cert).into();
+            dds.keys = Some(Arc::new(CertKeys::new(s.trust().clone())));
+        }
         ServiceSet {
             cores: Box::new((Chm::new(cfg), Dds::new(dds))),
             glue: vec![

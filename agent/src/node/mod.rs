@@ -10,7 +10,7 @@ mod handle;
 pub mod history;
 pub mod sensors;
 pub mod store;
-mod tls;
+pub mod tls;
 pub mod transport;
 
 pub use self::core::NodeCore;
@@ -92,7 +92,7 @@ impl Node {
         let set = if cfg.services.gossip_only {
             ServiceSet::none()
         } else {
-            ServiceSet::standard(&cfg.services)
+            ServiceSet::standard(&cfg.services, cfg.security.as_deref())
         };
         Node::start_with(cfg, set).await
     }

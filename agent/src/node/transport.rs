@@ -1,5 +1,11 @@
 //! Gossip over QUIC: one endpoint per agent, one connection per peer reused
-//! for every message, one unidirectional stream per message.
+//! for every message, one unidirectional stream per batch of messages.
+//!
+//! A stream carries the messages queued for its peer while the previous
+//! stream was being written, each as `len: u32 (little-endian) | envelope`
+//! (at most [`MAX_BATCH`] messages and about [`BATCH_BYTES`]): under load
+//! the per-stream cost is shared by many messages, and an idle peer still
+//! gets each message at once.
 //!
 //! Nothing here grows without bound: each peer has a short send queue
 //! (a full queue drops the message, which gossip repairs next round), the
@@ -20,7 +26,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Messages queued per peer before new ones are dropped.
-const PEER_QUEUE: usize = 64;
+const PEER_QUEUE: usize = 1024;
+/// Messages written on one stream at most.
+pub const MAX_BATCH: usize = 256;
+/// A batch takes no further message once it holds this many bytes.
+pub const BATCH_BYTES: usize = 256 * 1024;
 /// Size of the peer map at which closed entries are dropped.
 const PEER_MAP_PRUNE: usize = 256;
 /// A peer task with nothing to send for this long closes.
@@ -414,39 +424,54 @@ async fn authenticate(
     Err(reason)
 }
 
-/// Sends queued messages to one peer over one reused connection.
+/// Sends queued messages to one peer over one reused connection, those
+/// queued together on one stream.
 async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut conn: Option<quinn::Connection> = None;
     loop {
-        let bytes = match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
+        let first = match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
             Ok(Some(b)) => b,
             _ => break,
         };
+        let mut count: u64 = 1;
+        let mut frames = Vec::with_capacity(4 + first.len());
+        push_frame(&mut frames, &first);
+        while count < MAX_BATCH as u64 && frames.len() < BATCH_BYTES {
+            let Ok(b) = rx.try_recv() else { break };
+            push_frame(&mut frames, &b);
+            count += 1;
+        }
         forget_closed(&shared, &mut conn);
         if conn.is_none() {
             match connect(&shared, addr).await {
                 Ok(c) => conn = Some(c),
                 Err(reason) => {
                     tracing::debug!(%addr, %reason, "cannot reach peer");
-                    shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .send_failed
+                        .fetch_add(count, Ordering::Relaxed);
                     continue;
                 }
             }
         }
         let c = conn.as_ref().expect("connected above");
-        let len = bytes.len() as u64;
+        let len = frames.len() as u64 - 4 * count;
         let sent = async {
             let mut s = c.open_uni().await.ok()?;
-            s.write_all(&bytes).await.ok()?;
+            s.write_all(&frames).await.ok()?;
             s.finish().ok()
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, sent).await {
             Ok(Some(())) => {
-                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                shared.counters.sent.fetch_add(count, Ordering::Relaxed);
                 shared.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
             }
             _ => {
-                shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .send_failed
+                    .fetch_add(count, Ordering::Relaxed);
                 forget_closed(&shared, &mut conn);
                 conn = None;
             }
@@ -455,6 +480,44 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
     if let Some(c) = conn {
         c.close(0u32.into(), b"idle");
     }
+}
+
+/// Appends one message to a stream's bytes: its length, then itself.
+fn push_frame(out: &mut Vec<u8>, msg: &[u8]) {
+    let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(msg);
+}
+
+/// How a stream's next message could not be read.
+enum ReadFailure {
+    /// Its length is over the limit: the rest of the stream is refused.
+    TooLong,
+    /// The stream ended inside a message, or was reset.
+    Truncated,
+}
+
+/// Reads the next message of a stream; `None` at its clean end.
+async fn read_frame(
+    stream: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, ReadFailure> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(_) => return Err(ReadFailure::Truncated),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(ReadFailure::TooLong);
+    }
+    let mut buf = vec![0u8; len];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|_| ReadFailure::Truncated)?;
+    Ok(Some(buf))
 }
 
 /// Forgets a connection that has closed, counting those the peer reset
@@ -557,21 +620,29 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             conn.close(2u32.into(), b"blocked");
             return;
         }
-        let bytes =
-            match tokio::time::timeout(CONNECT_TIMEOUT, stream.read_to_end(shared.max_message))
-                .await
-            {
-                Ok(Ok(b)) => b,
-                Ok(Err(quinn::ReadToEndError::TooLong)) => {
-                    shared.counters.reject(Refusal::OversizedMessage);
-                    let _ = stream.stop(3u32.into());
-                    continue;
-                }
-                _ => {
-                    shared.counters.reject(Refusal::TruncatedMessage);
-                    continue;
-                }
-            };
+        let read = read_stream(&shared, &from, &mut stream);
+        if tokio::time::timeout(CONNECT_TIMEOUT, read).await.is_err() {
+            shared.counters.reject(Refusal::TruncatedMessage);
+        }
+    }
+}
+
+/// Reads every message of one stream and hands each to the core.
+async fn read_stream(shared: &Shared, from: &Peer, stream: &mut quinn::RecvStream) {
+    loop {
+        let bytes = match read_frame(stream, shared.max_message).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(ReadFailure::TooLong) => {
+                shared.counters.reject(Refusal::OversizedMessage);
+                let _ = stream.stop(3u32.into());
+                return;
+            }
+            Err(ReadFailure::Truncated) => {
+                shared.counters.reject(Refusal::TruncatedMessage);
+                return;
+            }
+        };
         shared.counters.received.fetch_add(1, Ordering::Relaxed);
         shared
             .counters

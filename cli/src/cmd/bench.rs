@@ -65,6 +65,24 @@ impl ClusterArgs {
     }
 }
 
+/// `n` agents of `args`' shape at the benchmarks' operating point: a fifth
+/// of the agents' `load` sensor changing every second, the root's AFCs
+/// installed (and the gossip core alone with `gossip_only`).
+pub(super) async fn operating_point(
+    args: &ClusterArgs,
+    n: usize,
+    gossip_only: bool,
+) -> Result<(Cluster, Churn), CliError> {
+    let (mut spec, feeds) = args.spec(n);
+    spec.services.gossip_only = gossip_only;
+    let c = Cluster::start(spec)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot start {n} agents: {e}")))?;
+    install_afcs(&c).await?;
+    let churn = Churn::start(feeds, 0.2 * n as f64);
+    Ok((c, churn))
+}
+
 /// A bar of `len` runs on the terminal; hidden when the output is JSON.
 pub(super) fn progress(json: bool, len: u64) -> ProgressBar {
     let bar = if json {

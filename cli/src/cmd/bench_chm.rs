@@ -12,7 +12,7 @@
 //!   the same cluster, sensors and AFCs with the gossip core alone (no CHM),
 //!   started in the same run.
 
-use super::bench::{Churn, ClusterArgs, install_afcs, progress, total_bytes, until_all};
+use super::bench::{ClusterArgs, operating_point, progress, total_bytes, until_all};
 use crate::output::{CliError, CliResult, print_json};
 use crate::runtime;
 use armillary_agent::ZonePath;
@@ -187,22 +187,6 @@ pub fn run(a: ChmBenchArgs) -> CliResult {
     Ok(())
 }
 
-/// A cluster at the operating point: sensors churning, AFCs installed.
-async fn start(
-    a: &ChmBenchArgs,
-    n: usize,
-    gossip_only: bool,
-) -> Result<(Cluster, Churn), CliError> {
-    let (mut spec, feeds) = a.cluster.spec(n);
-    spec.services.gossip_only = gossip_only;
-    let c = Cluster::start(spec)
-        .await
-        .map_err(|e| CliError::failed(format!("cannot start {n} agents: {e}")))?;
-    install_afcs(&c).await?;
-    let churn = Churn::start(feeds, 0.2 * n as f64);
-    Ok((c, churn))
-}
-
 /// Bytes per agent per second over `window`.
 async fn rate(c: &Cluster, window: Duration) -> f64 {
     let b0 = total_bytes(c).await;
@@ -218,7 +202,7 @@ fn members(root: &zone_sql::Attrs, n: usize) -> bool {
 }
 
 async fn baseline(a: &ChmBenchArgs, n: usize) -> Result<f64, CliError> {
-    let (c, churn) = start(a, n, true).await?;
+    let (c, churn) = operating_point(&a.cluster, n, true).await?;
     until_all(&c, *a.cluster.round * 60, |r| members(r, n)).await;
     tokio::time::sleep(*a.cluster.round * 3).await;
     let r = rate(&c, *a.window).await;
@@ -298,7 +282,7 @@ fn distance(a: &ZonePath, b: &ZonePath) -> usize {
 async fn measure(a: &ChmBenchArgs, n: usize, baseline: f64) -> Result<Figures, CliError> {
     let endpoints = Endpoints::default();
     let (base, server) = serve_endpoints(endpoints.clone()).await?;
-    let (mut c, churn) = start(a, n, false).await?;
+    let (mut c, churn) = operating_point(&a.cluster, n, false).await?;
     let levels = armillary_agent::sim::tree::levels(&c.leaves);
     for i in 0..n {
         for k in 0..a.components {

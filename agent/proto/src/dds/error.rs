@@ -31,6 +31,10 @@ pub enum DdsError {
     UnknownSubscriber(u64),
     #[error("a channel descriptor that does not parse: {0:?}")]
     BadDescriptor(String),
+    #[error(
+        "a stack with sign needs agents with certificates: start them with keys (armillary keys, or armillary dev --secure)"
+    )]
+    NoSigningKey,
     #[error("the service has not started yet (it learns its address at its first timeout)")]
     NotStarted,
     #[error(transparent)]

@@ -13,6 +13,7 @@
 //! - [`service`]: the [`Dds`] service, channels over the zone tree, and
 //!   the API the runtime serves.
 
+pub mod certs;
 pub mod channel;
 pub mod codec;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod spec;
 pub mod stack;
 pub mod wire;
 
+pub use certs::CertKeys;
 pub use channel::{ChannelId, Descriptor, SlowPolicy};
 pub use error::DdsError;
 pub use layer::{Backpressure, Control, Cx, Dest, Layer, Msg, OriginId};

@@ -31,10 +31,14 @@ pub struct Params {
     /// `nak`: an origin keeps every message at least this long, stable or
     /// not, so that a member it has not heard from yet can still ask.
     pub nak_hold: Micros,
-    /// `nak`: first request for a missing message after it is noticed.
+    /// `nak`: first request for a missing message after it is noticed, at
+    /// most (half the round trip when that is shorter).
     pub nak_delay: Micros,
-    /// `nak`: next request when the first brought nothing.
+    /// `nak`: next request when the first brought nothing, before the round
+    /// trip is known, and at most (then twice the round trip).
     pub nak_retry: Micros,
+    /// `nak`: the least wait before asking again, whatever the round trip.
+    pub nak_retry_min: Micros,
     /// `nak`: member to origin acknowledgements.
     pub ack_period: Micros,
     /// `nak`: origin heartbeats (the last sequence number sent).
@@ -83,6 +87,7 @@ impl Default for Params {
             nak_hold: 2 * S,
             nak_delay: 40 * MS,
             nak_retry: 120 * MS,
+            nak_retry_min: 10 * MS,
             ack_period: 250 * MS,
             beat_period: 300 * MS,
             member_timeout: 5 * S,

@@ -29,7 +29,7 @@ use super::channel::{ChannelId, Descriptor, MAX_RETAIN, SlowPolicy, check_name};
 use super::error::DdsError;
 use super::layer::{Control, Dest, OriginId};
 use super::params::Params;
-use super::spec::Spec;
+use super::spec::{LayerKind, Spec};
 use super::stack::{KeyBook, Stack, StackConfig, StackEvent};
 use super::wire::{DdsMsg, FrameMsg};
 use crate::host::{Core, Peer, Service, ServiceId, Transmit, Zones};
@@ -57,6 +57,9 @@ pub type SubId = u64;
 pub struct DdsConfig {
     /// The key this agent signs with (channels with `sign`).
     pub signer: Option<Arc<SigningKey>>,
+    /// What its signed messages carry for the receivers' key book (its
+    /// certificate, for [`super::CertKeys`]).
+    pub proof: Arc<[u8]>,
     /// The keys origins sign with.
     pub keys: Option<Arc<dyn KeyBook>>,
     pub params: Params,
@@ -80,6 +83,7 @@ impl Default for DdsConfig {
     fn default() -> DdsConfig {
         DdsConfig {
             signer: None,
+            proof: Arc::from(Vec::new()),
             keys: None,
             params: Params::default(),
             tick: 100 * MS,
@@ -371,6 +375,9 @@ impl Dds {
     ) -> Result<ChannelInfo, DdsError> {
         check_name(name)?;
         let spec = Spec::parse(spec)?;
+        if spec.has(LayerKind::Sign) && (self.cfg.signer.is_none() || self.cfg.keys.is_none()) {
+            return Err(DdsError::NoSigningKey);
+        }
         if retain > MAX_RETAIN {
             return Err(DdsError::RetainTooLarge(retain));
         }
@@ -594,6 +601,7 @@ impl Dds {
             sync_all: role == Role::Member && (c.sync_all || c.created),
             rng_seed: self.cfg.rng_seed ^ crate::row::stable_hash(&addr),
             signer: self.cfg.signer.clone(),
+            proof: self.cfg.proof.clone(),
             keys: self.cfg.keys.clone(),
             params,
         };

@@ -23,15 +23,17 @@ use std::sync::Arc;
 
 /// Where `sign` finds the key an origin signs with.
 pub trait KeyBook: Send + Sync {
-    fn key_of(&self, origin: &str) -> Option<VerifyingKey>;
+    /// The key `origin`'s messages must be signed with, given the proof
+    /// they carry (the origin's certificate, or nothing), at `now`.
+    fn key_of(&self, origin: &str, proof: &[u8], now: Micros) -> Option<VerifyingKey>;
 }
 
-/// A fixed book of origins' keys.
+/// A fixed book of origins' keys; messages carry no proof.
 #[derive(Debug, Default, Clone)]
 pub struct PinnedKeys(pub BTreeMap<Arc<str>, VerifyingKey>);
 
 impl KeyBook for PinnedKeys {
-    fn key_of(&self, origin: &str) -> Option<VerifyingKey> {
+    fn key_of(&self, origin: &str, _: &[u8], _: Micros) -> Option<VerifyingKey> {
         self.0.get(origin).copied()
     }
 }
@@ -51,6 +53,9 @@ pub struct StackConfig {
     pub rng_seed: u64,
     /// The key this agent signs with (`sign`).
     pub signer: Option<Arc<SigningKey>>,
+    /// What this agent's signed messages carry for the receivers' key
+    /// book: its certificate (empty with pinned keys).
+    pub proof: Arc<[u8]>,
     /// The keys origins sign with (`sign`).
     pub keys: Option<Arc<dyn KeyBook>>,
     pub params: Params,
@@ -66,6 +71,7 @@ impl StackConfig {
             sync_all: true,
             rng_seed: 1,
             signer: None,
+            proof: Arc::from(Vec::new()),
             keys: None,
             params: Params::default(),
         }
@@ -141,7 +147,7 @@ impl Stack {
         let built: Vec<Box<dyn Layer>> = spec
             .layers()
             .iter()
-            .map(|k| layers::make(*k, cfg))
+            .map(|k| layers::make(*k, spec, cfg))
             .collect();
         Stack::from_layers(spec.clone(), built, cfg)
     }

@@ -17,8 +17,9 @@ use crate::cluster::ClusterId;
 use crate::message::{DecodeError, Message};
 use crate::refusal::Refusal;
 
-/// The envelope format this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The envelope format this build writes and reads. Version 2: the
+/// transport carries several envelopes per stream, each after its length.
+pub const FORMAT_VERSION: u8 = 2;
 /// The gossip core's service id.
 pub const GOSSIP: ServiceId = 0;
 /// Bytes before the payload.

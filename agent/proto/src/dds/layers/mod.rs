@@ -13,16 +13,17 @@ pub mod total;
 mod tests;
 
 use super::layer::Layer;
-use super::spec::LayerKind;
+use super::spec::{LayerKind, Spec};
 use super::stack::StackConfig;
 
-/// A new layer of kind `k` for the stack configured by `cfg`.
-pub fn make(k: LayerKind, cfg: &StackConfig) -> Box<dyn Layer> {
+/// A new layer of kind `k` for the stack `spec` configured by `cfg`.
+pub fn make(k: LayerKind, spec: &Spec, cfg: &StackConfig) -> Box<dyn Layer> {
     let p = &cfg.params;
     match k {
         LayerKind::Sign => Box::new(sign::Sign::new(
             cfg.channel,
             cfg.signer.clone(),
+            cfg.proof.clone(),
             cfg.keys.clone(),
         )),
         LayerKind::Encrypt => Box::new(encrypt::Encrypt::new(
@@ -39,7 +40,12 @@ pub fn make(k: LayerKind, cfg: &StackConfig) -> Box<dyn Layer> {
         LayerKind::Fifo => Box::new(fifo::Fifo::new(p)),
         LayerKind::Frag => Box::new(frag::Frag::new(p)),
         LayerKind::Flow => Box::new(flow::Flow::new(p)),
-        LayerKind::Nak => Box::new(nak::Nak::new(cfg.local.clone(), cfg.sync_all, p)),
+        LayerKind::Nak => {
+            let mut nak = nak::Nak::new(cfg.local.clone(), cfg.sync_all, p);
+            // Gossip below gets its rounds to repair before nak asks.
+            nak.patient(spec.has(LayerKind::Gossip));
+            Box::new(nak)
+        }
         LayerKind::Gossip => Box::new(gossip::Gossip::new(cfg.local.clone(), p)),
     }
 }

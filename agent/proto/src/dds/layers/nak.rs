@@ -17,17 +17,20 @@
 //! bytes (the oldest go first, and a request for one gets a cut-off); a
 //! member holds as much of each stream for repairing others, accepts
 //! nothing further ahead than the window, and follows at most
-//! `max_streams` streams. A member that lags more than `lag_limit` behind,
-//! or is silent for `member_timeout`, stops holding back stability: the
-//! first is cut off (told to skip ahead), so a slow member never stalls
-//! the origin.
+//! `max_streams` streams. A member that lags more than `lag_limit` behind
+//! the group's median member, or is silent for `member_timeout`, stops
+//! holding back stability: the first is cut off (told to skip ahead), so
+//! one slow member never stalls the origin. A group slow as a whole (or a
+//! lone member) holds the origin back instead: a publisher whose window is
+//! full of unacknowledged messages is told to wait, so that a publisher
+//! faster than everyone loses no one.
 //!
 //! Header (tag, then varints):
 //! `0 seq lo` data, `1 hi lo` heartbeat, `2 inc upto` acknowledgement,
 //! `3 addr inc n (from to)*n` request, `4 inc resume` cut-off, `5` pass.
 
 use crate::dds::codec::{DecodeError, Reader, Writer};
-use crate::dds::layer::{Control, Cx, Dest, Layer, Msg, OriginId};
+use crate::dds::layer::{Backpressure, Control, Cx, Dest, Layer, Msg, OriginId};
 use crate::dds::params::Params;
 use crate::dds::spec::LayerKind;
 use crate::row::Micros;
@@ -141,6 +144,57 @@ impl NakHeader {
 /// Who asked for a message this member lacks too, and until when to answer.
 type Askers = (Vec<Arc<str>>, Micros);
 
+/// A message a member noticed missing.
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    /// When it was noticed.
+    noticed: Micros,
+    /// When to ask next.
+    due: Micros,
+    /// When it was last asked for.
+    asked: Micros,
+    tries: u32,
+}
+
+impl Hole {
+    fn new(now: Micros, delay: Micros) -> Hole {
+        Hole {
+            noticed: now,
+            due: now + delay,
+            asked: 0,
+            tries: 0,
+        }
+    }
+}
+
+/// Upper bounds (ms) of the buckets of repair delays: from noticing a
+/// message missing until it arrives.
+pub const REPAIR_BUCKETS_MS: [u64; 6] = [10, 25, 50, 100, 250, 1000];
+const REPAIR_BUCKET_NAMES: [&str; 6] = [
+    "repaired_le_10ms",
+    "repaired_le_25ms",
+    "repaired_le_50ms",
+    "repaired_le_100ms",
+    "repaired_le_250ms",
+    "repaired_le_1s",
+];
+
+/// The round trip to repairers, estimated from requests answered at the
+/// first try (Karn's rule: a retried request's answer is ambiguous).
+#[derive(Debug, Clone, Copy, Default)]
+struct RttEstimate {
+    srtt: Option<Micros>,
+}
+
+impl RttEstimate {
+    fn sample(&mut self, rtt: Micros) {
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(s) => (7 * s + rtt) / 8,
+        });
+    }
+}
+
 /// What an origin knows of one member.
 struct Member {
     upto: u64,
@@ -192,8 +246,8 @@ struct Stream {
     got: BTreeSet<u64>,
     hi: u64,
     store: Store,
-    /// Holes: when to ask next, and how often asked.
-    missing: BTreeMap<u64, (Micros, u32)>,
+    /// Holes: when noticed, when to ask next, and how often asked.
+    missing: BTreeMap<u64, Hole>,
     acked: u64,
     ack_at: Micros,
     heard: Micros,
@@ -210,6 +264,11 @@ pub struct Nak {
     hold: Micros,
     nak_delay: Micros,
     nak_retry: Micros,
+    nak_retry_min: Micros,
+    rtt: RttEstimate,
+    /// Wait the whole `nak_delay` before the first request, whatever the
+    /// round trip (a repair layer below gets its chance first).
+    patient: bool,
     ack_period: Micros,
     beat_period: Micros,
     member_timeout: Micros,
@@ -238,6 +297,8 @@ pub struct Nak {
     cut_offs: u64,
     skipped: u64,
     evicted: u64,
+    /// Holes filled, by delay since noticed ([`REPAIR_BUCKETS_MS`], then over).
+    repaired: [u64; 7],
 }
 
 impl Nak {
@@ -251,6 +312,9 @@ impl Nak {
             hold: p.nak_hold,
             nak_delay: p.nak_delay,
             nak_retry: p.nak_retry.max(1),
+            nak_retry_min: p.nak_retry_min.clamp(1, p.nak_retry.max(1)),
+            rtt: RttEstimate::default(),
+            patient: false,
             ack_period: p.ack_period.max(1),
             beat_period: p.beat_period.max(1),
             member_timeout: p.member_timeout,
@@ -274,6 +338,46 @@ impl Nak {
             cut_offs: 0,
             skipped: 0,
             evicted: 0,
+            repaired: [0; 7],
+        }
+    }
+
+    /// How long after noticing a hole the first request goes out: long
+    /// enough for reordering, at most `nak_delay`; on a short round trip
+    /// (a LAN) half of it, at least a fifth of the retry floor.
+    fn first_delay(&self) -> Micros {
+        match self.rtt.srtt {
+            _ if self.patient => self.nak_delay,
+            None => self.nak_delay,
+            Some(s) => (s / 2).clamp(self.nak_retry_min / 5, self.nak_delay),
+        }
+    }
+
+    /// How long to wait for an answer before asking again: twice the round
+    /// trip, between `nak_retry_min` and `nak_retry` (also the value before
+    /// any round trip is known).
+    fn retry_delay(&self) -> Micros {
+        match self.rtt.srtt {
+            None => self.nak_retry,
+            Some(s) => (2 * s).clamp(self.nak_retry_min, self.nak_retry),
+        }
+    }
+
+    /// Makes the first request wait the whole `nak_delay` (see `patient`).
+    pub fn patient(&mut self, on: bool) {
+        self.patient = on;
+    }
+
+    /// Notes that a hole was filled, `hole` as it was.
+    fn filled(&mut self, hole: Hole, now: Micros) {
+        let delay = now.saturating_sub(hole.noticed);
+        let bucket = REPAIR_BUCKETS_MS
+            .iter()
+            .position(|ms| delay <= ms * 1_000)
+            .unwrap_or(REPAIR_BUCKETS_MS.len());
+        self.repaired[bucket] += 1;
+        if hole.tries == 1 {
+            self.rtt.sample(now.saturating_sub(hole.asked));
         }
     }
 
@@ -317,12 +421,13 @@ impl Nak {
         } else {
             first.max(1)
         };
+        let delay = self.first_delay();
         let mut missing = BTreeMap::new();
         for s in start..first.min(start + self.window) {
-            missing.insert(s, (cx.now + self.nak_delay, 0));
+            missing.insert(s, Hole::new(cx.now, delay));
         }
         if !missing.is_empty() {
-            cx.arm("nak", cx.now + self.nak_delay);
+            cx.arm("nak", cx.now + delay);
         }
         self.streams.insert(
             origin.clone(),
@@ -348,7 +453,7 @@ impl Nak {
     /// Notes that `origin` reached `hi`: every number up to it not yet
     /// received is a hole.
     fn note_hi(&mut self, origin: &OriginId, hi: u64, cx: &mut Cx<'_>) {
-        let (window, delay) = (self.window, self.nak_delay);
+        let (window, delay) = (self.window, self.first_delay());
         let Some(st) = self.streams.get_mut(origin) else {
             return;
         };
@@ -360,7 +465,9 @@ impl Nak {
         let to = hi.min(st.next + window - 1);
         for s in from..=to {
             if !st.got.contains(&s) {
-                st.missing.entry(s).or_insert((cx.now + delay, 0));
+                st.missing
+                    .entry(s)
+                    .or_insert_with(|| Hole::new(cx.now, delay));
             }
         }
         st.hi = hi;
@@ -384,10 +491,25 @@ impl Nak {
             return cx.refuse("ahead_of_window");
         }
         st.got.insert(seq);
-        st.missing.remove(&seq);
+        let hole = st.missing.remove(&seq);
         self.evicted += st.store.insert(seq, msg.clone(), window, max_bytes);
         while st.got.remove(&st.next) {
             st.next += 1;
+        }
+        // Under a fast stream, acknowledge every eighth of the window
+        // rather than only each `ack_period`, so that stability (and the
+        // origin's window) keeps up with the stream.
+        let ack = (st.next > st.acked + (window / 8).max(1)).then(|| {
+            st.acked = st.next - 1;
+            st.ack_at = cx.now;
+            st.acked
+        });
+        if let Some(h) = hole {
+            self.filled(h, cx.now);
+        }
+        if let Some(upto) = ack {
+            let (to, inc) = (origin.addr.clone(), origin.inc);
+            self.send_to(&to, NakHeader::Ack { inc, upto }, cx);
         }
         self.note_hi(&origin, seq, cx);
         self.delivered += 1;
@@ -494,32 +616,34 @@ impl Nak {
     fn ask(&mut self, cx: &mut Cx<'_>) {
         let mut next_due = Micros::MAX;
         let mut asks = Vec::new();
+        let retry = self.retry_delay();
         for (origin, st) in self.streams.iter_mut() {
             let mut ranges: Vec<(u64, u64)> = Vec::new();
             let mut tries = 0;
             let mut n = 0;
-            for (seq, (due, t)) in st.missing.iter_mut() {
-                if *due > cx.now {
-                    next_due = next_due.min(*due);
+            for (seq, hole) in st.missing.iter_mut() {
+                if hole.due > cx.now {
+                    next_due = next_due.min(hole.due);
                     continue;
                 }
                 if n >= MAX_ASK {
-                    next_due = next_due.min(cx.now + self.nak_retry);
+                    next_due = next_due.min(cx.now + retry);
                     break;
                 }
                 let extends = ranges.last().is_some_and(|(_, b)| *b + 1 == *seq);
                 if extends {
                     ranges.last_mut().expect("some").1 = *seq;
                 } else if ranges.len() >= MAX_RANGES {
-                    next_due = next_due.min(cx.now + self.nak_retry);
+                    next_due = next_due.min(cx.now + retry);
                     break;
                 } else {
                     ranges.push((*seq, *seq));
                 }
-                tries = tries.max(*t);
-                *t += 1;
-                *due = cx.now + self.nak_retry;
-                next_due = next_due.min(*due);
+                tries = tries.max(hole.tries);
+                hole.tries += 1;
+                hole.asked = cx.now;
+                hole.due = cx.now + retry;
+                next_due = next_due.min(hole.due);
                 n += 1;
             }
             if !ranges.is_empty() {
@@ -581,26 +705,35 @@ impl Nak {
         cx.down(m);
         let since = cx.now.saturating_sub(self.member_timeout);
         self.members.retain(|_, m| m.heard >= since);
+        self.cut_laggards(cx);
+        self.restabilize(cx);
+    }
+
+    /// Cuts off the members more than `lag_limit` behind the group (its
+    /// median member): one slow member falls behind alone and is told to
+    /// skip ahead, while a group that is slow as a whole holds the
+    /// publisher back through the window instead (`admit`), so that a
+    /// publisher faster than everyone loses no one.
+    fn cut_laggards(&mut self, cx: &mut Cx<'_>) {
+        if self.members.len() < 2 {
+            return;
+        }
+        let mut uptos: Vec<u64> = self.members.values().map(|m| m.upto).collect();
+        uptos.sort_unstable();
+        let median = uptos[uptos.len() / 2];
         let lagging: Vec<Arc<str>> = self
             .members
             .iter()
-            .filter(|(_, m)| m.upto + self.lag_limit < hi)
+            .filter(|(_, m)| m.upto + self.lag_limit < median)
             .map(|(a, _)| a.clone())
             .collect();
+        let resume = self.hi() + 1;
         for a in lagging {
             self.members.remove(&a);
             self.cut_offs += 1;
             let inc = self.local.inc;
-            self.send_to(
-                &a,
-                NakHeader::CutOff {
-                    inc,
-                    resume: hi + 1,
-                },
-                cx,
-            );
+            self.send_to(&a, NakHeader::CutOff { inc, resume }, cx);
         }
-        self.restabilize(cx);
     }
 
     fn restabilize(&mut self, cx: &mut Cx<'_>) {
@@ -630,10 +763,31 @@ impl Layer for Nak {
         LayerKind::Nak
     }
 
+    /// A publisher whose window is full of messages some live member has
+    /// not acknowledged waits: a lone laggard is cut off before (see
+    /// `cut_laggards`), so the wait means the group as a whole is behind,
+    /// and nothing is evicted unstable while the publisher could wait.
+    fn admit(&self, _: Micros, _: usize) -> Result<(), Backpressure> {
+        let outstanding = self.hi() - self.stable.min(self.hi());
+        if outstanding >= self.window {
+            return Err(Backpressure::Window {
+                outstanding,
+                window: self.window,
+            });
+        }
+        Ok(())
+    }
+
     fn down(&mut self, mut msg: Msg, cx: &mut Cx<'_>) {
         if msg.dest != Dest::All {
             msg.push(NakHeader::Pass.encode());
             return cx.down(msg);
+        }
+        // Near a full window, a laggard is cut off now rather than at the
+        // next heartbeat, so that it does not shut the window first.
+        if self.hi() - self.stable.min(self.hi()) >= self.window * 3 / 4 {
+            self.cut_laggards(cx);
+            self.restabilize(cx);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -723,6 +877,9 @@ impl Layer for Nak {
             ("cut_offs", self.cut_offs),
             ("skipped", self.skipped),
             ("evicted", self.evicted),
+            ("repaired_over_1s", self.repaired[REPAIR_BUCKETS_MS.len()]),
+            ("repaired", self.repaired.iter().sum()),
+            ("rtt_us", self.rtt.srtt.unwrap_or(0)),
             ("stable", self.stable),
             ("members", self.members.len() as u64),
             ("streams", self.streams.len() as u64),
@@ -736,6 +893,7 @@ impl Layer for Nak {
             ),
             ("hi", self.streams.values().map(|s| s.hi).max().unwrap_or(0)),
         ]);
+        out.extend(REPAIR_BUCKET_NAMES.iter().copied().zip(self.repaired));
     }
 }
 

@@ -6,7 +6,9 @@
 //! [`KeyBook`]. Unsigned, forged or unknown-signer messages are refused
 //! and counted, never delivered.
 //!
-//! Header: the 64-byte signature.
+//! Header: the 64-byte signature, then the proof of the signer's key
+//! (its certificate with [`crate::dds::CertKeys`], nothing with pinned
+//! keys), at most [`MAX_PROOF`] bytes.
 
 use crate::dds::codec::Writer;
 use crate::dds::layer::{Cx, Layer, Msg, OriginId};
@@ -15,9 +17,13 @@ use crate::dds::stack::KeyBook;
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use std::sync::Arc;
 
+/// Longest proof a header may carry.
+pub const MAX_PROOF: usize = 4096;
+
 pub struct Sign {
     channel: u64,
     signer: Option<Arc<SigningKey>>,
+    proof: Arc<[u8]>,
     keys: Option<Arc<dyn KeyBook>>,
     signed: u64,
     verified: u64,
@@ -40,11 +46,13 @@ impl Sign {
     pub fn new(
         channel: u64,
         signer: Option<Arc<SigningKey>>,
+        proof: Arc<[u8]>,
         keys: Option<Arc<dyn KeyBook>>,
     ) -> Sign {
         Sign {
             channel,
             signer,
+            proof,
             keys,
             signed: 0,
             verified: 0,
@@ -63,23 +71,33 @@ impl Layer for Sign {
             return cx.refuse("no_signing_key");
         };
         let sig = key.sign(&signed_bytes(self.channel, &msg.origin, &msg));
-        msg.push(sig.to_bytes().to_vec());
+        let mut header = Vec::with_capacity(64 + self.proof.len());
+        header.extend_from_slice(&sig.to_bytes());
+        header.extend_from_slice(&self.proof);
+        msg.push(header);
         self.signed += 1;
         cx.down(msg);
     }
 
     fn up(&mut self, header: &[u8], msg: Msg, cx: &mut Cx<'_>) {
-        let Ok(sig) = <[u8; 64]>::try_from(header) else {
+        let Some((sig, proof)) = header
+            .split_first_chunk::<64>()
+            .filter(|(_, p)| p.len() <= MAX_PROOF)
+        else {
             self.refused += 1;
             return cx.refuse("unsigned");
         };
-        let Some(key) = self.keys.as_ref().and_then(|k| k.key_of(&msg.origin.addr)) else {
+        let key = self
+            .keys
+            .as_ref()
+            .and_then(|k| k.key_of(&msg.origin.addr, proof, cx.now));
+        let Some(key) = key else {
             self.refused += 1;
             return cx.refuse("unknown_signer");
         };
         let bytes = signed_bytes(self.channel, &msg.origin, &msg);
         if key
-            .verify_strict(&bytes, &Signature::from_bytes(&sig))
+            .verify_strict(&bytes, &Signature::from_bytes(sig))
             .is_err()
         {
             self.refused += 1;
