@@ -116,20 +116,8 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<String>,
     ) -> Result<Value, CliError> {
-        let mut req = self
-            .http
-            .request(method, self.url(segments, query))
-            .timeout(REQUEST_TIMEOUT);
-        if let Some(b) = body {
-            req = req.header(CONTENT_TYPE, JSON).body(b);
-        }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
-        if !status.is_success() {
-            return Err(api_error(status, &text));
-        }
-        self.json(&text)
+        let (status, text) = self.send(method, segments, query, body).await?;
+        self.reply(status, &text)
     }
 
     /// [`Client::call`] for a request the agent may answer 503 to while it
@@ -145,30 +133,43 @@ impl Client {
         let end = tokio::time::Instant::now() + patience;
         let mut nap = Duration::from_millis(5);
         loop {
-            let resp = self
-                .http
-                .request(method.clone(), self.url(segments, &[]))
-                .timeout(REQUEST_TIMEOUT)
-                .header(CONTENT_TYPE, JSON)
-                .body(body.clone())
-                .send()
-                .await
-                .map_err(|e| self.unreachable(e))?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(|e| self.unreachable(e))?;
-            if status == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < end {
-                tokio::time::sleep(nap).await;
-                nap = (nap * 2).min(Duration::from_millis(500));
-                continue;
+            let (status, text) = self
+                .send(method.clone(), segments, &[], Some(body.clone()))
+                .await?;
+            if status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() >= end {
+                return self.reply(status, &text);
             }
-            if !status.is_success() {
-                return Err(api_error(status, &text));
-            }
-            return self.json(&text);
+            tokio::time::sleep(nap).await;
+            nap = (nap * 2).min(Duration::from_millis(500));
         }
     }
 
-    fn json(&self, text: &str) -> Result<Value, CliError> {
+    /// Sends one request; its status and body.
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<(StatusCode, String), CliError> {
+        let mut req = self
+            .http
+            .request(method, self.url(segments, query))
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(b) = body {
+            req = req.header(CONTENT_TYPE, JSON).body(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+        Ok((status, text))
+    }
+
+    /// A reply's JSON, or the API error it carries.
+    fn reply(&self, status: StatusCode, text: &str) -> Result<Value, CliError> {
+        if !status.is_success() {
+            return Err(api_error(status, text));
+        }
         serde_json::from_str(text).map_err(|e| {
             CliError::failed(format!(
                 "the agent at {} sent a reply that is not JSON ({e}); is this an Armillary API?",

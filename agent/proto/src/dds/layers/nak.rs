@@ -167,16 +167,15 @@ impl Hole {
     }
 }
 
-/// Upper bounds (ms) of the buckets of repair delays: from noticing a
-/// message missing until it arrives.
-pub const REPAIR_BUCKETS_MS: [u64; 6] = [10, 25, 50, 100, 250, 1000];
-const REPAIR_BUCKET_NAMES: [&str; 6] = [
-    "repaired_le_10ms",
-    "repaired_le_25ms",
-    "repaired_le_50ms",
-    "repaired_le_100ms",
-    "repaired_le_250ms",
-    "repaired_le_1s",
+/// The buckets of repair delays (from noticing a message missing until it
+/// arrives): upper bound in ms, and the counter's name.
+pub const REPAIR_BUCKETS: [(u64, &str); 6] = [
+    (10, "repaired_le_10ms"),
+    (25, "repaired_le_25ms"),
+    (50, "repaired_le_50ms"),
+    (100, "repaired_le_100ms"),
+    (250, "repaired_le_250ms"),
+    (1000, "repaired_le_1s"),
 ];
 
 /// The round trip to repairers, estimated from requests answered at the
@@ -297,8 +296,8 @@ pub struct Nak {
     cut_offs: u64,
     skipped: u64,
     evicted: u64,
-    /// Holes filled, by delay since noticed ([`REPAIR_BUCKETS_MS`], then over).
-    repaired: [u64; 7],
+    /// Holes filled, by delay since noticed ([`REPAIR_BUCKETS`], then over).
+    repaired: [u64; REPAIR_BUCKETS.len() + 1],
 }
 
 impl Nak {
@@ -338,7 +337,7 @@ impl Nak {
             cut_offs: 0,
             skipped: 0,
             evicted: 0,
-            repaired: [0; 7],
+            repaired: [0; REPAIR_BUCKETS.len() + 1],
         }
     }
 
@@ -347,9 +346,8 @@ impl Nak {
     /// (a LAN) half of it, at least a fifth of the retry floor.
     fn first_delay(&self) -> Micros {
         match self.rtt.srtt {
-            _ if self.patient => self.nak_delay,
-            None => self.nak_delay,
-            Some(s) => (s / 2).clamp(self.nak_retry_min / 5, self.nak_delay),
+            Some(s) if !self.patient => (s / 2).clamp(self.nak_retry_min / 5, self.nak_delay),
+            _ => self.nak_delay,
         }
     }
 
@@ -371,10 +369,10 @@ impl Nak {
     /// Notes that a hole was filled, `hole` as it was.
     fn filled(&mut self, hole: Hole, now: Micros) {
         let delay = now.saturating_sub(hole.noticed);
-        let bucket = REPAIR_BUCKETS_MS
+        let bucket = REPAIR_BUCKETS
             .iter()
-            .position(|ms| delay <= ms * 1_000)
-            .unwrap_or(REPAIR_BUCKETS_MS.len());
+            .position(|(ms, _)| delay <= ms * 1_000)
+            .unwrap_or(REPAIR_BUCKETS.len());
         self.repaired[bucket] += 1;
         if hole.tries == 1 {
             self.rtt.sample(now.saturating_sub(hole.asked));
@@ -383,6 +381,11 @@ impl Nak {
 
     fn hi(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    /// This origin's messages some live member has not acknowledged.
+    fn outstanding(&self) -> u64 {
+        self.hi() - self.stable.min(self.hi())
     }
 
     fn lo(&self) -> u64 {
@@ -768,7 +771,7 @@ impl Layer for Nak {
     /// `cut_laggards`), so the wait means the group as a whole is behind,
     /// and nothing is evicted unstable while the publisher could wait.
     fn admit(&self, _: Micros, _: usize) -> Result<(), Backpressure> {
-        let outstanding = self.hi() - self.stable.min(self.hi());
+        let outstanding = self.outstanding();
         if outstanding >= self.window {
             return Err(Backpressure::Window {
                 outstanding,
@@ -785,7 +788,7 @@ impl Layer for Nak {
         }
         // Near a full window, a laggard is cut off now rather than at the
         // next heartbeat, so that it does not shut the window first.
-        if self.hi() - self.stable.min(self.hi()) >= self.window * 3 / 4 {
+        if self.outstanding() >= self.window * 3 / 4 {
             self.cut_laggards(cx);
             self.restabilize(cx);
         }
@@ -877,7 +880,7 @@ impl Layer for Nak {
             ("cut_offs", self.cut_offs),
             ("skipped", self.skipped),
             ("evicted", self.evicted),
-            ("repaired_over_1s", self.repaired[REPAIR_BUCKETS_MS.len()]),
+            ("repaired_over_1s", self.repaired[REPAIR_BUCKETS.len()]),
             ("repaired", self.repaired.iter().sum()),
             ("rtt_us", self.rtt.srtt.unwrap_or(0)),
             ("stable", self.stable),
@@ -893,7 +896,7 @@ impl Layer for Nak {
             ),
             ("hi", self.streams.values().map(|s| s.hi).max().unwrap_or(0)),
         ]);
-        out.extend(REPAIR_BUCKET_NAMES.iter().copied().zip(self.repaired));
+        out.extend(REPAIR_BUCKETS.iter().map(|(_, n)| *n).zip(self.repaired));
     }
 }
 
