@@ -128,14 +128,44 @@ async fn create(
     Ok((StatusCode::CREATED, Json(channel(&c))))
 }
 
+/// Messages one publish request carries at most.
+pub const MAX_BATCH: usize = 4096;
+
+/// One message of a publish body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PublishBody {
+struct MessageBody {
     data: String,
     /// `base64` when `data` is base64 of binary content.
     encoding: Option<String>,
 }
 
+impl MessageBody {
+    fn bytes(self) -> Result<Vec<u8>, ApiError> {
+        match self.encoding.as_deref() {
+            None | Some("utf-8") => Ok(self.data.into_bytes()),
+            Some("base64") => base64::engine::general_purpose::STANDARD
+                .decode(self.data.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("data is not base64: {e}"))),
+            Some(e) => Err(ApiError::bad_request(format!(
+                "unknown encoding {e:?}: give base64, or none for text"
+            ))),
+        }
+    }
+}
+
+/// A publish body: one message, or several in order.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PublishBody {
+    One(MessageBody),
+    Batch { messages: Vec<MessageBody> },
+}
+
+/// Publishes one message (`{"data"}`: 202 `{"published": true}`), or a
+/// batch (`{"messages": [...]}`: 202 `{"published": K}`, the first K taken
+/// in order; the publisher offers the rest again, and 503 means none was
+/// taken yet).
 async fn publish(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -157,25 +187,52 @@ async fn publish(
     });
     let b: PublishBody = parse_body(
         &body?,
-        r#"{"data": "text"} or {"data": "...", "encoding": "base64"}"#,
+        r#"{"data": "text"}, {"data": "...", "encoding": "base64"}, or {"messages": [such objects]}"#,
     )?;
-    let data = match b.encoding.as_deref() {
-        None | Some("utf-8") => b.data.into_bytes(),
-        Some("base64") => base64::engine::general_purpose::STANDARD
-            .decode(b.data.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("data is not base64: {e}")))?,
-        Some(e) => {
-            return Err(ApiError::bad_request(format!(
-                "unknown encoding {e:?}: give base64, or none for text"
-            )));
+    match b {
+        PublishBody::One(m) => {
+            let data = m.bytes()?;
+            let bytes = data.len();
+            dds::publish(&s.handle, name, data).await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "published": true, "bytes": bytes })),
+            ))
         }
-    };
-    let bytes = data.len();
-    dds::publish(&s.handle, name, data).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "published": true, "bytes": bytes })),
-    ))
+        PublishBody::Batch { messages } => {
+            if messages.is_empty() {
+                return Err(ApiError::bad_request(
+                    "messages is empty: give at least one message",
+                ));
+            }
+            if messages.len() > MAX_BATCH {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "{} messages in one request; send at most {MAX_BATCH} at a time",
+                        messages.len()
+                    ),
+                ));
+            }
+            let msgs = messages
+                .into_iter()
+                .map(MessageBody::bytes)
+                .collect::<Result<Vec<_>, _>>()?;
+            let (n, total) = (msgs.len(), msgs.iter().map(Vec::len).sum::<usize>());
+            let unsent = dds::publish_many(&s.handle, name, msgs).await?;
+            if let Some(why) = unsent.why
+                && unsent.rest.len() == n
+            {
+                return Err(DdsCallError::Dds(why).into());
+            }
+            let rest = unsent.rest;
+            let held: usize = rest.iter().map(Vec::len).sum();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "published": n - rest.len(), "bytes": total - held })),
+            ))
+        }
+    }
 }
 
 #[derive(Deserialize)]

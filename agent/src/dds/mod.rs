@@ -173,6 +173,16 @@ pub async fn publish(h: &NodeHandle, name: String, data: Vec<u8>) -> Result<(), 
     with_dds(h, move |d, _, now| Ok(d.publish(now, &name, data)?)).await
 }
 
+/// Publishes `msgs` on `name` in order, as many as the channel takes now:
+/// what it did not take comes back, with the reason.
+pub async fn publish_many(
+    h: &NodeHandle,
+    name: String,
+    msgs: Vec<Vec<u8>>,
+) -> Result<proto::Unsent, DdsCallError> {
+    with_dds(h, move |d, _, now| Ok(d.publish_many(now, &name, msgs))).await
+}
+
 /// A local subscriber: its messages in order, until it is closed.
 pub struct Subscription {
     handle: NodeHandle,

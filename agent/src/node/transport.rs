@@ -25,8 +25,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Messages queued per peer before new ones are dropped.
-const PEER_QUEUE: usize = 1024;
+/// Messages queued per peer before new ones are dropped. Above DDS's
+/// `nak` window (4,096 by default): a publisher's whole window fits in
+/// every link's queue, so that its flow control, not a full queue at its
+/// own agent, holds it back.
+const PEER_QUEUE: usize = 8192;
 /// Messages written on one stream at most.
 pub const MAX_BATCH: usize = 256;
 /// A batch takes no further message once it holds this many bytes.

@@ -143,16 +143,34 @@ pub struct PublishArgs {
     api: ApiArgs,
 }
 
-/// The publish body of one message: text as it is, else base64.
-fn message_body(data: &[u8]) -> String {
+/// One message as the publish body takes it: text as it is, else base64.
+fn message_json(data: &[u8]) -> Value {
     match std::str::from_utf8(data) {
-        Ok(t) => json!({ "data": t }).to_string(),
+        Ok(t) => json!({ "data": t }),
         Err(_) => json!({
             "data": base64::engine::general_purpose::STANDARD.encode(data),
             "encoding": "base64",
-        })
-        .to_string(),
+        }),
     }
+}
+
+/// Lines of standard input sent in one request at most, and their bytes.
+const BATCH_LINES: usize = 1024;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Reads standard input on a thread of its own, a line at a time, so that
+/// the lines already typed or piped go in one request and a line typed
+/// alone goes at once.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(BATCH_LINES);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn publish(a: PublishArgs) -> CliResult {
@@ -170,17 +188,37 @@ fn publish(a: PublishArgs) -> CliResult {
         // A publisher held back by the channel's flow control gets 503
         // and waits.
         let post = |body: String| client.call_when_ready(Method::POST, &path, body, PATIENCE);
-        match one {
-            Some(d) => {
-                post(message_body(&d)).await?;
-            }
-            None => {
-                for line in std::io::stdin().lock().lines() {
-                    let line = line.map_err(|e| {
-                        CliError::failed(format!("cannot read standard input: {e}"))
-                    })?;
-                    post(message_body(line.as_bytes())).await?;
+        if let Some(d) = one {
+            post(message_json(&d).to_string()).await?;
+            return Ok(());
+        }
+        let mut lines = stdin_lines();
+        let read = |r: std::io::Result<String>| {
+            r.map_err(|e| CliError::failed(format!("cannot read standard input: {e}")))
+        };
+        while let Some(first) = lines.recv().await {
+            let mut batch = vec![message_json(read(first)?.as_bytes())];
+            let mut bytes = 0;
+            while batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
+                match lines.try_recv() {
+                    Ok(l) => {
+                        let l = read(l)?;
+                        bytes += l.len();
+                        batch.push(message_json(l.as_bytes()));
+                    }
+                    Err(_) => break,
                 }
+            }
+            // The agent takes what its flow control lets through, in
+            // order; the rest is offered again.
+            while !batch.is_empty() {
+                let body = json!({ "messages": batch }).to_string();
+                let r = post(body).await?;
+                let taken = match r["published"].as_u64() {
+                    Some(k) if k > 0 => (k as usize).min(batch.len()),
+                    _ => return Err(CliError::failed(format!("the agent took no message: {r}"))),
+                };
+                batch.drain(..taken);
             }
         }
         Ok(())

@@ -23,7 +23,7 @@
 use super::bench::{ClusterArgs, operating_point, progress, total_bytes, until_all};
 use crate::output::{CliError, CliResult, print_json};
 use crate::runtime;
-use armillary_agent::dds::{self, DdsCallError, Next, Subscription, proto};
+use armillary_agent::dds::{self, Next, Subscription, proto};
 use armillary_agent::node::NodeHandle;
 use armillary_agent::node::cluster::Cluster;
 use clap::Args;
@@ -392,6 +392,53 @@ fn summarize(tallies: &[Tally]) -> Summary {
     }
 }
 
+/// Messages one publish offers at most: what a client library's write
+/// buffer holds, as `dds publish` sends the lines piped to it.
+const BATCH: u64 = 256;
+
+/// Publishes `messages` numbered messages (paced at `rate` a second, or as
+/// fast as the channel takes them), each publish offering those due by
+/// then; returns how often the channel held the publisher back. Runs as a
+/// task of its own, like any client of the agent.
+async fn publish_all(
+    publisher: NodeHandle,
+    messages: u64,
+    size: usize,
+    rate: u64,
+    base: Instant,
+    start: Instant,
+) -> Result<u64, CliError> {
+    let mut backpressure = 0;
+    let mut next = 0;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    while next < messages || !held.is_empty() {
+        if held.is_empty() {
+            pace(start, next, rate).await;
+            let due = if rate == 0 {
+                messages
+            } else {
+                (start.elapsed().as_secs_f64() * rate as f64) as u64 + 1
+            };
+            let end = due.clamp(next + 1, messages).min(next + BATCH);
+            held = (next..end).map(|i| message(i, base, size)).collect();
+            next = end;
+        }
+        let unsent = dds::publish_many(&publisher, CHANNEL.into(), std::mem::take(&mut held))
+            .await
+            .map_err(failed)?;
+        held = unsent.rest;
+        match unsent.why {
+            None => {}
+            Some(DdsError::Send(SendError::Backpressure { .. })) => {
+                backpressure += 1;
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            Some(e) => return Err(failed(e)),
+        }
+    }
+    Ok(backpressure)
+}
+
 /// Waits until message `i` is due at `rate` messages a second from `start`.
 async fn pace(start: Instant, i: u64, rate: u64) {
     if rate == 0 {
@@ -553,21 +600,10 @@ async fn measure(a: &DdsBenchArgs, n: usize, slow: Option<f64>) -> Result<Figure
     });
 
     let start = Instant::now();
-    let mut backpressure = 0;
-    for i in 0..a.messages {
-        pace(start, i, a.rate).await;
-        loop {
-            let m = message(i, base, a.size);
-            match dds::publish(&publisher, CHANNEL.into(), m).await {
-                Ok(()) => break,
-                Err(DdsCallError::Dds(DdsError::Send(SendError::Backpressure { .. }))) => {
-                    backpressure += 1;
-                    tokio::time::sleep(Duration::from_micros(500)).await;
-                }
-                Err(e) => return Err(failed(e)),
-            }
-        }
-    }
+    let (messages, size, rate) = (a.messages, a.size, a.rate);
+    let backpressure = tokio::spawn(publish_all(publisher, messages, size, rate, base, start))
+        .await
+        .map_err(failed)??;
     let published = start.elapsed().as_secs_f64();
     let mut tallies = Vec::with_capacity(n);
     let mut kept = Vec::with_capacity(n);
@@ -591,6 +627,20 @@ async fn measure(a: &DdsBenchArgs, n: usize, slow: Option<f64>) -> Result<Figure
         for (i, n) in c.live() {
             let cs = dds::stack_counters(&n.handle(), CHANNEL.into()).await;
             tracing::debug!(agent = i, counters = ?cs, "stack counters after the run");
+            if let Ok(st) = n.handle().status().await {
+                let net: Vec<_> = st
+                    .counters
+                    .iter()
+                    .filter(|(k, v)| **v > 0 && k.starts_with("net_"))
+                    .collect();
+                let refused = &st.rejected;
+                tracing::debug!(
+                    agent = i,
+                    ?net,
+                    ?refused,
+                    "transport counters after the run"
+                );
+            }
         }
     }
     drop(kept);
@@ -697,15 +747,21 @@ async fn quic(a: &DdsBenchArgs, n: usize) -> Result<Figures, CliError> {
         }));
     }
     let start = Instant::now();
-    for i in 0..a.messages {
-        pace(start, i, a.rate).await;
-        let m = Arc::new(message(i, base, a.size));
-        for q in &queues {
-            q.send(m.clone()).await.map_err(failed)?;
+    // The publisher is a task of its own, as in the DDS runs.
+    let (messages, size, rate) = (a.messages, a.size, a.rate);
+    tokio::spawn(async move {
+        for i in 0..messages {
+            pace(start, i, rate).await;
+            let m = Arc::new(message(i, base, size));
+            for q in &queues {
+                q.send(m.clone()).await.map_err(failed)?;
+            }
         }
-    }
+        Ok::<_, CliError>(())
+    })
+    .await
+    .map_err(failed)??;
     let published = start.elapsed().as_secs_f64();
-    drop(queues);
     let mut tallies = Vec::with_capacity(n);
     for r in readers {
         tallies.push(r.await.map_err(failed)?);

@@ -32,7 +32,7 @@ pub use layer::{Backpressure, Control, Cx, Dest, Layer, Msg, OriginId};
 pub use params::{MAX_MESSAGE, Params};
 pub use service::{
     CHANNELS_AFC, ChannelInfo, CloseReason, Dds, DdsConfig, DdsEvent, DdsStats, Delivery, SubId,
-    SubscribeOpts, TreeInfo,
+    SubscribeOpts, TreeInfo, Unsent,
 };
 pub use spec::{LayerKind, Spec, SpecError};
 pub use stack::{Delivered, Frame, KeyBook, PinnedKeys, SendError, Stack, StackConfig, StackEvent};

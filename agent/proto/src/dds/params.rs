@@ -47,6 +47,9 @@ pub struct Params {
     pub member_timeout: Micros,
     /// `nak`: a member further behind than this is cut off.
     pub lag_limit: u64,
+    /// `nak`: ... for this long (a member briefly behind holds the
+    /// publisher back instead).
+    pub lag_grace: Micros,
     /// `nak`: streams a member follows.
     pub max_streams: usize,
     /// `flow`: messages an origin may have outstanding (not yet stable).
@@ -92,6 +95,7 @@ impl Default for Params {
             beat_period: 300 * MS,
             member_timeout: 5 * S,
             lag_limit: 3072,
+            lag_grace: S,
             max_streams: 256,
             flow_window: 1024,
             flow_rate: 0,

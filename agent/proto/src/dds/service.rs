@@ -107,6 +107,14 @@ pub struct Delivery {
     pub data: Vec<u8>,
 }
 
+/// What [`Dds::publish_many`] did not publish: the messages left, in
+/// order, and why the first of them was not taken.
+#[derive(Debug, Default)]
+pub struct Unsent {
+    pub rest: Vec<Vec<u8>>,
+    pub why: Option<DdsError>,
+}
+
 /// Why a subscriber was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -225,7 +233,7 @@ struct Channel {
     joined_at: Micros,
     children: BTreeMap<Arc<str>, Micros>,
     suspects: BTreeMap<Arc<str>, Micros>,
-    seen: BTreeSet<u64>,
+    seen: rustc_hash::FxHashSet<u64>,
     seen_order: VecDeque<u64>,
     delivered: u64,
     tail: VecDeque<Delivery>,
@@ -250,7 +258,7 @@ impl Channel {
             joined_at: 0,
             children: BTreeMap::new(),
             suspects: BTreeMap::new(),
-            seen: BTreeSet::new(),
+            seen: rustc_hash::FxHashSet::default(),
             seen_order: VecDeque::new(),
             delivered: 0,
             tail: VecDeque::new(),
@@ -480,17 +488,56 @@ impl Dds {
 
     /// Publishes `data` on `name`, from this agent.
     pub fn publish(&mut self, now: Micros, name: &str, data: Vec<u8>) -> Result<(), DdsError> {
+        let id = self.publishing(now, name)?;
+        self.stack_of(id).send(now, data)?;
+        self.drain(now, id);
+        Ok(())
+    }
+
+    /// Publishes `msgs` in order, as many as the channel takes now, and
+    /// gives back the rest with the reason the first of them was not taken
+    /// (flow control holding the publisher back, a message too large, an
+    /// unknown channel), for the caller to offer again or give up.
+    pub fn publish_many(&mut self, now: Micros, name: &str, msgs: Vec<Vec<u8>>) -> Unsent {
+        let id = match self.publishing(now, name) {
+            Ok(id) => id,
+            Err(why) => {
+                return Unsent {
+                    rest: msgs,
+                    why: Some(why),
+                };
+            }
+        };
+        let stack = self.stack_of(id);
+        let mut unsent = Unsent::default();
+        let mut msgs = msgs.into_iter();
+        while let Some(m) = msgs.next() {
+            if let Err(why) = stack.admit(now, m.len()) {
+                unsent.why = Some(why.into());
+                unsent.rest = std::iter::once(m).chain(msgs).collect();
+                break;
+            }
+            stack.send_admitted(now, m);
+        }
+        self.drain(now, id);
+        unsent
+    }
+
+    /// The channel `name`, with this agent as a publisher running its stack.
+    fn publishing(&mut self, now: Micros, name: &str) -> Result<ChannelId, DdsError> {
         let id = self.join(name)?;
         let c = self.channels.get_mut(&id).expect("joined");
         c.published = true;
         if c.role_now() != Some(Role::Member) {
             self.build_stack(now, id, Role::Member);
         }
+        Ok(id)
+    }
+
+    /// The stack of a channel this agent is a member of.
+    fn stack_of(&mut self, id: ChannelId) -> &mut Stack {
         let c = self.channels.get_mut(&id).expect("joined");
-        let stack = c.stack.as_mut().expect("built");
-        stack.send(now, data)?;
-        self.drain(now, id);
-        Ok(())
+        c.stack.as_mut().expect("built")
     }
 
     /// Whether `publish` of `len` bytes would be taken now.

@@ -211,10 +211,15 @@ impl Stack {
     /// Sends `data` to every member, from the top of the stack.
     pub fn send(&mut self, now: Micros, data: Vec<u8>) -> Result<(), SendError> {
         self.admit(now, data.len())?;
+        self.send_admitted(now, data);
+        Ok(())
+    }
+
+    /// [`Stack::send`] of a message [`Stack::admit`] has just taken.
+    pub fn send_admitted(&mut self, now: Micros, data: Vec<u8>) {
         let msg = Msg::new(self.local.clone(), Dest::All, data);
         self.work.push_back(Work::Down(0, msg));
         self.run(now);
-        Ok(())
     }
 
     /// A frame from the network, handed over by the agent `via`: `bytes` as

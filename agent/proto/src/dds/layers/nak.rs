@@ -74,6 +74,14 @@ pub enum NakHeader {
         resume: u64,
     },
     Pass,
+    /// A message the origin sends again to every member, because several
+    /// asked for it at once (a loss high in the tree); `n` counts the
+    /// origin's recasts, so that relays do not take it for the first copy.
+    Recast {
+        seq: u64,
+        lo: u64,
+        n: u64,
+    },
 }
 
 impl NakHeader {
@@ -92,6 +100,7 @@ impl NakHeader {
             }
             NakHeader::CutOff { inc, resume } => w.u8(4).varint(*inc).varint(*resume),
             NakHeader::Pass => w.u8(5),
+            NakHeader::Recast { seq, lo, n } => w.u8(6).varint(*seq).varint(*lo).varint(*n),
         };
         w.finish()
     }
@@ -131,14 +140,30 @@ impl NakHeader {
                 resume: r.varint()?,
             },
             5 => NakHeader::Pass,
+            6 => NakHeader::Recast {
+                seq: r.varint()?,
+                lo: r.varint()?,
+                n: r.varint()?,
+            },
             t => return Err(DecodeError::BadTag(t)),
         };
-        if let NakHeader::Data { seq: 0, .. } = h {
+        if let NakHeader::Data { seq: 0, .. } | NakHeader::Recast { seq: 0, .. } = h {
             return Err(DecodeError::Invalid("sequence number 0"));
         }
         r.end()?;
         Ok(h)
     }
+}
+
+/// How the origin answers one request for a message it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// To the asker.
+    Peer,
+    /// To every member, once.
+    All,
+    /// Not at all: a copy to every member has just gone.
+    Spare,
 }
 
 /// Who asked for a message this member lacks too, and until when to answer.
@@ -198,6 +223,8 @@ impl RttEstimate {
 struct Member {
     upto: u64,
     heard: Micros,
+    /// Since when it has been more than `lag_limit` behind the group.
+    lagging_since: Option<Micros>,
 }
 
 /// Messages held for repairs, bounded in count and bytes.
@@ -272,6 +299,7 @@ pub struct Nak {
     beat_period: Micros,
     member_timeout: Micros,
     lag_limit: u64,
+    lag_grace: Micros,
     max_streams: usize,
     // As an origin.
     next_seq: u64,
@@ -281,6 +309,8 @@ pub struct Nak {
     members: BTreeMap<Arc<str>, Member>,
     stable: u64,
     beats: u64,
+    /// Messages sent again lately: when, and whether to every member.
+    resent: BTreeMap<u64, (Micros, bool)>,
     // As a member.
     streams: BTreeMap<OriginId, Stream>,
     repairers: Vec<Arc<str>>,
@@ -292,6 +322,8 @@ pub struct Nak {
     duplicates: u64,
     requests: u64,
     retransmits: u64,
+    recasts: u64,
+    resends_spared: u64,
     subtree_repairs: u64,
     cut_offs: u64,
     skipped: u64,
@@ -318,6 +350,7 @@ impl Nak {
             beat_period: p.beat_period.max(1),
             member_timeout: p.member_timeout,
             lag_limit: p.lag_limit.max(1),
+            lag_grace: p.lag_grace,
             max_streams: p.max_streams.max(1),
             next_seq: 1,
             sent: Store::default(),
@@ -325,6 +358,7 @@ impl Nak {
             members: BTreeMap::new(),
             stable: 0,
             beats: 0,
+            resent: BTreeMap::new(),
             streams: BTreeMap::new(),
             repairers: Vec::new(),
             waiting: BTreeMap::new(),
@@ -333,6 +367,8 @@ impl Nak {
             duplicates: 0,
             requests: 0,
             retransmits: 0,
+            recasts: 0,
+            resends_spared: 0,
             subtree_repairs: 0,
             cut_offs: 0,
             skipped: 0,
@@ -556,26 +592,40 @@ impl Nak {
                     return;
                 }
                 budget -= 1;
+                let resend = if own && self.sent.msgs.contains_key(&seq) {
+                    self.resend_of(seq, cx.now)
+                } else {
+                    Resend::Peer
+                };
                 let held = if own {
                     self.sent.msgs.get(&seq)
                 } else {
                     self.streams[&stream].store.msgs.get(&seq)
                 };
-                match held {
-                    Some(m) => {
+                match (held, resend) {
+                    (Some(_), Resend::Spare) => self.resends_spared += 1,
+                    (Some(m), Resend::All) => {
+                        let mut m = m.clone();
+                        m.dest = Dest::All;
+                        self.recasts += 1;
+                        let n = self.recasts;
+                        m.push(NakHeader::Recast { seq, lo, n }.encode());
+                        cx.down(m);
+                    }
+                    (Some(m), Resend::Peer) => {
                         let mut m = m.clone();
                         m.dest = Dest::Peer(to.clone());
                         m.push(NakHeader::Data { seq, lo }.encode());
                         self.retransmits += 1;
                         cx.down(m);
                     }
-                    None if own && seq < lo && !cut => {
+                    (None, _) if own && seq < lo && !cut => {
                         cut = true;
                         self.cut_offs += 1;
                         let inc = self.local.inc;
                         self.send_to(&to, NakHeader::CutOff { inc, resume: lo }, cx);
                     }
-                    None if !own && self.waiting.len() < MAX_WAITING => {
+                    (None, _) if !own && self.waiting.len() < MAX_WAITING => {
                         // Missing here too: answer when it comes.
                         let until = cx.now + 2 * self.nak_retry;
                         let w = self
@@ -587,10 +637,46 @@ impl Nak {
                         }
                         w.1 = until;
                     }
-                    None => {}
+                    (None, _) => {}
                 }
             }
         }
+    }
+
+    /// How the origin answers a request for its message `seq`: the first
+    /// request in a while to the asker alone; a second within
+    /// [`Nak::resend_hold`] means the loss was shared (high in the tree),
+    /// so one copy goes to every member instead of one per asker; askers
+    /// after that within the hold wait for that copy. Under a loss shared
+    /// by a whole subtree this bounds the origin's resends of one message
+    /// to two per hold, where answering each asker costs one per member.
+    fn resend_of(&mut self, seq: u64, now: Micros) -> Resend {
+        let hold = self.resend_hold();
+        match self.resent.get_mut(&seq) {
+            Some((at, cast)) if *at + hold > now => {
+                if *cast {
+                    Resend::Spare
+                } else {
+                    *at = now;
+                    *cast = true;
+                    Resend::All
+                }
+            }
+            _ => {
+                if self.resent.len() as u64 >= self.window {
+                    self.resent.retain(|_, (at, _)| *at + hold > now);
+                }
+                self.resent.insert(seq, (now, false));
+                Resend::Peer
+            }
+        }
+    }
+
+    /// How long a resend stands for later requests of the same message:
+    /// twice the least request interval, so an asker whose copy was lost
+    /// is answered again on its next try but one.
+    fn resend_hold(&self) -> Micros {
+        2 * self.nak_retry_min
     }
 
     fn cut_off(&mut self, origin: &OriginId, resume: u64, cx: &mut Cx<'_>) {
@@ -712,11 +798,13 @@ impl Nak {
         self.restabilize(cx);
     }
 
-    /// Cuts off the members more than `lag_limit` behind the group (its
-    /// median member): one slow member falls behind alone and is told to
-    /// skip ahead, while a group that is slow as a whole holds the
-    /// publisher back through the window instead (`admit`), so that a
-    /// publisher faster than everyone loses no one.
+    /// Cuts off the members that have stayed more than `lag_limit` behind
+    /// the group (its median member) for `lag_grace`: one slow member falls
+    /// behind alone and is told to skip ahead, while a group that is slow
+    /// as a whole holds the publisher back through the window instead
+    /// (`admit`), so that a publisher faster than everyone loses no one.
+    /// The grace spares a member that is only briefly behind (a pause, a
+    /// burst of repairs): the publisher waits for it meanwhile.
     fn cut_laggards(&mut self, cx: &mut Cx<'_>) {
         if self.members.len() < 2 {
             return;
@@ -724,12 +812,18 @@ impl Nak {
         let mut uptos: Vec<u64> = self.members.values().map(|m| m.upto).collect();
         uptos.sort_unstable();
         let median = uptos[uptos.len() / 2];
-        let lagging: Vec<Arc<str>> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.upto + self.lag_limit < median)
-            .map(|(a, _)| a.clone())
-            .collect();
+        let (now, limit, grace) = (cx.now, self.lag_limit, self.lag_grace);
+        let mut lagging: Vec<Arc<str>> = Vec::new();
+        for (a, m) in self.members.iter_mut() {
+            if m.upto + limit >= median {
+                m.lagging_since = None;
+                continue;
+            }
+            let since = *m.lagging_since.get_or_insert(now);
+            if since + grace <= now {
+                lagging.push(a.clone());
+            }
+        }
         let resume = self.hi() + 1;
         for a in lagging {
             self.members.remove(&a);
@@ -818,6 +912,9 @@ impl Layer for Nak {
             NakHeader::Pass => cx.up(msg),
             NakHeader::Data { .. } if own => cx.up(msg),
             NakHeader::Data { seq, lo } => self.receive(seq, lo, msg, cx),
+            // The origin's own recast coming back: delivered the first time.
+            NakHeader::Recast { .. } if own => {}
+            NakHeader::Recast { seq, lo, .. } => self.receive(seq, lo, msg, cx),
             NakHeader::Beat { .. } if own => {}
             NakHeader::Beat { hi, lo, .. } => {
                 self.stream(&msg.origin, hi + 1, lo, cx);
@@ -830,10 +927,11 @@ impl Layer for Nak {
                 if inc != self.local.inc || upto > self.hi() {
                     return cx.refuse("stray_ack");
                 }
-                let m = self
-                    .members
-                    .entry(sender)
-                    .or_insert(Member { upto, heard: 0 });
+                let m = self.members.entry(sender).or_insert(Member {
+                    upto,
+                    heard: 0,
+                    lagging_since: None,
+                });
                 m.upto = m.upto.max(upto);
                 m.heard = cx.now;
                 self.restabilize(cx);
@@ -876,6 +974,8 @@ impl Layer for Nak {
             ("duplicates", self.duplicates),
             ("requests", self.requests),
             ("retransmits", self.retransmits),
+            ("recasts", self.recasts),
+            ("resends_spared", self.resends_spared),
             ("subtree_repairs", self.subtree_repairs),
             ("cut_offs", self.cut_offs),
             ("skipped", self.skipped),

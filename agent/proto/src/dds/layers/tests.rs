@@ -544,6 +544,7 @@ fn flow_rate_limits_the_origin() {
 fn a_lagging_member_is_cut_off_and_told() {
     let p = Params {
         lag_limit: 20,
+        lag_grace: 0,
         nak_window: 64,
         ..Params::default()
     };
@@ -573,6 +574,39 @@ fn a_lagging_member_is_cut_off_and_told() {
     let mut sorted = h.clone();
     sorted.sort_by_key(|b| String::from_utf8_lossy(&b[3..]).parse::<u64>().unwrap_or(0));
     assert_eq!(h, sorted);
+}
+
+#[test]
+fn a_loss_every_member_shares_is_sent_again_once_to_all_not_to_each() {
+    let mut net = Net::new("fifo:nak", 9, 0.0, 21);
+    net.send(0, msg(0, 0)).unwrap();
+    net.run_until(500 * MS);
+    // The second message is lost on its way to every member at once (as
+    // below a relay high in the tree); the third shows them the hole.
+    net.up[1..].fill(false);
+    net.send(0, msg(0, 1)).unwrap();
+    net.run_until(net.now + 30 * MS);
+    net.up[1..].fill(true);
+    publish_from(&mut net, 2, 3);
+    assert_exactly_once(&net, &[0], 3);
+    let nak = |c| net.stacks[0].counter(LayerKind::Nak, c);
+    assert!(nak("recasts") >= 1, "one copy to every member");
+    assert!(
+        nak("retransmits") + nak("recasts") < 8,
+        "eight askers, resent {} times to one and {} to all",
+        nak("retransmits"),
+        nak("recasts")
+    );
+    assert!(nak("resends_spared") > 0);
+}
+
+/// Publishes messages `from..to` of origin 0, then lets the stacks settle.
+fn publish_from(net: &mut Net, from: usize, to: usize) {
+    for k in from..to {
+        net.send(0, msg(0, k)).unwrap();
+    }
+    let t = net.now + 5_000 * MS;
+    net.run_until(t);
 }
 
 #[test]
