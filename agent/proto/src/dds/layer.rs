@@ -51,6 +51,10 @@ pub struct Msg {
     /// The agent that handed this frame to this one (up path): the
     /// transport's authenticated peer, this agent for its own frames.
     pub via: Option<Arc<str>>,
+    /// This stack's own frame coming back up from its bottom (never set
+    /// for a frame from the network): layers that check what others sent
+    /// (`sign`) trust it.
+    pub looped: bool,
     /// Innermost (the top layer's) first, outermost last.
     headers: Vec<Vec<u8>>,
     pub body: Vec<u8>,
@@ -62,6 +66,7 @@ impl Msg {
             origin,
             dest,
             via: None,
+            looped: false,
             headers: Vec::new(),
             body,
         }
@@ -106,6 +111,7 @@ impl Msg {
             origin,
             dest,
             via: None,
+            looped: false,
             headers,
             body: r.rest().to_vec(),
         })

@@ -393,6 +393,7 @@ impl Stack {
         if msg.dest == Dest::All {
             let mut back = msg.clone();
             back.via = Some(self.local.addr.clone());
+            back.looped = true;
             self.work.push_back(Work::Up(self.layers.len(), back));
         }
         self.frames.push_back(Frame {

@@ -80,6 +80,10 @@ impl Layer for Sign {
     }
 
     fn up(&mut self, header: &[u8], msg: Msg, cx: &mut Cx<'_>) {
+        // This stack signed it a moment ago, on its way down.
+        if msg.looped {
+            return cx.up(msg);
+        }
         let Some((sig, proof)) = header
             .split_first_chunk::<64>()
             .filter(|(_, p)| p.len() <= MAX_PROOF)
