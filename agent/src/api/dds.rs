@@ -189,50 +189,45 @@ async fn publish(
         &body?,
         r#"{"data": "text"}, {"data": "...", "encoding": "base64"}, or {"messages": [such objects]}"#,
     )?;
-    match b {
-        PublishBody::One(m) => {
-            let data = m.bytes()?;
-            let bytes = data.len();
-            dds::publish(&s.handle, name, data).await?;
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({ "published": true, "bytes": bytes })),
-            ))
+    let (messages, one) = match b {
+        PublishBody::One(m) => (vec![m], true),
+        PublishBody::Batch { messages } if messages.is_empty() => {
+            return Err(ApiError::bad_request(
+                "messages is empty: give at least one message",
+            ));
         }
-        PublishBody::Batch { messages } => {
-            if messages.is_empty() {
-                return Err(ApiError::bad_request(
-                    "messages is empty: give at least one message",
-                ));
-            }
-            if messages.len() > MAX_BATCH {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "{} messages in one request; send at most {MAX_BATCH} at a time",
-                        messages.len()
-                    ),
-                ));
-            }
-            let msgs = messages
-                .into_iter()
-                .map(MessageBody::bytes)
-                .collect::<Result<Vec<_>, _>>()?;
-            let (n, total) = (msgs.len(), msgs.iter().map(Vec::len).sum::<usize>());
-            let unsent = dds::publish_many(&s.handle, name, msgs).await?;
-            if let Some(why) = unsent.why
-                && unsent.rest.len() == n
-            {
-                return Err(DdsCallError::Dds(why).into());
-            }
-            let rest = unsent.rest;
-            let held: usize = rest.iter().map(Vec::len).sum();
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({ "published": n - rest.len(), "bytes": total - held })),
-            ))
+        PublishBody::Batch { messages } if messages.len() > MAX_BATCH => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} messages in one request; send at most {MAX_BATCH} at a time",
+                    messages.len()
+                ),
+            ));
         }
+        PublishBody::Batch { messages } => (messages, false),
+    };
+    let msgs = messages
+        .into_iter()
+        .map(MessageBody::bytes)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (n, total) = (msgs.len(), msgs.iter().map(Vec::len).sum::<usize>());
+    let unsent = dds::publish_many(&s.handle, name, msgs).await?;
+    if let Some(why) = unsent.why
+        && unsent.rest.len() == n
+    {
+        return Err(DdsCallError::Dds(why).into());
     }
+    let held: usize = unsent.rest.iter().map(Vec::len).sum();
+    let published = if one {
+        json!(true)
+    } else {
+        json!(n - unsent.rest.len())
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "published": published, "bytes": total - held })),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -197,8 +197,9 @@ fn publish(a: PublishArgs) -> CliResult {
             r.map_err(|e| CliError::failed(format!("cannot read standard input: {e}")))
         };
         while let Some(first) = lines.recv().await {
-            let mut batch = vec![message_json(read(first)?.as_bytes())];
-            let mut bytes = 0;
+            let first = read(first)?;
+            let mut bytes = first.len();
+            let mut batch = vec![message_json(first.as_bytes())];
             while batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
                 match lines.try_recv() {
                     Ok(l) => {

@@ -488,10 +488,9 @@ impl Dds {
 
     /// Publishes `data` on `name`, from this agent.
     pub fn publish(&mut self, now: Micros, name: &str, data: Vec<u8>) -> Result<(), DdsError> {
-        let id = self.publishing(now, name)?;
-        self.stack_of(id).send(now, data)?;
-        self.drain(now, id);
-        Ok(())
+        self.publish_many(now, name, vec![data])
+            .why
+            .map_or(Ok(()), Err)
     }
 
     /// Publishes `msgs` in order, as many as the channel takes now, and
@@ -508,7 +507,8 @@ impl Dds {
                 };
             }
         };
-        let stack = self.stack_of(id);
+        let c = self.channels.get_mut(&id).expect("joined");
+        let stack = c.stack.as_mut().expect("built");
         let mut unsent = Unsent::default();
         let mut msgs = msgs.into_iter();
         while let Some(m) = msgs.next() {
@@ -532,25 +532,6 @@ impl Dds {
             self.build_stack(now, id, Role::Member);
         }
         Ok(id)
-    }
-
-    /// The stack of a channel this agent is a member of.
-    fn stack_of(&mut self, id: ChannelId) -> &mut Stack {
-        let c = self.channels.get_mut(&id).expect("joined");
-        c.stack.as_mut().expect("built")
-    }
-
-    /// Whether `publish` of `len` bytes would be taken now.
-    pub fn ready(&self, now: Micros, name: &str, len: usize) -> Result<(), DdsError> {
-        let c = self
-            .channels
-            .values()
-            .find(|c| *c.desc.name == *name)
-            .ok_or_else(|| DdsError::UnknownChannel(name.to_string()))?;
-        match &c.stack {
-            Some(s) => Ok(s.admit(now, len)?),
-            None => Ok(()),
-        }
     }
 
     /// Takes up to `max` queued messages of a subscriber.

@@ -592,40 +592,42 @@ impl Nak {
                     return;
                 }
                 budget -= 1;
-                let resend = if own && self.sent.msgs.contains_key(&seq) {
-                    self.resend_of(seq, cx.now)
-                } else {
-                    Resend::Peer
-                };
                 let held = if own {
                     self.sent.msgs.get(&seq)
                 } else {
                     self.streams[&stream].store.msgs.get(&seq)
                 };
-                match (held, resend) {
-                    (Some(_), Resend::Spare) => self.resends_spared += 1,
-                    (Some(m), Resend::All) => {
-                        let mut m = m.clone();
-                        m.dest = Dest::All;
-                        self.recasts += 1;
-                        let n = self.recasts;
-                        m.push(NakHeader::Recast { seq, lo, n }.encode());
-                        cx.down(m);
+                match held.cloned() {
+                    Some(mut m) => {
+                        let resend = if own {
+                            self.resend_of(seq, cx.now)
+                        } else {
+                            Resend::Peer
+                        };
+                        match resend {
+                            Resend::Spare => self.resends_spared += 1,
+                            Resend::All => {
+                                m.dest = Dest::All;
+                                self.recasts += 1;
+                                let n = self.recasts;
+                                m.push(NakHeader::Recast { seq, lo, n }.encode());
+                                cx.down(m);
+                            }
+                            Resend::Peer => {
+                                m.dest = Dest::Peer(to.clone());
+                                m.push(NakHeader::Data { seq, lo }.encode());
+                                self.retransmits += 1;
+                                cx.down(m);
+                            }
+                        }
                     }
-                    (Some(m), Resend::Peer) => {
-                        let mut m = m.clone();
-                        m.dest = Dest::Peer(to.clone());
-                        m.push(NakHeader::Data { seq, lo }.encode());
-                        self.retransmits += 1;
-                        cx.down(m);
-                    }
-                    (None, _) if own && seq < lo && !cut => {
+                    None if own && seq < lo && !cut => {
                         cut = true;
                         self.cut_offs += 1;
                         let inc = self.local.inc;
                         self.send_to(&to, NakHeader::CutOff { inc, resume: lo }, cx);
                     }
-                    (None, _) if !own && self.waiting.len() < MAX_WAITING => {
+                    None if !own && self.waiting.len() < MAX_WAITING => {
                         // Missing here too: answer when it comes.
                         let until = cx.now + 2 * self.nak_retry;
                         let w = self
@@ -637,7 +639,7 @@ impl Nak {
                         }
                         w.1 = until;
                     }
-                    (None, _) => {}
+                    None => {}
                 }
             }
         }
