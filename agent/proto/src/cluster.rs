@@ -35,10 +35,7 @@ impl ClusterId {
         if name.len() > MAX_CLUSTER_NAME {
             return Err(ClusterNameError::TooLong(name.to_string()));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if !crate::limits::plain_chars(name) {
             return Err(ClusterNameError::BadChar(name.to_string()));
         }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;

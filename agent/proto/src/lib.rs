@@ -6,6 +6,7 @@ pub mod afc;
 pub mod chm;
 pub mod cluster;
 pub mod config;
+pub mod crm;
 pub mod dds;
 pub mod gossip;
 pub mod host;

@@ -252,6 +252,19 @@ pub fn check_output(out: &Attrs) -> Result<(), LimitError> {
     Ok(())
 }
 
+/// Whether `s` is made only of letters, digits, `.`, `_` and `-`: the
+/// names (zones, clusters, clients, groups) that travel in paths, labels
+/// and directory entries without quoting.
+pub fn plain_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A plain name of 1 to `max` bytes.
+pub fn is_plain_name(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && plain_chars(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

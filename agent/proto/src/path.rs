@@ -167,12 +167,7 @@ impl ZonePath {
 }
 
 fn check_component(c: &str) -> Result<(), PathError> {
-    let ok = !c.is_empty()
-        && c.len() <= MAX_COMPONENT_LEN
-        && c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && c != "."
-        && c != "..";
+    let ok = crate::limits::is_plain_name(c, MAX_COMPONENT_LEN) && c != "." && c != "..";
     if ok {
         Ok(())
     } else {

@@ -632,6 +632,7 @@ impl Dds {
             proof: self.cfg.proof.clone(),
             keys: self.cfg.keys.clone(),
             params,
+            report_starts: false,
         };
         c.stack = Some(Stack::build(&spec, &cfg));
         c.role = role;

@@ -59,6 +59,10 @@ pub struct StackConfig {
     /// The keys origins sign with (`sign`).
     pub keys: Option<Arc<dyn KeyBook>>,
     pub params: Params,
+    /// Report where each origin's stream starts here
+    /// ([`StackEvent::Started`]), for a user that must know whether it
+    /// delivers a stream whole (a group's view).
+    pub report_starts: bool,
 }
 
 impl StackConfig {
@@ -74,6 +78,7 @@ impl StackConfig {
             proof: Arc::from(Vec::new()),
             keys: None,
             params: Params::default(),
+            report_starts: false,
         }
     }
 }
@@ -98,6 +103,10 @@ pub struct Delivered {
 pub enum StackEvent {
     /// Messages of `origin` that will never be delivered (this member was cut off).
     Lost { origin: OriginId, count: u64 },
+    /// `origin`'s stream is delivered here from its first message
+    /// (`from_start`) or from the middle (only with
+    /// [`StackConfig::report_starts`]).
+    Started { origin: OriginId, from_start: bool },
 }
 
 /// Why the application's message was refused.
@@ -129,6 +138,7 @@ pub struct Stack {
     local: OriginId,
     rng: SmallRng,
     max_message: usize,
+    report_starts: bool,
     frames: VecDeque<Frame>,
     delivered: VecDeque<Delivered>,
     events: VecDeque<StackEvent>,
@@ -167,6 +177,7 @@ impl Stack {
             local: cfg.local.clone(),
             rng: SmallRng::seed_from_u64(cfg.rng_seed ^ cfg.local.inc ^ cfg.channel),
             max_message,
+            report_starts: cfg.report_starts,
             frames: VecDeque::new(),
             delivered: VecDeque::new(),
             events: VecDeque::new(),
@@ -343,11 +354,18 @@ impl Stack {
         }
         self.out = out;
         for c in controls {
-            if let Control::Skipped { origin, count } = &c {
-                self.events.push_back(StackEvent::Lost {
+            match &c {
+                Control::Skipped { origin, count } => self.events.push_back(StackEvent::Lost {
                     origin: origin.clone(),
                     count: *count,
-                });
+                }),
+                Control::Synced { origin, from_start } if self.report_starts => {
+                    self.events.push_back(StackEvent::Started {
+                        origin: origin.clone(),
+                        from_start: *from_start,
+                    })
+                }
+                _ => {}
             }
             self.broadcast(now, Some(i), &c);
         }

@@ -372,12 +372,7 @@ pub fn fingerprint(key: &[u8; 32]) -> String {
 
 /// Checks a client name: 1 to 64 of `[A-Za-z0-9._-]`.
 pub fn check_client_name(name: &str) -> Result<(), SecurityError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_CLIENT_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::limits::is_plain_name(name, MAX_CLIENT_NAME) {
         Ok(())
     } else {
         Err(SecurityError::BadName(name.to_string()))

@@ -1,0 +1,27 @@
+//! CRM: small process groups with virtual synchrony (first seed, section
+//! 5.2), built on DDS's layer engine (`docs/crm.md`).
+//!
+//! - [`member`]: members, views and ballots.
+//! - [`wire`]: the messages between agents and their bounded codec.
+//! - [`log`]: what a member delivered in its view and what is unstable.
+//! - [`group`]: one member's state machine of one group: delivery in
+//!   fifo, total and safe order over the view's DDS stacks, and the view
+//!   change (a flush decided by single-decree Paxos among the view).
+//! - [`check`]: checkers of recorded histories (view synchrony, total
+//!   order, no duplication or creation, self-delivery).
+//! - [`service`]: the [`Crm`] service, the groups of one agent.
+
+pub mod check;
+pub mod group;
+pub mod log;
+pub mod member;
+pub mod service;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use group::{Group, GroupConfig, GroupEvent, GroupStats, Phase, Rejoin, Replica, SendRefused};
+pub use member::{Ballot, MemberId, View};
+pub use service::{Crm, CrmConfig, CrmError, GROUPS_AFC, GroupInfo, check_name};
+pub use wire::{CrmMsg, Mode};
