@@ -427,6 +427,38 @@ impl Group {
         &self.view
     }
 
+    /// Whether a view change holds delivery (this member promised).
+    pub fn is_blocked(&self) -> bool {
+        self.frozen
+    }
+
+    /// The view change state, for diagnostics.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {:?} {:?} view {} frozen {} promised {:?} accepted {:?} proposal {:?} suspects {:?} joins {:?} pending {} unseen {:?}",
+            self.me,
+            self.phase,
+            self.stats,
+            self.view.id,
+            self.frozen,
+            self.promised.as_ref().map(|b| (b.n, b.by.to_string())),
+            self.accepted.as_ref().map(|(b, d)| (b.n, d.view.id)),
+            self.proposal.as_ref().map(|p| (
+                p.ballot.n,
+                p.promises.len(),
+                p.decision.is_some(),
+                p.accepted.len()
+            )),
+            self.suspects
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            self.joins.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            self.pending.len(),
+            self.own_unseen.iter().map(|q| q.len()).collect::<Vec<_>>(),
+        )
+    }
+
     /// Entries held until every member has them.
     pub fn unstable(&self) -> usize {
         self.log.len()
@@ -1186,14 +1218,7 @@ impl Group {
             self.proposal = None;
         }
         self.promised = Some(ballot.clone());
-        self.promise_deadline = now + 2 * self.cfg.phase_timeout;
-        if !self.frozen {
-            self.frozen = true;
-            self.events.push_back(GroupEvent::Blocked {
-                group: self.name.clone(),
-                view: self.view.id,
-            });
-        }
+        self.freeze(now);
         let flush = self.log.flush_state();
         let accepted = self.accepted.clone();
         if ballot.by == self.me {
@@ -1209,6 +1234,18 @@ impl Group {
                 flush,
             };
             self.send_to(&ballot.by.addr, msg);
+        }
+    }
+
+    /// Stops delivering in this view until the decision.
+    fn freeze(&mut self, now: Micros) {
+        self.promise_deadline = now + 2 * self.cfg.phase_timeout;
+        if !self.frozen {
+            self.frozen = true;
+            self.events.push_back(GroupEvent::Blocked {
+                group: self.name.clone(),
+                view: self.view.id,
+            });
         }
     }
 
@@ -1393,6 +1430,8 @@ impl Group {
         }
         self.promised = Some(ballot.clone());
         self.accepted = Some((ballot.clone(), decision));
+        // Accepting binds as promising does (the prepare may have been lost).
+        self.freeze(now);
         if ballot.by == self.me {
             let me = self.me.clone();
             self.on_accepted(now, ballot, me);
@@ -1490,7 +1529,11 @@ impl Group {
     /// Delivers what this member lacks of the cut, in the streams' orders.
     fn catch_up(&mut self, now: Micros, d: &Decision) -> bool {
         let n = self.view.members.len();
-        if d.fifo_cut.len() != n {
+        if d.fifo_cut.len() != n
+            || self.log.total_done > d.total_cut
+            || (0..n).any(|r| self.log.fifo_done[r] > d.fifo_cut[r])
+        {
+            // It delivered past the cut: it cannot stay.
             return false;
         }
         self.frozen = false;

@@ -23,5 +23,5 @@ mod tests;
 
 pub use group::{Group, GroupConfig, GroupEvent, GroupStats, Phase, Rejoin, Replica, SendRefused};
 pub use member::{Ballot, MemberId, View};
-pub use service::{Crm, CrmConfig, CrmError, GROUPS_AFC, GroupInfo, check_name};
+pub use service::{Crm, CrmConfig, CrmError, EventsReady, GROUPS_AFC, GroupInfo, check_name};
 pub use wire::{CrmMsg, Mode};

@@ -26,6 +26,8 @@ pub const GROUPS_AFC: &str = "SELECT FIRST(16, crm_groups) AS crm_groups";
 const MS: Micros = 1_000;
 /// Chunked messages being put together at once, all peers together.
 const MAX_PARTIALS: usize = 64;
+/// Events kept for a driver that does not take them; the oldest go first.
+const MAX_EVENTS: usize = 1 << 16;
 /// A chunked message not complete after this is dropped.
 const PARTIAL_TIMEOUT: Micros = 10_000 * MS;
 
@@ -71,6 +73,10 @@ pub fn check_name(name: &str) -> Result<(), CrmError> {
     }
 }
 
+/// The driver's notice that [`Crm::take_events`] has events to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsReady;
+
 /// A group as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInfo {
@@ -93,13 +99,18 @@ pub struct Crm {
     inc: Option<u64>,
     groups: BTreeMap<Arc<str>, Group>,
     out: VecDeque<Transmit<CrmMsg>>,
+    /// Events for the application, taken with [`Crm::take_events`].
     events: VecDeque<GroupEvent>,
+    /// Notices for the driver: events wait to be taken.
+    ready: bool,
     partials: BTreeMap<(Arc<str>, u64), Partial>,
     next_chunk: u64,
     published: Option<Vec<Arc<str>>>,
     directory: BTreeMap<Arc<str>, Vec<Arc<str>>>,
     /// Chunked messages dropped (incomplete, over the bounds).
     pub chunks_dropped: u64,
+    /// Events dropped because nobody took them.
+    pub events_dropped: u64,
 }
 
 impl Crm {
@@ -110,11 +121,13 @@ impl Crm {
             groups: BTreeMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            ready: false,
             partials: BTreeMap::new(),
             next_chunk: 1,
             published: None,
             directory: BTreeMap::new(),
             chunks_dropped: 0,
+            events_dropped: 0,
         }
     }
 
@@ -191,6 +204,11 @@ impl Crm {
         g.leave(now);
         self.drain();
         Ok(())
+    }
+
+    /// Takes every event queued ([`Core::poll_event`] tells when there are some).
+    pub fn take_events(&mut self) -> Vec<GroupEvent> {
+        self.events.drain(..).collect()
     }
 
     pub fn group(&self, name: &str) -> Option<&Group> {
@@ -275,7 +293,12 @@ impl Crm {
                 self.out.push_back(t);
             }
             while let Some(e) = g.poll_event() {
+                if self.events.len() >= MAX_EVENTS {
+                    self.events.pop_front();
+                    self.events_dropped += 1;
+                }
                 self.events.push_back(e);
+                self.ready = true;
             }
             if g.phase() == Phase::Left {
                 gone.push(name.clone());
@@ -365,7 +388,7 @@ impl Crm {
 
 impl Core for Crm {
     type Msg = CrmMsg;
-    type Event = GroupEvent;
+    type Event = EventsReady;
     type Cx<'a> = Zones<'a>;
 
     fn handle(&mut self, now: Micros, from: &Peer, msg: CrmMsg, _zones: Zones<'_>) {
@@ -417,8 +440,8 @@ impl Core for Crm {
         })
     }
 
-    fn poll_event(&mut self) -> Option<GroupEvent> {
-        self.events.pop_front()
+    fn poll_event(&mut self) -> Option<EventsReady> {
+        std::mem::take(&mut self.ready).then_some(EventsReady)
     }
 }
 
