@@ -6,6 +6,7 @@
 pub mod api;
 pub mod chm;
 pub mod clock;
+pub mod crm;
 pub mod dds;
 pub mod fsutil;
 pub mod keys;

@@ -38,6 +38,9 @@ enum Command {
     /// Reliable multicast channels: create, list, publish, subscribe.
     #[command(subcommand)]
     Dds(cmd::dds::DdsCommand),
+    /// Process groups: join, send in fifo, total or safe order, view, leave.
+    #[command(subcommand)]
+    Crm(cmd::crm::CrmCommand),
     /// Aggregation function certificates (AFCs).
     #[command(subcommand)]
     Afc(cmd::afc::AfcCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Chm(c) => cmd::chm::run(c),
         Command::Dds(c) => cmd::dds::run(c),
+        Command::Crm(c) => cmd::crm::run(c),
         Command::Afc(c) => cmd::afc::run(c),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Zones(a) => cmd::zones::zones(a),

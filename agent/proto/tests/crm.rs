@@ -4,7 +4,7 @@
 //! threads.
 
 use armillary_proto::crm::check::History;
-use armillary_proto::crm::{Crm, CrmConfig, GroupEvent, MemberId, Mode, Phase, Replica};
+use armillary_proto::crm::{Crm, CrmConfig, MemberId, Mode, Phase, Replica};
 use armillary_proto::sim::{Clock, NetConfig, World, tree};
 use armillary_proto::{Micros, ZonePath};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,7 +88,7 @@ impl Run {
                     let evs = c.take_events();
                     evs.into_iter()
                         .map(|e| {
-                            let name = group_of(&e);
+                            let name = e.group().to_string();
                             let me = c.group(&name).map(|g| g.me().clone());
                             (name, me, e)
                         })
@@ -97,6 +97,7 @@ impl Run {
                 .expect("alive");
             for (name, me, e) in evs {
                 let me = me.unwrap_or(MemberId {
+                    zone: a.clone(),
                     addr: a.clone(),
                     inc: 0,
                 });
@@ -209,17 +210,6 @@ impl Run {
                 .collect::<BTreeSet<_>>()
                 .len()
                 == 1
-    }
-}
-
-fn group_of(e: &GroupEvent) -> String {
-    match e {
-        GroupEvent::View { group, .. }
-        | GroupEvent::Deliver { group, .. }
-        | GroupEvent::Blocked { group, .. }
-        | GroupEvent::Minority { group, .. }
-        | GroupEvent::Rejoining { group, .. }
-        | GroupEvent::Left { group } => group.to_string(),
     }
 }
 

@@ -10,6 +10,7 @@
 mod access;
 mod afcs;
 mod chm;
+mod crm;
 mod dds;
 mod error;
 mod guard;
@@ -99,6 +100,7 @@ fn build(
         .route("/metrics", get(metrics::metrics))
         .merge(chm::routes())
         .merge(dds::routes())
+        .merge(crm::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

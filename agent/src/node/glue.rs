@@ -67,7 +67,7 @@ pub struct ServiceSet {
 }
 
 impl ServiceSet {
-    /// The services every agent hosts: CHM and DDS. With `security`, DDS
+    /// The services every agent hosts: CHM, DDS and CRM. With `security`, DDS
     /// signs with the agent's key and checks origins' certificates against
     /// its trust anchors (channels with `sign`).
     pub fn standard(
@@ -75,6 +75,7 @@ impl ServiceSet {
         security: Option<&crate::security::Security>,
     ) -> ServiceSet {
         use crate::chm::{ChmGlue, proto::Chm};
+        use crate::crm::{CrmGlue, proto::Crm, proto::CrmConfig};
         use crate::dds::{DdsGlue, proto::CertKeys, proto::Dds, proto::DdsConfig};
         use std::sync::Arc;
         let mut cfg = opts.chm.clone();
@@ -92,10 +93,11 @@ impl ServiceSet {
             dds.keys = Some(Arc::new(CertKeys::new(s.trust().clone())));
         }
         ServiceSet {
-            cores: Box::new((Chm::new(cfg), Dds::new(dds))),
+            cores: Box::new((Chm::new(cfg), Dds::new(dds), Crm::new(CrmConfig::default()))),
             glue: vec![
                 Box::new(ChmGlue::new(opts.cmd_checks)),
                 Box::new(DdsGlue::new()),
+                Box::new(CrmGlue::new()),
             ],
         }
     }

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_chm;
 pub mod bench_soak;
 pub mod chm;
+pub mod crm;
 pub mod dds;
 pub mod dds_bench;
 pub mod dev;

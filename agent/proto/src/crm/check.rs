@@ -41,21 +41,17 @@ pub enum Violation {
     #[error("view {id} has two member lists: {a:?} and {b:?}")]
     ViewsDisagree {
         id: u64,
-        a: Vec<MemberId>,
-        b: Vec<MemberId>,
+        a: Vec<String>,
+        b: Vec<String>,
     },
     #[error("{member} installed view {id} after view {after}")]
-    ViewOrder {
-        member: MemberId,
-        id: u64,
-        after: u64,
-    },
+    ViewOrder { member: String, id: u64, after: u64 },
     #[error("{member} delivered {data:?} twice")]
-    Duplicate { member: MemberId, data: String },
+    Duplicate { member: String, data: String },
     #[error("{member} delivered {data:?}, which {from} never sent")]
     Created {
-        member: MemberId,
-        from: MemberId,
+        member: String,
+        from: String,
         data: String,
     },
     #[error(
@@ -64,26 +60,26 @@ pub enum Violation {
     ViewSynchrony {
         view: u64,
         next: u64,
-        a: MemberId,
-        b: MemberId,
+        a: String,
+        b: String,
         only_a: Vec<String>,
         only_b: Vec<String>,
     },
     #[error("total order broken: {a} delivered {x:?} before {y:?}, {b} the other way")]
     TotalOrder {
-        a: MemberId,
-        b: MemberId,
+        a: String,
+        b: String,
         x: String,
         y: String,
     },
     #[error("{member} delivered {from}'s {data:?} out of its send order")]
     Fifo {
-        member: MemberId,
-        from: MemberId,
+        member: String,
+        from: String,
         data: String,
     },
     #[error("{member} stayed to the end but never delivered its own {data:?}")]
-    SelfDelivery { member: MemberId, data: String },
+    SelfDelivery { member: String, data: String },
 }
 
 /// What a check looked at.
@@ -185,7 +181,7 @@ impl History {
                 if let Step::View(v) = st {
                     if v.id <= last {
                         return Err(Violation::ViewOrder {
-                            member: m.clone(),
+                            member: m.to_string(),
                             id: v.id,
                             after: last,
                         });
@@ -195,8 +191,8 @@ impl History {
                         Some(a) if *a != v.members => {
                             return Err(Violation::ViewsDisagree {
                                 id: v.id,
-                                a: a.clone(),
-                                b: v.members.clone(),
+                                a: a.iter().map(|m| m.to_string()).collect(),
+                                b: v.members.iter().map(|m| m.to_string()).collect(),
                             });
                         }
                         Some(_) => {}
@@ -232,29 +228,29 @@ impl History {
                         s.deliveries += 1;
                         if !seen.insert(data) {
                             return Err(Violation::Duplicate {
-                                member: m.clone(),
+                                member: m.to_string(),
                                 data: text(data),
                             });
                         }
                         let Some((who, mode, k)) = self.sent.get(data) else {
                             return Err(Violation::Created {
-                                member: m.clone(),
-                                from: from.clone(),
+                                member: m.to_string(),
+                                from: from.to_string(),
                                 data: text(data),
                             });
                         };
                         if who != from {
                             return Err(Violation::Created {
-                                member: m.clone(),
-                                from: from.clone(),
+                                member: m.to_string(),
+                                from: from.to_string(),
                                 data: text(data),
                             });
                         }
                         let last = fifo_last.entry((from.clone(), mode.stream())).or_default();
                         if *k <= *last {
                             return Err(Violation::Fifo {
-                                member: m.clone(),
-                                from: from.clone(),
+                                member: m.to_string(),
+                                from: from.to_string(),
                                 data: text(data),
                             });
                         }
@@ -288,8 +284,8 @@ impl History {
                         return Err(Violation::ViewSynchrony {
                             view: *view,
                             next: *na,
-                            a: a.clone(),
-                            b: b.clone(),
+                            a: a.to_string(),
+                            b: b.to_string(),
                             only_a: sa.difference(sb).take(5).map(|d| text(d)).collect(),
                             only_b: sb.difference(sa).take(5).map(|d| text(d)).collect(),
                         });
@@ -308,8 +304,8 @@ impl History {
                             && p < lp
                         {
                             return Err(Violation::TotalOrder {
-                                a: a.clone(),
-                                b: b.clone(),
+                                a: a.to_string(),
+                                b: b.to_string(),
                                 x: text(d),
                                 y: text(ld),
                             });
@@ -334,7 +330,7 @@ impl History {
             for (data, (who, _, _)) in &self.sent {
                 if who == m && !got.contains(data.as_slice()) {
                     return Err(Violation::SelfDelivery {
-                        member: m.clone(),
+                        member: m.to_string(),
                         data: text(data),
                     });
                 }
@@ -353,6 +349,7 @@ mod tests {
         MemberId {
             addr: a.into(),
             inc: 1,
+            zone: a.into(),
         }
     }
 

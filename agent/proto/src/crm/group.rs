@@ -151,6 +151,20 @@ pub enum GroupEvent {
     },
 }
 
+impl GroupEvent {
+    /// The group the event is about.
+    pub fn group(&self) -> &Arc<str> {
+        match self {
+            GroupEvent::View { group, .. }
+            | GroupEvent::Deliver { group, .. }
+            | GroupEvent::Blocked { group, .. }
+            | GroupEvent::Minority { group, .. }
+            | GroupEvent::Rejoining { group, .. }
+            | GroupEvent::Left { group } => group,
+        }
+    }
+}
+
 /// Why a member left its view to join again as a new incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejoin {
@@ -1665,6 +1679,7 @@ impl Group {
         let me = MemberId {
             addr: self.me.addr.clone(),
             inc: self.me.inc.max(now) + 1,
+            zone: self.me.zone.clone(),
         };
         let mut g = Group::blank(self.name.clone(), me.clone(), self.cfg.clone());
         g.replica = self.replica.take();

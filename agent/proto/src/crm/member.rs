@@ -10,6 +10,8 @@ use std::sync::Arc;
 pub struct MemberId {
     pub addr: Arc<str>,
     pub inc: u64,
+    /// The agent's leaf zone, for people to read (`from` in events).
+    pub zone: Arc<str>,
 }
 
 impl std::fmt::Display for MemberId {

@@ -136,6 +136,7 @@ impl Crm {
         MemberId {
             addr: zones.addr().clone(),
             inc,
+            zone: zones.leaf().as_arc().clone(),
         }
     }
 

@@ -76,7 +76,11 @@ impl Net {
     }
 
     fn me(i: usize, inc: u64) -> MemberId {
-        MemberId { addr: addr(i), inc }
+        MemberId {
+            addr: addr(i),
+            inc,
+            zone: addr(i),
+        }
     }
 
     fn create(&mut self, i: usize) {

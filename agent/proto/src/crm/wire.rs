@@ -534,7 +534,7 @@ fn counts_in(r: &mut Reader<'_>) -> Result<Vec<u64>, DecodeError> {
 }
 
 fn member_out(w: &mut Writer, m: &MemberId) {
-    w.str(&m.addr).varint(m.inc);
+    w.str(&m.addr).varint(m.inc).str(&m.zone);
 }
 
 fn member_in(r: &mut Reader<'_>) -> Result<MemberId, DecodeError> {
@@ -545,6 +545,7 @@ fn member_in(r: &mut Reader<'_>) -> Result<MemberId, DecodeError> {
     Ok(MemberId {
         addr: addr.into(),
         inc: r.varint()?,
+        zone: r.str(MAX_ADDR)?.into(),
     })
 }
 
@@ -669,6 +670,7 @@ mod tests {
         MemberId {
             addr: a.into(),
             inc,
+            zone: format!("/{a}").into(),
         }
     }
 

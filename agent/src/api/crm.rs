@@ -1,0 +1,295 @@
+//! `/v1/crm/...`: process groups. Join a group (and follow its view and
+//! message events over SSE), send in a mode, read the view, leave.
+
+use super::ApiState;
+use super::error::{ApiError, parse_body};
+use crate::crm::{self, CrmCallError, proto};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use base64::Engine;
+use futures_util::Stream;
+use proto::{CrmError, GroupEvent, GroupInfo, Mode, SendRefused, View};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Largest send body: a message of [`proto::wire::MAX_DATA`] bytes as base64.
+const MAX_SEND_BODY: usize = proto::wire::MAX_DATA / 3 * 4 + 1024;
+/// How long a join waits for a view holding this agent.
+const JOIN_WAIT: Duration = Duration::from_secs(15);
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/crm/groups", get(list))
+        .route("/v1/crm/groups/{name}", get(view).delete(leave))
+        .route("/v1/crm/groups/{name}/join", post(join))
+        .route("/v1/crm/groups/{name}/events", get(events))
+        .route(
+            "/v1/crm/groups/{name}/messages",
+            post(send).layer(DefaultBodyLimit::max(MAX_SEND_BODY)),
+        )
+}
+
+impl From<CrmCallError> for ApiError {
+    fn from(e: CrmCallError) -> ApiError {
+        match e {
+            CrmCallError::Node(n) => n.into(),
+            CrmCallError::NotRunning => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            CrmCallError::NoView { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            CrmCallError::Crm(c) => {
+                let status = match &c {
+                    CrmError::UnknownGroup(_) => StatusCode::NOT_FOUND,
+                    CrmError::BadName(_) => StatusCode::BAD_REQUEST,
+                    CrmError::AlreadyMember(_) | CrmError::TooManyGroups(_) => StatusCode::CONFLICT,
+                    CrmError::Send(SendRefused::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+                    CrmError::Send(SendRefused::Full { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                    CrmError::Send(SendRefused::Left) => StatusCode::CONFLICT,
+                };
+                ApiError::new(status, c.to_string())
+            }
+        }
+    }
+}
+
+/// A view as the API and the CLI show it: members by zone.
+pub fn view_json(group: &str, v: &View) -> Value {
+    json!({
+        "group": group,
+        "view_id": v.id,
+        "members": v.members.iter().map(|m| &*m.zone).collect::<Vec<_>>(),
+        "addrs": v.members.iter().map(|m| &*m.addr).collect::<Vec<_>>(),
+        "coordinator": &*v.coordinator().zone,
+    })
+}
+
+fn info_json(i: &GroupInfo) -> Value {
+    let mut v = view_json(&i.name, &i.view);
+    v["phase"] = json!(format!("{:?}", i.phase).to_lowercase());
+    v["unstable"] = json!(i.unstable);
+    v
+}
+
+/// One event of a group's stream: its SSE name and JSON.
+pub fn event_json(e: &GroupEvent) -> Option<(&'static str, Value)> {
+    Some(match e {
+        GroupEvent::View { group, view } => {
+            let mut v = view_json(group, view);
+            v["type"] = json!("view");
+            ("view", v)
+        }
+        GroupEvent::Deliver {
+            view,
+            from,
+            mode,
+            seq,
+            data,
+            ..
+        } => {
+            let mut v = json!({
+                "type": "msg",
+                "view_id": view,
+                "from": &*from.zone,
+                "seq": seq,
+                "mode": mode.name(),
+            });
+            match std::str::from_utf8(data) {
+                Ok(t) => v["data"] = json!(t),
+                Err(_) => {
+                    v["data"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
+                    v["encoding"] = json!("base64");
+                }
+            }
+            ("msg", v)
+        }
+        GroupEvent::Blocked { view, .. } => {
+            ("blocked", json!({"type": "blocked", "view_id": view}))
+        }
+        GroupEvent::Minority { view, .. } => {
+            ("minority", json!({"type": "minority", "view_id": view}))
+        }
+        GroupEvent::Rejoining { member, why, .. } => (
+            "rejoining",
+            json!({"type": "rejoining", "incarnation": member.inc, "why": why.label()}),
+        ),
+        GroupEvent::Left { .. } => ("left", json!({"type": "left"})),
+    })
+}
+
+async fn list(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let gs = crm::groups(&s.handle).await?;
+    Ok(Json(Value::Array(gs.iter().map(info_json).collect())))
+}
+
+async fn view(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    proto::check_name(&name).map_err(CrmCallError::from)?;
+    match crm::view(&s.handle, name.clone()).await? {
+        Some(i) => Ok(Json(info_json(&i))),
+        None => Err(CrmCallError::Crm(CrmError::UnknownGroup(name)).into()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    /// Agent addresses to ask (otherwise the members the zone tree lists).
+    #[serde(default)]
+    contacts: Vec<String>,
+}
+
+async fn join(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let b: JoinBody = if body.is_empty() {
+        JoinBody::default()
+    } else {
+        parse_body(&body, r#"{} or {"contacts": ["10.0.0.7:7000"]}"#)?
+    };
+    if b.contacts.len() > proto::wire::MAX_MEMBERS {
+        return Err(ApiError::bad_request(format!(
+            "{} contacts; give at most {}",
+            b.contacts.len(),
+            proto::wire::MAX_MEMBERS
+        )));
+    }
+    let contacts: Vec<Arc<str>> = b.contacts.iter().map(|c| c.as_str().into()).collect();
+    let (i, _) = crm::join(&s.handle, name, contacts, JOIN_WAIT).await?;
+    Ok(Json(info_json(&i)))
+}
+
+async fn leave(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    crm::leave(&s.handle, name.clone()).await?;
+    Ok(Json(json!({"group": name, "left": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    data: String,
+    /// `base64` when `data` is base64 of binary content.
+    encoding: Option<String>,
+    mode: Option<String>,
+}
+
+async fn send(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                r.status(),
+                format!(
+                    "a group message is at most {} MiB",
+                    proto::wire::MAX_DATA >> 20
+                ),
+            )
+        } else {
+            r.into()
+        }
+    })?;
+    let b: SendBody = parse_body(
+        &body,
+        r#"{"data": "text", "mode": "fifo|total|safe"} (with "encoding": "base64" for binary)"#,
+    )?;
+    let mode = match b.mode.as_deref() {
+        None => Mode::Fifo,
+        Some(m) => Mode::parse(m).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown mode {m:?}: give fifo (per-sender order), total (one order for all) or safe (total, delivered once every member holds it)"
+            ))
+        })?,
+    };
+    let data = match b.encoding.as_deref() {
+        None | Some("utf-8") => b.data.into_bytes(),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(b.data.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("data is not base64: {e}")))?,
+        Some(e) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown encoding {e:?}: give base64, or none for text"
+            )));
+        }
+    };
+    let bytes = data.len();
+    crm::send(&s.handle, name, mode, data).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"sent": true, "mode": mode.name(), "bytes": bytes})),
+    ))
+}
+
+/// The group's events from now on, the current view first.
+async fn events(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rx = crm::follow(&s.handle, name.clone()).await?;
+    let first: std::collections::VecDeque<Event> = crm::view(&s.handle, name.clone())
+        .await?
+        .filter(|i| i.view.id > 0)
+        .map(|i| {
+            let mut v = view_json(&name, &i.view);
+            v["type"] = json!("view");
+            Event::default().event("view").data(v.to_string())
+        })
+        .into_iter()
+        .collect();
+    let closing = Box::pin(ApiState::closed(s.closing.clone()));
+    let stream = futures_util::stream::unfold(
+        (rx, closing, first, false),
+        |(mut rx, mut closing, mut pending, mut ended)| async move {
+            loop {
+                if let Some(e) = pending.pop_front() {
+                    return Some((Ok(e), (rx, closing, pending, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                let next = tokio::select! {
+                    n = rx.recv() => n,
+                    _ = &mut closing => return None,
+                };
+                match next {
+                    Ok(e) => {
+                        ended = matches!(e, GroupEvent::Left { .. });
+                        if let Some((name, v)) = event_json(&e) {
+                            pending.push_back(Event::default().event(name).data(v.to_string()));
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => pending.push_back(
+                        Event::default()
+                            .event("lagged")
+                            .data(json!({"type": "lagged", "missed": n}).to_string()),
+                    ),
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    ))
+}

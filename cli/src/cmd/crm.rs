@@ -1,0 +1,233 @@
+//! `armillary crm ...`: process groups with virtual synchrony. The agent
+//! at `--api` is the member; these commands act for it.
+
+use crate::client::{ApiArgs, Client, block_on};
+use crate::cmd::watch::{Flow, Lines, read_events};
+use crate::output::{CliError, CliResult, print_json};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Largest event: a 1 MiB message as base64 in its JSON object.
+const MAX_EVENT: usize = 2 << 20;
+/// How long a send waits out a full group (503).
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+const MODES: [&str; 3] = ["fifo", "total", "safe"];
+
+#[derive(Subcommand)]
+pub enum CrmCommand {
+    /// Join a group (creating it when nobody has it) and print its view
+    /// and message events as they come, one per line.
+    Join(JoinArgs),
+    /// Send a message to a group this agent is in.
+    Send(SendArgs),
+    /// The group's current view at this agent.
+    View(ViewArgs),
+    /// Leave a group: returns once the next view is installed without this agent.
+    Leave(LeaveArgs),
+}
+
+pub fn run(c: CrmCommand) -> CliResult {
+    match c {
+        CrmCommand::Join(a) => join(a),
+        CrmCommand::Send(a) => send(a),
+        CrmCommand::View(a) => view(a),
+        CrmCommand::Leave(a) => leave(a),
+    }
+}
+
+#[derive(Args)]
+pub struct JoinArgs {
+    group: String,
+    /// Stop after N message events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// One JSON object per event: {"type":"view",...} or {"type":"msg",...}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn join(a: JoinArgs) -> CliResult {
+    check_group(&a.group)?;
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        client
+            .call(
+                Method::POST,
+                &["v1", "crm", "groups", &a.group, "join"],
+                &[],
+                Some("{}".into()),
+            )
+            .await?;
+        let resp = client
+            .stream(&["v1", "crm", "groups", &a.group, "events"], &[])
+            .await?;
+        let mut lines = Lines::new(a.count);
+        read_events(&client, resp, MAX_EVENT, |name, d| {
+            let line = if a.json {
+                d.to_string()
+            } else {
+                match name {
+                    "view" => format!(
+                        "view {}  coordinator {}  members {}",
+                        d["view_id"],
+                        text(&d["coordinator"]),
+                        list(&d["members"])
+                    ),
+                    "msg" => format!(
+                        "{}  {}  {}#{}  {}",
+                        d["view_id"],
+                        text(&d["mode"]),
+                        text(&d["from"]),
+                        d["seq"],
+                        text(&d["data"])
+                    ),
+                    "left" => {
+                        println!("left the group");
+                        return Ok(Flow::Stop);
+                    }
+                    "lagged" => {
+                        eprintln!("note: missed {} events (too slow)", d["missed"]);
+                        return Ok(Flow::More);
+                    }
+                    other => format!("{other}  {d}"),
+                }
+            };
+            match name {
+                "msg" => Ok(lines.print(&line)),
+                _ => {
+                    // Views and notices do not count towards --count.
+                    println!("{line}");
+                    Ok(Flow::More)
+                }
+            }
+        })
+        .await
+    })
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    group: String,
+    data: String,
+    /// fifo (per-sender order), total (one order at every member) or safe
+    /// (total, delivered once every member holds it).
+    #[arg(long, default_value = "fifo")]
+    mode: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn send(a: SendArgs) -> CliResult {
+    check_group(&a.group)?;
+    if !MODES.contains(&a.mode.as_str()) {
+        return Err(CliError::usage(format!(
+            "unknown mode {:?}: give fifo, total or safe",
+            a.mode
+        )));
+    }
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let body = json!({"data": a.data, "mode": a.mode}).to_string();
+        let r = client
+            .call_when_ready(
+                Method::POST,
+                &["v1", "crm", "groups", &a.group, "messages"],
+                body,
+                PATIENCE,
+            )
+            .await?;
+        if a.json {
+            return print_json(&r);
+        }
+        println!(
+            "sent {} bytes to {} ({})",
+            r["bytes"],
+            a.group,
+            text(&r["mode"])
+        );
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct ViewArgs {
+    group: String,
+    /// {"group","view_id","members":[...],"coordinator"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn view(a: ViewArgs) -> CliResult {
+    check_group(&a.group)?;
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let v = client.get(&["v1", "crm", "groups", &a.group], &[]).await?;
+        if a.json {
+            return print_json(&v);
+        }
+        println!(
+            "{}  view {}  {}  coordinator {}  members {}",
+            text(&v["group"]),
+            v["view_id"],
+            text(&v["phase"]),
+            text(&v["coordinator"]),
+            list(&v["members"])
+        );
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct LeaveArgs {
+    group: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn leave(a: LeaveArgs) -> CliResult {
+    check_group(&a.group)?;
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let r = client
+            .call(
+                Method::DELETE,
+                &["v1", "crm", "groups", &a.group],
+                &[],
+                None,
+            )
+            .await?;
+        if a.json {
+            return print_json(&r);
+        }
+        println!("left {}", a.group);
+        Ok(())
+    })
+}
+
+/// A bad group name is bad input (exit 2) before any request.
+fn check_group(g: &str) -> CliResult {
+    armillary_agent::crm::proto::check_name(g).map_err(|e| CliError::usage(e.to_string()))
+}
+
+fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
