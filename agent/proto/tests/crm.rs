@@ -312,3 +312,32 @@ fn a_seed_gives_the_same_histories_on_one_two_and_three_threads() {
     assert_eq!(one, digest(2));
     assert_eq!(one, digest(3));
 }
+
+#[test]
+fn agents_that_create_one_group_at_once_end_in_one_group() {
+    let mut w = world(64, 0.0, 1, 3);
+    let mut run = Run::new();
+    let members = vec![3, 20, 41, 60];
+    // Nobody has the group yet: each creates its own.
+    for &i in &members {
+        w.with_host(i, |h, now| {
+            h.with_service::<Crm, _>(now, |c, z| {
+                c.join(&z, "one", vec![], Some(Box::new(Sum::default())))
+            })
+            .expect("runs crm")
+        })
+        .expect("alive")
+        .expect("joined");
+    }
+    run.groups.insert("one".into(), members);
+    for _ in 0..200 {
+        run.quiet(&mut w, 100 * MS);
+        if run.settled(&w, "one") {
+            break;
+        }
+    }
+    assert!(run.settled(&w, "one"), "the groups did not merge into one");
+    run.traffic(&mut w, S, 100 * MS, "a");
+    run.quiet(&mut w, 2 * S);
+    run.check(&w);
+}

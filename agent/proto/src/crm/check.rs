@@ -3,7 +3,9 @@
 //! tests at scale and by the tests over real QUIC.
 //!
 //! Properties checked:
-//! - **views agree**: a view id names one member list everywhere, and
+//! - **views agree**: a view id names one member list in a group's
+//!   lineage (the incarnations linked by the views they installed; groups
+//!   of one name created apart are two lineages until they merge), and
 //!   each incarnation installs views in increasing order;
 //! - **view synchrony**: two incarnations that install view v and then
 //!   the same next view delivered the same messages in v;
@@ -165,6 +167,40 @@ impl History {
         &self.steps
     }
 
+    /// Each incarnation's lineage: incarnations are joined when one view
+    /// (id and members) was installed by both, or when one is a member of
+    /// a view the other installed.
+    fn lineages(&self) -> HashMap<MemberId, usize> {
+        let ids: Vec<&MemberId> = self.steps.keys().collect();
+        let index: HashMap<&MemberId, usize> =
+            ids.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+        let mut parent: Vec<usize> = (0..ids.len()).collect();
+        fn root(p: &mut [usize], mut i: usize) -> usize {
+            while p[i] != i {
+                p[i] = p[p[i]];
+                i = p[i];
+            }
+            i
+        }
+        for (m, steps) in &self.steps {
+            let a = index[m];
+            for st in steps {
+                if let Step::View(v) = st {
+                    for x in &v.members {
+                        if let Some(&b) = index.get(x) {
+                            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                            parent[ra] = rb;
+                        }
+                    }
+                }
+            }
+        }
+        ids.iter()
+            .enumerate()
+            .map(|(i, m)| ((*m).clone(), root(&mut parent, i)))
+            .collect()
+    }
+
     /// Checks every property; `finals` are the incarnations that stayed
     /// to the end of a quiet run (for self-delivery).
     pub fn check(&self, finals: &[MemberId]) -> Result<Summary, Violation> {
@@ -173,8 +209,12 @@ impl History {
             sent: self.sent.len(),
             ..Summary::default()
         };
-        // Views agree, in order.
-        let mut views: BTreeMap<u64, Vec<MemberId>> = BTreeMap::new();
+        // Lineages: incarnations that installed one same view are one
+        // group's history. Groups of one name created apart (before either
+        // saw the other) are separate lineages until their members merge.
+        let lineage = self.lineages();
+        // Views agree within a lineage, and come in order.
+        let mut views: BTreeMap<(usize, u64), Vec<MemberId>> = BTreeMap::new();
         for (m, steps) in &self.steps {
             let mut last = 0;
             for st in steps {
@@ -187,7 +227,7 @@ impl History {
                         });
                     }
                     last = v.id;
-                    match views.get(&v.id) {
+                    match views.get(&(lineage[m], v.id)) {
                         Some(a) if *a != v.members => {
                             return Err(Violation::ViewsDisagree {
                                 id: v.id,
@@ -197,7 +237,7 @@ impl History {
                         }
                         Some(_) => {}
                         None => {
-                            views.insert(v.id, v.members.clone());
+                            views.insert((lineage[m], v.id), v.members.clone());
                         }
                     }
                 }
@@ -206,7 +246,7 @@ impl History {
         s.views = views.len();
         // Per incarnation: duplicates, creation, FIFO; deliveries per view
         // with the next view installed.
-        let mut per_view: BTreeMap<u64, Vec<InView>> = BTreeMap::new();
+        let mut per_view: BTreeMap<(usize, u64), Vec<InView>> = BTreeMap::new();
         let mut orders: Vec<(MemberId, Vec<&[u8]>)> = Vec::new();
         for (m, steps) in &self.steps {
             let mut seen: BTreeSet<&[u8]> = BTreeSet::new();
@@ -217,10 +257,11 @@ impl History {
                 match st {
                     Step::View(v) => {
                         if let Some((id, set)) = cur.take() {
-                            per_view
-                                .entry(id)
-                                .or_default()
-                                .push((m.clone(), Some(v.id), set));
+                            per_view.entry((lineage[m], id)).or_default().push((
+                                m.clone(),
+                                Some(v.id),
+                                set,
+                            ));
                         }
                         cur = Some((v.id, BTreeSet::new()));
                     }
@@ -265,12 +306,15 @@ impl History {
                 }
             }
             if let Some((id, set)) = cur.take() {
-                per_view.entry(id).or_default().push((m.clone(), None, set));
+                per_view
+                    .entry((lineage[m], id))
+                    .or_default()
+                    .push((m.clone(), None, set));
             }
             orders.push((m.clone(), order));
         }
         // View synchrony.
-        for (view, list) in &per_view {
+        for ((_, view), list) in &per_view {
             for (i, (a, na, sa)) in list.iter().enumerate() {
                 for (b, nb, sb) in &list[i + 1..] {
                     let (Some(na), Some(nb)) = (na, nb) else {
@@ -447,5 +491,28 @@ mod tests {
             bad.check(&[]),
             Err(Violation::ViewsDisagree { .. })
         ));
+        // A split of one view into two next views of one id.
+        let mut bad = History::new();
+        for who in ["a", "b", "c", "d"] {
+            bad.record(who, &m(who), &view(4, &["a", "b", "c", "d"]));
+        }
+        for who in ["a", "b"] {
+            bad.record(who, &m(who), &view(5, &["a", "b"]));
+        }
+        for who in ["c", "d"] {
+            bad.record(who, &m(who), &view(5, &["c", "d"]));
+        }
+        assert!(matches!(
+            bad.check(&[]),
+            Err(Violation::ViewsDisagree { .. })
+        ));
+
+        // Two groups of one name created apart are two lineages.
+        let mut ok = History::new();
+        ok.record("a", &m("a"), &view(1, &["a"]));
+        ok.record("b", &m("b"), &view(1, &["b"]));
+        ok.record("b", &m("b"), &view(2, &["b", "c"]));
+        ok.record("c", &m("c"), &view(2, &["b", "c"]));
+        assert!(ok.check(&[]).is_ok());
     }
 }

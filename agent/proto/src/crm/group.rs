@@ -179,6 +179,8 @@ pub enum Rejoin {
     LeftOut,
     /// The decided cut holds a gap this member cannot fill.
     CannotCatchUp,
+    /// It was alone in a group another group of the same name outgrew.
+    Merged,
 }
 
 impl Rejoin {
@@ -189,6 +191,7 @@ impl Rejoin {
             Rejoin::BehindByViews => "behind_by_views",
             Rejoin::LeftOut => "left_out",
             Rejoin::CannotCatchUp => "cannot_catch_up",
+            Rejoin::Merged => "merged",
         }
     }
 }
@@ -418,6 +421,10 @@ impl Group {
     /// joiner's starts from the coordinator's snapshot.
     pub fn set_replica(&mut self, replica: Box<dyn Replica>) {
         self.replica = Some(replica);
+    }
+
+    pub fn take_replica(&mut self) -> Option<Box<dyn Replica>> {
+        self.replica.take()
     }
 
     pub fn replica(&self) -> Option<&dyn Replica> {

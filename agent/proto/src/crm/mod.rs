@@ -10,9 +10,16 @@
 //! - [`check`]: checkers of recorded histories (view synchrony, total
 //!   order, no duplication or creation, self-delivery).
 //! - [`service`]: the [`Crm`] service, the groups of one agent.
+//! - [`endpoint`]: the replicated endpoint: a deterministic service
+//!   behind a client table, answering each request exactly once.
+//! - [`kv`]: the built-in service, a key-value store.
+//! - [`linear`]: a linearizability checker for the endpoint's histories.
 
 pub mod check;
+pub mod endpoint;
 pub mod group;
+pub mod kv;
+pub mod linear;
 pub mod log;
 pub mod member;
 pub mod service;
@@ -21,7 +28,9 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use endpoint::{Endpoint, Reply, Request, StateMachine};
 pub use group::{Group, GroupConfig, GroupEvent, GroupStats, Phase, Rejoin, Replica, SendRefused};
+pub use kv::{KvOp, KvReply, KvStore, KvValue};
 pub use member::{Ballot, MemberId, View};
 pub use service::{Crm, CrmConfig, CrmError, EventsReady, GROUPS_AFC, GroupInfo, check_name};
 pub use wire::{CrmMsg, Mode};

@@ -106,7 +106,9 @@ pub struct Crm {
     partials: BTreeMap<(Arc<str>, u64), Partial>,
     next_chunk: u64,
     published: Option<Vec<Arc<str>>>,
-    directory: BTreeMap<Arc<str>, Vec<Arc<str>>>,
+    /// Per group: members the zone tree lists, with the size of their view.
+    directory: BTreeMap<Arc<str>, Vec<(Arc<str>, usize)>>,
+    next_merge: Micros,
     /// Chunked messages dropped (incomplete, over the bounds).
     pub chunks_dropped: u64,
     /// Events dropped because nobody took them.
@@ -126,6 +128,7 @@ impl Crm {
             next_chunk: 1,
             published: None,
             directory: BTreeMap::new(),
+            next_merge: 0,
             chunks_dropped: 0,
             events_dropped: 0,
         }
@@ -160,7 +163,10 @@ impl Crm {
         let me = self.me(zones);
         let contacts: Vec<Arc<str>> = if contacts.is_empty() {
             self.read_directory(zones);
-            self.directory.get(name).cloned().unwrap_or_default()
+            self.directory
+                .get(name)
+                .map(|l| l.iter().map(|(a, _)| a.clone()).collect())
+                .unwrap_or_default()
         } else {
             contacts
         }
@@ -236,17 +242,21 @@ impl Crm {
 
     /// Groups and members the zone tree lists.
     fn read_directory(&mut self, zones: &Zones<'_>) {
-        let mut found: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
+        let mut found: BTreeMap<Arc<str>, Vec<(Arc<str>, usize)>> = BTreeMap::new();
         let mut add = |v: Option<&Value>| {
             if let Some(Value::List(items)) = v {
                 for t in items.iter() {
-                    if let Some((n, a)) = t.split_once('=')
-                        && check_name(n).is_ok()
-                        && !a.is_empty()
-                    {
+                    let Some((n, rest)) = t.split_once('=') else {
+                        continue;
+                    };
+                    let (a, size) = match rest.rsplit_once('#') {
+                        Some((a, s)) => (a, s.parse().unwrap_or(1)),
+                        None => (rest, 1),
+                    };
+                    if check_name(n).is_ok() && !a.is_empty() {
                         let list = found.entry(n.into()).or_default();
-                        if !list.iter().any(|x| &**x == a) && list.len() < 16 {
-                            list.push(a.into());
+                        if !list.iter().any(|x| &*x.0 == a) && list.len() < 16 {
+                            list.push((a.into(), size));
                         }
                     }
                 }
@@ -270,7 +280,7 @@ impl Crm {
             .values()
             .filter(|g| matches!(g.phase(), Phase::Member))
             .take(16)
-            .map(|g| format!("{}={addr}", g.name()).into())
+            .map(|g| format!("{}={addr}#{}", g.name(), g.view().members.len()).into())
             .collect();
         if self.published.as_ref() == Some(&list) {
             return;
@@ -283,6 +293,74 @@ impl Crm {
         match r {
             Ok(()) => self.published = Some(list),
             Err(e) => tracing::warn!(%e, "crm attribute not published"),
+        }
+    }
+
+    /// Two agents that created one group at once (neither saw the other
+    /// in the zone tree yet) end up in two groups of one name: a group of
+    /// this agent alone, that delivered nothing yet, joins the other (the
+    /// larger, or on a tie the one at the lower address).
+    fn merge_lone_groups(&mut self, zones: &Zones<'_>) {
+        let now = zones.now();
+        if now < self.next_merge {
+            return;
+        }
+        self.next_merge = now + 1_000 * MS;
+        if !self
+            .groups
+            .values()
+            .any(|g| g.phase() == Phase::Member && g.view().members.len() == 1)
+        {
+            return;
+        }
+        self.read_directory(zones);
+        let mine = zones.addr().clone();
+        let lone: Vec<Arc<str>> = self
+            .groups
+            .values()
+            .filter(|g| {
+                g.phase() == Phase::Member
+                    && g.view().members.len() == 1
+                    && g.stats.delivered == 0
+                    && g.unstable() == 0
+            })
+            .map(|g| g.name().clone())
+            .collect();
+        for name in lone {
+            let Some(list) = self.directory.get(&name) else {
+                continue;
+            };
+            let best = list
+                .iter()
+                .filter(|(a, size)| *a != mine && (*size > 1 || *a < mine))
+                .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+                .map(|(a, _)| a.clone());
+            let Some(to) = best else { continue };
+            let Some(mut old) = self.groups.remove(&name) else {
+                continue;
+            };
+            let me = MemberId {
+                inc: old.me().inc.max(now) + 1,
+                ..old.me().clone()
+            };
+            tracing::info!(group = %name, %to, "another group of this name: joining it");
+            let mut g = Group::join(
+                now,
+                name.clone(),
+                me.clone(),
+                vec![to],
+                self.cfg.group.clone(),
+            );
+            if let Some(r) = old.take_replica() {
+                g.set_replica(r);
+            }
+            self.events.push_back(GroupEvent::Rejoining {
+                group: name.clone(),
+                member: me,
+                why: super::group::Rejoin::Merged,
+            });
+            self.ready = true;
+            self.groups.insert(name, g);
         }
     }
 
@@ -403,6 +481,7 @@ impl Core for Crm {
                 g.handle_timeout(now);
             }
         }
+        self.merge_lone_groups(&zones);
         self.drain();
         self.publish(&mut zones);
     }
