@@ -4,7 +4,7 @@
 use armillary_agent::ZonePath;
 use armillary_agent::node::NodeHandle;
 pub use armillary_agent::node::cluster::{Cluster, ClusterSpec};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zone_sql::{Attrs, Value};
 
@@ -141,6 +141,52 @@ impl Drop for Processes {
             let _ = c.wait();
         }
     }
+}
+
+/// Loopback ports of one agent started by [`start_agents`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub gossip: u16,
+    pub api: u16,
+}
+
+impl Ports {
+    pub fn api_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api)
+    }
+
+    pub fn gossip_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.gossip)
+    }
+}
+
+/// Starts one insecure `armillary agent` per zone on loopback (data under
+/// `root`, a 200 ms gossip interval), all joining the first.
+pub fn start_agents(root: &Path, zones: &[&str]) -> (Processes, Vec<Ports>) {
+    let ports: Vec<Ports> = zones
+        .iter()
+        .map(|_| Ports {
+            gossip: free_port(),
+            api: free_port(),
+        })
+        .collect();
+    let mut agents = Processes(Vec::new());
+    for (i, p) in ports.iter().enumerate() {
+        let mut cmd = std::process::Command::new(armillary_bin());
+        cmd.args(["agent", "--insecure", "--zone", zones[i]])
+            .args(["--listen", &p.gossip_addr()])
+            .args(["--api", &p.api_addr()])
+            .arg("--data-dir")
+            .arg(root.join(format!("d{i}")))
+            .args(["--gossip-interval", "200ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if i > 0 {
+            cmd.args(["--join", &ports[0].gossip_addr()]);
+        }
+        agents.0.push(cmd.spawn().expect("agent starts"));
+    }
+    (agents, ports)
 }
 
 /// Runs the `armillary` binary with `args` and collects its output.

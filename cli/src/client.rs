@@ -50,6 +50,7 @@ impl ApiArgs {
 }
 
 /// A connection to one agent's API.
+#[derive(Clone)]
 pub struct Client {
     base: Url,
     http: reqwest::Client,
@@ -145,7 +146,7 @@ impl Client {
     }
 
     /// Sends one request; its status and body.
-    async fn send(
+    pub async fn send(
         &self,
         method: Method,
         segments: &[&str],

@@ -7,7 +7,7 @@
 
 use armillary_agent::crm::proto::check::History;
 use armillary_agent::crm::proto::{GroupEvent, MemberId, Mode, View};
-use armillary_tests::{Processes, armillary_bin, free_port, run_cli, temp_dir, wait_for};
+use armillary_tests::{Processes, armillary_bin, run_cli, start_agents, temp_dir, wait_for};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -74,24 +74,9 @@ fn members(v: &Value) -> Vec<String> {
 #[test]
 fn a_group_of_three_agents_stays_synchronous_when_its_coordinator_is_killed() {
     let root = temp_dir("crm-three");
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let zones = ["/z0/a0", "/z1/a1", "/z2/a2"];
-    let mut agents = Processes(Vec::new());
-    for (i, (g, a)) in ports.iter().enumerate() {
-        let mut cmd = Command::new(armillary_bin());
-        cmd.args(["agent", "--insecure", "--zone", zones[i]])
-            .args(["--listen", &format!("127.0.0.1:{g}")])
-            .args(["--api", &format!("127.0.0.1:{a}")])
-            .arg("--data-dir")
-            .arg(root.join(format!("d{i}")))
-            .args(["--gossip-interval", "200ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if i > 0 {
-            cmd.args(["--join", &format!("127.0.0.1:{}", ports[0].0)]);
-        }
-        agents.0.push(cmd.spawn().expect("agent starts"));
-    }
+    let (mut agents, ports) = start_agents(&root, &zones);
+    let ports: Vec<(u16, u16)> = ports.iter().map(|p| (p.gossip, p.api)).collect();
     // The first creates the group; the others find it in the zone tree.
     let streams: Vec<Arc<Mutex<Vec<Value>>>> = (0..3).map(|_| Arc::default()).collect();
     let mut joins = Processes(Vec::new());

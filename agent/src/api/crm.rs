@@ -26,6 +26,12 @@ use tokio::sync::broadcast::error::RecvError;
 const MAX_SEND_BODY: usize = proto::wire::MAX_DATA / 3 * 4 + 1024;
 /// How long a join waits for a view holding this agent.
 const JOIN_WAIT: Duration = Duration::from_secs(15);
+/// Largest key-value request: a value of [`proto::kv::MAX_VALUE`] bytes
+/// (twice, for cas) escaped in JSON.
+const MAX_KV_BODY: usize = 2 * 6 * proto::kv::MAX_VALUE + 4096;
+/// How long a request waits for its reply before the client is told to
+/// try another member.
+const REPLY_WAIT: Duration = Duration::from_secs(3);
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -33,6 +39,11 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/crm/groups/{name}", get(view).delete(leave))
         .route("/v1/crm/groups/{name}/join", post(join))
         .route("/v1/crm/groups/{name}/events", get(events))
+        .route("/v1/crm/groups/{name}/serve", post(serve))
+        .route(
+            "/v1/crm/groups/{name}/kv",
+            post(kv).layer(DefaultBodyLimit::max(MAX_KV_BODY)),
+        )
         .route(
             "/v1/crm/groups/{name}/messages",
             post(send).layer(DefaultBodyLimit::max(MAX_SEND_BODY)),
@@ -44,8 +55,11 @@ impl From<CrmCallError> for ApiError {
         match e {
             CrmCallError::Node(n) => n.into(),
             CrmCallError::NotRunning => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-            CrmCallError::NoView { .. } => {
+            CrmCallError::NoView { .. } | CrmCallError::NoReply(..) | CrmCallError::Busy(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            CrmCallError::NotServing(_) | CrmCallError::Stale { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
             CrmCallError::Crm(c) => {
                 let status = match &c {
@@ -161,16 +175,21 @@ async fn join(
     } else {
         parse_body(&body, r#"{} or {"contacts": ["10.0.0.7:7000"]}"#)?
     };
-    if b.contacts.len() > proto::wire::MAX_MEMBERS {
+    let contacts = contacts_of(&b.contacts)?;
+    let (i, _) = crm::join(&s.handle, name, contacts, JOIN_WAIT).await?;
+    Ok(Json(info_json(&i)))
+}
+
+/// The agent addresses a join asks, within the bound a view holds.
+fn contacts_of(contacts: &[String]) -> Result<Vec<Arc<str>>, ApiError> {
+    if contacts.len() > proto::wire::MAX_MEMBERS {
         return Err(ApiError::bad_request(format!(
             "{} contacts; give at most {}",
-            b.contacts.len(),
+            contacts.len(),
             proto::wire::MAX_MEMBERS
         )));
     }
-    let contacts: Vec<Arc<str>> = b.contacts.iter().map(|c| c.as_str().into()).collect();
-    let (i, _) = crm::join(&s.handle, name, contacts, JOIN_WAIT).await?;
-    Ok(Json(info_json(&i)))
+    Ok(contacts.iter().map(|c| c.as_str().into()).collect())
 }
 
 async fn leave(
@@ -292,4 +311,79 @@ async fn events(
             .interval(Duration::from_secs(15))
             .text("keep-alive"),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeBody {
+    /// The service: `kv`, the built-in key-value store.
+    service: String,
+    #[serde(default)]
+    contacts: Vec<String>,
+}
+
+/// Joins the group as a serving member; answers once a view holds it.
+async fn serve(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: ServeBody = parse_body(&body?, r#"{"service": "kv"}"#)?;
+    let kind = crm::ServeKind::parse(&b.service).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown service {:?}: give kv (the built-in key-value store)",
+            b.service
+        ))
+    })?;
+    proto::check_name(&name).map_err(CrmCallError::from)?;
+    let contacts = contacts_of(&b.contacts)?;
+    let i = crm::serve(&s.handle, name, kind, contacts, JOIN_WAIT).await?;
+    let mut v = info_json(&i);
+    v["service"] = json!(b.service);
+    Ok(Json(v))
+}
+
+/// One key-value request: `{"client": N, "seq": N, "op": "put", "key":
+/// .., "value": ..}` (or get, incr with "by", cas with "old" and "new").
+/// The reply is the store's: `{"value": ..}`, `{"ok": .., "value": ..}`,
+/// or 422 with `{"error": ..}` for an operation the store refused.
+async fn kv(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    const SHAPE: &str = r#"{"client": 7, "seq": 1, "op": "incr", "key": "n", "by": 1}"#;
+    let mut v: serde_json::Map<String, Value> = parse_body(&body?, SHAPE)?;
+    let mut number = |field: &str| -> Result<u64, ApiError> {
+        v.remove(field).and_then(|n| n.as_u64()).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field} must be a non-negative integer; give e.g. {SHAPE}"
+            ))
+        })
+    };
+    let client = number("client")?;
+    let seq = number("seq")?;
+    let op: proto::KvOp = serde_json::from_value(Value::Object(v)).map_err(|e| {
+        ApiError::bad_request(format!(
+            "not a key-value operation ({e}); give e.g. {SHAPE}"
+        ))
+    })?;
+    op.check()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    proto::check_name(&name).map_err(CrmCallError::from)?;
+    let reply = crm::request(&s.handle, name, client, seq, op.encode(), REPLY_WAIT).await?;
+    let refused = serde_json::from_slice::<proto::KvReply>(&reply)
+        .is_ok_and(|r| matches!(r, proto::KvReply::Error { .. }));
+    let status = if refused {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        reply,
+    )
+        .into_response())
 }

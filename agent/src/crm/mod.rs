@@ -12,7 +12,10 @@ use proto::{Crm, CrmError, GroupEvent, GroupInfo, Mode, Phase};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
+
+mod endpoint;
+pub use endpoint::{ServeKind, request, serve};
 
 /// Events one stream may fall behind by before it is told it lagged.
 const STREAM_QUEUE: usize = 8192;
@@ -28,14 +31,27 @@ pub enum CrmCallError {
         "group {group} has no view holding this agent after {secs} s; is a majority of it reachable?"
     )]
     NoView { group: String, secs: u64 },
+    #[error("this agent is in group {0} but does not serve it; use a serving member")]
+    NotServing(String),
+    #[error("{0} requests wait for replies at this agent, the most it holds; retry later")]
+    Busy(usize),
+    #[error("group {0} gave no reply in {1} ms; try another member")]
+    NoReply(String, u64),
+    #[error("request {seq} of client {client:x} is older than its last ({last}): it was not run")]
+    Stale { client: u64, seq: u64, last: u64 },
     #[error(transparent)]
     Node(#[from] NodeError),
 }
+
+/// A request waiting for its reply: group, client, sequence number.
+type RequestKey = (Arc<str>, u64, u64);
 
 /// CRM's runtime half.
 #[derive(Default)]
 pub struct CrmGlue {
     streams: BTreeMap<Arc<str>, broadcast::Sender<GroupEvent>>,
+    /// Requests taken here, waiting for their reply: by group, client, seq.
+    waiting: BTreeMap<RequestKey, Vec<oneshot::Sender<Vec<u8>>>>,
     ready: bool,
     views: u64,
     rejoins: u64,
@@ -76,6 +92,19 @@ impl Glue for CrmGlue {
             return;
         };
         for e in crm.take_events() {
+            if let GroupEvent::Deliver {
+                group,
+                data,
+                reply: Some(reply),
+                ..
+            } = &e
+                && let Some((client, seq)) = proto::Request::key_of(data)
+                && let Some(waiters) = self.waiting.remove(&(group.clone(), client, seq))
+            {
+                for w in waiters {
+                    let _ = w.send(reply.clone());
+                }
+            }
             match &e {
                 GroupEvent::View { .. } => self.views += 1,
                 GroupEvent::Rejoining { group, why, .. } => {

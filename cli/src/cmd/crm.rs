@@ -25,6 +25,11 @@ pub enum CrmCommand {
     View(ViewArgs),
     /// Leave a group: returns once the next view is installed without this agent.
     Leave(LeaveArgs),
+    /// Join a group as a serving member of a replicated service; returns
+    /// once this agent is in the group's view.
+    Serve(ServeArgs),
+    /// Use a group's replicated key-value store.
+    Kv(super::crm_kv::KvArgs),
 }
 
 pub fn run(c: CrmCommand) -> CliResult {
@@ -33,6 +38,8 @@ pub fn run(c: CrmCommand) -> CliResult {
         CrmCommand::Send(a) => send(a),
         CrmCommand::View(a) => view(a),
         CrmCommand::Leave(a) => leave(a),
+        CrmCommand::Serve(a) => serve(a),
+        CrmCommand::Kv(a) => super::crm_kv::run(a),
     }
 }
 
@@ -209,6 +216,54 @@ fn leave(a: LeaveArgs) -> CliResult {
             return print_json(&r);
         }
         println!("left {}", a.group);
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    group: String,
+    /// Serve the built-in key-value store (put, get, incr, cas).
+    #[arg(long)]
+    kv: bool,
+    /// Agent addresses of members to join through [default: the members
+    /// the zone tree lists].
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,..")]
+    contacts: Vec<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn serve(a: ServeArgs) -> CliResult {
+    check_group(&a.group)?;
+    if !a.kv {
+        return Err(CliError::usage(
+            "say what to serve: --kv (the built-in key-value store)",
+        ));
+    }
+    let client = Client::new(&a.api)?;
+    block_on(async move {
+        let body = json!({"service": "kv", "contacts": a.contacts}).to_string();
+        let v = client
+            .call(
+                Method::POST,
+                &["v1", "crm", "groups", &a.group, "serve"],
+                &[],
+                Some(body),
+            )
+            .await?;
+        if a.json {
+            return print_json(&v);
+        }
+        println!(
+            "serving {} (kv)  view {}  coordinator {}  members {}",
+            a.group,
+            v["view_id"],
+            text(&v["coordinator"]),
+            list(&v["members"])
+        );
         Ok(())
     })
 }

@@ -9,6 +9,7 @@ pub mod bench_chm;
 pub mod bench_soak;
 pub mod chm;
 pub mod crm;
+pub mod crm_kv;
 pub mod dds;
 pub mod dds_bench;
 pub mod dev;

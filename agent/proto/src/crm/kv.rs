@@ -110,9 +110,10 @@ impl KvOp {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum KvReply {
+    // Tried in this order when parsed: `value` alone would match them all.
+    Error { error: String },
     Cas { ok: bool, value: Option<KvValue> },
     Value { value: Option<KvValue> },
-    Error { error: String },
 }
 
 impl KvReply {
@@ -303,6 +304,14 @@ mod tests {
         assert!(run(&mut s, r#"{"op":"incr","key":"k"}"#).contains("not an integer"));
         assert!(run(&mut s, r#"{"op":"drop","key":"k"}"#).contains("error"));
         assert!(run(&mut s, "\u{0}garbage").contains("error"));
+        for text in [
+            r#"{"error":"x"}"#,
+            r#"{"ok":false,"value":null}"#,
+            r#"{"value":3}"#,
+        ] {
+            let r: KvReply = serde_json::from_str(text).unwrap();
+            assert_eq!(String::from_utf8(r.encode()).unwrap(), text);
+        }
         let big = "x".repeat(MAX_VALUE + 1);
         assert!(
             run(
