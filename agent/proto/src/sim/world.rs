@@ -528,7 +528,7 @@ impl<S: Services> World<S> {
         let mut cfg = d.cfg;
         cfg.rng_seed = cfg
             .rng_seed
-            .wrapping_add(0x9e37_79b9_7f4a_7c15 * self.restarts);
+            .wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(self.restarts));
         let mut a = Agent::new(cfg, self.local_now(i));
         // Security first, so that the restored AFCs are checked.
         a.set_security(d.security);
