@@ -236,6 +236,28 @@ pub async fn send(
     with_crm(h, move |c, _, _, now| Ok(c.send(now, &group, mode, data)?)).await
 }
 
+/// Sends as many of `batch` as the group takes now, in order; gives how
+/// many it took (the rest wait for the unstable ones to be held by all).
+pub async fn send_many(
+    h: &NodeHandle,
+    group: String,
+    mode: Mode,
+    batch: Vec<Vec<u8>>,
+) -> Result<usize, CrmCallError> {
+    with_crm(h, move |c, _, _, now| {
+        let mut sent = 0;
+        for data in batch {
+            match c.send(now, &group, mode, data) {
+                Ok(()) => sent += 1,
+                Err(CrmError::Send(proto::SendRefused::Full { .. })) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sent)
+    })
+    .await
+}
+
 /// This agent's view of `group`, None when it is not in it.
 pub async fn view(h: &NodeHandle, group: String) -> Result<Option<GroupInfo>, CrmCallError> {
     with_crm(h, move |c, _, _, _| Ok(c.info(&group))).await

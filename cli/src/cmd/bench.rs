@@ -34,6 +34,9 @@ pub enum BenchCommand {
     Chm(super::bench_chm::ChmBenchArgs),
     /// False CHM verdicts under message loss with one agent paused.
     Soak(super::bench_soak::SoakArgs),
+    /// CRM: ordered multicast throughput and latency, crash to next view,
+    /// and the replicated key-value endpoint with a member killed.
+    Crm(super::bench_crm::CrmBenchArgs),
 }
 
 /// The benchmarked cluster's shape, shared by every `bench` command.
@@ -169,6 +172,7 @@ pub fn run(c: BenchCommand) -> CliResult {
         BenchCommand::Spread(a) => spread(a),
         BenchCommand::Chm(a) => super::bench_chm::run(a),
         BenchCommand::Soak(a) => super::bench_soak::run(a),
+        BenchCommand::Crm(a) => super::bench_crm::run(a),
     }
 }
 

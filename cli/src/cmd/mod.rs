@@ -6,6 +6,7 @@ pub mod agent;
 pub mod attr;
 pub mod bench;
 pub mod bench_chm;
+pub mod bench_crm;
 pub mod bench_soak;
 pub mod chm;
 pub mod crm;
