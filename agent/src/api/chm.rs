@@ -20,7 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post, put};
-use futures_util::Stream;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -62,6 +62,7 @@ impl From<ChmCallError> for ApiError {
             ChmCallError::CmdChecksOff => StatusCode::FORBIDDEN,
             ChmCallError::NotRunning => StatusCode::NOT_IMPLEMENTED,
             ChmCallError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ChmCallError::Consensus(_) => StatusCode::SERVICE_UNAVAILABLE,
             ChmCallError::Node(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -114,6 +115,9 @@ struct RegisterBody {
     failures_before_critical: Option<u32>,
     successes_before_passing: Option<u32>,
     deregister_after: Option<Dur>,
+    /// Verdicts agreed in a group of the interested agents.
+    #[serde(default)]
+    consensus: bool,
 }
 
 impl RegisterBody {
@@ -154,6 +158,7 @@ impl RegisterBody {
         let mut reg = Registration::new(id, spec);
         reg.keywords = self.keywords;
         reg.address = self.address;
+        reg.consensus = self.consensus;
         reg.deregister_after = self
             .deregister_after
             .map(|d| d.micros("deregister_after"))
@@ -175,8 +180,17 @@ async fn register(
         "a registration: {\"http\": URL, \"interval\": \"10s\", ...}",
     )?;
     let reg = b.registration(id.clone())?;
+    let consensus = reg.consensus;
     chm::register(&s.handle, reg).await?;
-    Ok(Json(json!({ "id": id.as_str(), "registered": true })))
+    if consensus {
+        // The registration stands; the supervisor keeps trying to join.
+        chm::consensus::ensure_member(&s.handle, &id, true).await?;
+    }
+    Ok(Json(json!({
+        "id": id.as_str(),
+        "registered": true,
+        "level": if consensus { "consensus" } else { "weak" },
+    })))
 }
 
 async fn deregister(
@@ -310,7 +324,22 @@ async fn lookup(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let r = chm::lookup(&s.handle, id.as_str().to_string()).await?;
-    Ok(Json(views::record(&r)))
+    let mut v = views::record(&r);
+    // A member of the component's consensus group answers its verdict.
+    match chm::consensus::verdicts(&s.handle, &id)
+        .await
+        .as_ref()
+        .and_then(|v| v.current())
+    {
+        Some(verdict) => {
+            v["status"] = json!(verdict.status.as_str());
+            v["reason"] = json!(verdict.reason);
+            v["epoch"] = json!(verdict.epoch);
+            v["level"] = json!("consensus");
+        }
+        None => v["level"] = json!("weak"),
+    }
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -503,8 +532,17 @@ impl Watch {
 async fn watch(
     State(s): State<ApiState>,
     q: Result<Query<WatchParams>, QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Sse<axum::response::sse::KeepAliveStream<EventStream>>, ApiError> {
     let target = Target::of(&q?.0)?;
+    if let Target::Id(id) = &target
+        && let Some(stream) = consensus_watch(&s, id).await?
+    {
+        return Ok(Sse::new(stream.boxed()).keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        ));
+    }
     let (rx, _) = chm::changes(&s.handle).await?;
     let mut w = Watch {
         handle: s.handle.clone(),
@@ -549,9 +587,89 @@ async fn watch(
         let ev = w.next().await?;
         Some((Ok(ev), w))
     });
-    Ok(Sse::new(stream).keep_alive(
+    Ok(Sse::new(stream.boxed()).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keep-alive"),
     ))
+}
+
+type EventStream = futures_util::stream::BoxStream<'static, Result<Event, Infallible>>;
+
+/// A watch of a consensus component: this agent joins its group (the
+/// home is in it already) and streams the verdicts the group delivers,
+/// the current one first. None when the component has no consensus group.
+async fn consensus_watch(s: &ApiState, id: &ComponentId) -> Result<Option<EventStream>, ApiError> {
+    match chm::consensus::ensure_member(&s.handle, id, false).await {
+        Ok(()) => {}
+        Err(ChmCallError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let rx = chm::consensus::follow(&s.handle, id).await?;
+    let held = chm::consensus::verdicts(&s.handle, id).await;
+    let zone = chm::lookup(&s.handle, id.as_str().to_string())
+        .await
+        .map(|r| r.zone.as_str().to_string())
+        .or_else(|_| {
+            held.as_ref()
+                .and_then(|v| v.home().map(str::to_string))
+                .ok_or(())
+        })
+        .unwrap_or_default();
+    let mut first = std::collections::VecDeque::new();
+    first.push_back(
+        Event::default()
+            .event("ready")
+            .data(json!({ "watching": true, "level": "consensus" }).to_string()),
+    );
+    if let Some(v) = held.as_ref().and_then(|v| v.current()) {
+        first.push_back(
+            Event::default()
+                .event("status")
+                .data(chm::consensus::verdict_json(id, &zone, v).to_string()),
+        );
+    }
+    let id = id.clone();
+    let closing = Box::pin(ApiState::closed(s.closing.clone()));
+    let stream = futures_util::stream::unfold(
+        (rx, closing, first),
+        move |(mut rx, mut closing, mut first)| {
+            let id = id.clone();
+            let zone = zone.clone();
+            async move {
+                loop {
+                    if let Some(e) = first.pop_front() {
+                        return Some((Ok(e), (rx, closing, first)));
+                    }
+                    let next = tokio::select! {
+                        n = rx.recv() => n,
+                        _ = &mut closing => return None,
+                    };
+                    match next {
+                        Ok(e) => {
+                            if let Some(v) = chm::consensus::verdict_of(&e) {
+                                first.push_back(Event::default().event("status").data(
+                                    chm::consensus::verdict_json(&id, &zone, &v).to_string(),
+                                ));
+                            } else if matches!(e, armillary_proto::crm::GroupEvent::Minority { .. })
+                            {
+                                first.push_back(Event::default().event("minority").data(
+                                    json!({"level": "consensus", "minority": true}).to_string(),
+                                ));
+                            } else if matches!(e, armillary_proto::crm::GroupEvent::Left { .. }) {
+                                return None;
+                            }
+                        }
+                        Err(RecvError::Lagged(n)) => first.push_back(
+                            Event::default()
+                                .event("lagged")
+                                .data(json!({ "missed": n }).to_string()),
+                        ),
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        },
+    );
+    Ok(Some(stream.boxed()))
 }

@@ -145,11 +145,15 @@ pub async fn serve(
         .check_exposure(bound)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (closing_tx, closing) = signal::channel(false);
+    // Consensus registrations rejoin their groups (CRM keeps no disk).
+    let supervisor = tokio::spawn(crate::chm::consensus::supervise(handle.clone()));
     let app = build(handle, bound, access, closing);
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = closing_tx.send(true);
         })
-        .await
+        .await;
+    supervisor.abort();
+    served
 }

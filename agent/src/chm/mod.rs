@@ -4,6 +4,7 @@
 //! itself is `armillary_proto::chm`.
 
 pub mod checks;
+pub mod consensus;
 pub mod dns;
 pub mod views;
 
@@ -43,6 +44,9 @@ pub enum ChmCallError {
     NotFound(String),
     #[error("this agent does not run CHM")]
     NotRunning,
+    /// The consensus level could not be reached (its group's refusal).
+    #[error("consensus level: {0}")]
+    Consensus(String),
     #[error(
         "the search did not end within {}",
         humantime::format_duration(SEARCH_TIMEOUT)

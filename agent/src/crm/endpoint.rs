@@ -38,6 +38,21 @@ pub async fn serve(
     contacts: Vec<Arc<str>>,
     wait: Duration,
 ) -> Result<GroupInfo, CrmCallError> {
+    let replica: Box<dyn proto::Replica> = match kind {
+        ServeKind::Kv => Box::new(Endpoint::new(KvStore::default())),
+    };
+    join_with(h, group, replica, contacts, wait).await
+}
+
+/// Joins `group` running `replica` beside it (a program's own
+/// deterministic service) and waits until a view holds this agent.
+pub async fn join_with(
+    h: &NodeHandle,
+    group: String,
+    replica: Box<dyn proto::Replica>,
+    contacts: Vec<Arc<str>>,
+    wait: Duration,
+) -> Result<GroupInfo, CrmCallError> {
     let g = group.clone();
     with_crm(h, move |c, z, _, _| {
         if let Some(existing) = c.group(&g) {
@@ -47,15 +62,30 @@ pub async fn serve(
                 Err(CrmCallError::NotServing(g))
             };
         }
-        let replica: Box<dyn proto::Replica> = match kind {
-            ServeKind::Kv => Box::new(Endpoint::new(KvStore::default())),
-        };
         c.join(&z, &g, contacts, Some(replica))?;
         Ok(())
     })
     .await?;
     let (info, _) = join(h, group, Vec::new(), wait).await?;
     Ok(info)
+}
+
+/// The members of `group` the zone tree lists, with their view's size.
+pub async fn listed(h: &NodeHandle, group: String) -> Result<Vec<(Arc<str>, usize)>, CrmCallError> {
+    with_crm(h, move |c, z, _, _| Ok(c.listed(&z, &group))).await
+}
+
+/// A snapshot of the replica this agent runs beside `group`.
+pub async fn replica_snapshot(
+    h: &NodeHandle,
+    group: String,
+) -> Result<Option<Vec<u8>>, CrmCallError> {
+    with_crm(h, move |c, _, _, _| {
+        Ok(c.group(&group)
+            .and_then(|g| g.replica())
+            .map(|r| r.snapshot()))
+    })
+    .await
 }
 
 /// Takes request `seq` of `client` for the group this agent serves:

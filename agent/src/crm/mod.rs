@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
 
 mod endpoint;
-pub use endpoint::{ServeKind, request, serve};
+pub use endpoint::{ServeKind, join_with, listed, replica_snapshot, request, serve};
 
 /// Events one stream may fall behind by before it is told it lagged.
 const STREAM_QUEUE: usize = 8192;

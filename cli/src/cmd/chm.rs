@@ -84,6 +84,11 @@ pub struct RegisterArgs {
     /// Deregister the component once it has been critical this long.
     #[arg(long, value_name = "DUR")]
     deregister_after: Option<humantime::Duration>,
+    /// Agree its verdicts in a group of the agents interested in it (its
+    /// own and its watchers', up to 5): every member sees the same
+    /// (epoch, status) sequence, and a minority side issues none.
+    #[arg(long)]
+    consensus: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -131,6 +136,9 @@ fn register(a: RegisterArgs) -> CliResult {
     if let Some(d) = &a.deregister_after {
         put("deregister_after", dur(d));
     }
+    if a.consensus {
+        put("consensus", json!(true));
+    }
     let body = Value::Object(body).to_string();
     block_on(async move {
         client
@@ -141,7 +149,11 @@ fn register(a: RegisterArgs) -> CliResult {
                 Some(body),
             )
             .await?;
-        eprintln!("registered {}", a.id);
+        if a.consensus {
+            eprintln!("registered {} (consensus level)", a.id);
+        } else {
+            eprintln!("registered {}", a.id);
+        }
         Ok(())
     })
 }
@@ -273,8 +285,12 @@ fn lookup(a: LookupArgs) -> CliResult {
         if a.json {
             return print_json(&r);
         }
+        let level = match r["epoch"].as_u64() {
+            Some(e) => format!("consensus, epoch {e}"),
+            None => "weak".into(),
+        };
         println!(
-            "{}  {}  since {}",
+            "{}  {}  since {}  ({level})",
             text(&r["id"]),
             text(&r["status"]),
             text(&r["since"])
@@ -441,15 +457,25 @@ fn watch(a: ChmWatchArgs) -> CliResult {
         read_events(&client, resp, MAX_EVENT, |name, d| {
             match name {
                 "status" => {
+                    let consensus = d["level"] == "consensus";
                     let line = if a.json {
-                        json!({
+                        let mut v = json!({
                             "id": d["id"], "status": d["status"], "previous": d["previous"],
                             "time": d["time"], "zone": d["zone"],
-                        })
-                        .to_string()
+                            "level": if consensus { "consensus" } else { "weak" },
+                        });
+                        if consensus {
+                            v["epoch"] = d["epoch"].clone();
+                        }
+                        v.to_string()
                     } else {
+                        let epoch = if consensus {
+                            format!("epoch {}  ", d["epoch"])
+                        } else {
+                            String::new()
+                        };
                         format!(
-                            "{}  {}  {} -> {}  {}  {}",
+                            "{}  {}  {epoch}{} -> {}  {}  {}",
                             text(&d["time"]),
                             text(&d["id"]),
                             text(&d["previous"]),
@@ -461,6 +487,9 @@ fn watch(a: ChmWatchArgs) -> CliResult {
                     return Ok(lines.print(&line));
                 }
                 "lagged" => eprintln!("note: missed {} changes (too slow)", d["missed"]),
+                "minority" => eprintln!(
+                    "note: this agent's side of the consensus group has no majority: no verdicts until it heals"
+                ),
                 _ => {}
             }
             Ok(Flow::More)

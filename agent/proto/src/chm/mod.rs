@@ -10,6 +10,7 @@
 //!   aggregation (counts, first critical ids, Bloom filter).
 //! - [`lookup`]: iterative lookup by id and search by keyword.
 //! - [`qos`]: the seed's T1..T4 diagnosis, merged across consumers.
+//! - [`consensus`]: the consensus level, verdicts agreed in a CRM group.
 //!
 //! The runtime drives [`Chm`] through [`crate::host::Host::with_service`]:
 //! it registers components, runs the checks [`Chm::poll_check`] hands it
@@ -18,6 +19,7 @@
 //! Every timer is named ([`Timer`]).
 
 pub mod bloom;
+pub mod consensus;
 pub mod detector;
 pub mod lookup;
 pub mod qos;

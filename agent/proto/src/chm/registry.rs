@@ -145,6 +145,9 @@ pub struct Registration {
     pub check: CheckSpec,
     /// Deregister it once it has been critical this long.
     pub deregister_after: Option<Micros>,
+    /// Its verdicts are agreed in a group (the consensus level).
+    #[serde(default)]
+    pub consensus: bool,
 }
 
 impl Registration {
@@ -155,6 +158,7 @@ impl Registration {
             address: None,
             check,
             deregister_after: None,
+            consensus: false,
         }
     }
 

@@ -240,6 +240,13 @@ impl Crm {
         self.groups.keys().filter_map(|n| self.info(n)).collect()
     }
 
+    /// The members of group `name` the zone tree lists (agent address and
+    /// the size of the view each is in): who a joiner would ask.
+    pub fn listed(&mut self, zones: &Zones<'_>, name: &str) -> Vec<(Arc<str>, usize)> {
+        self.read_directory(zones);
+        self.directory.get(name).cloned().unwrap_or_default()
+    }
+
     /// Groups and members the zone tree lists.
     fn read_directory(&mut self, zones: &Zones<'_>) {
         let mut found: BTreeMap<Arc<str>, Vec<(Arc<str>, usize)>> = BTreeMap::new();

@@ -1,0 +1,225 @@
+//! CHM's consensus level at run time (`armillary_proto::chm::consensus`):
+//! the agents interested in a consensus component (its home, which runs
+//! its checks, and its watchers) are members of the CRM group `chm.ID`,
+//! with the verdict log as the group's replica. Each member runs one task:
+//! the home proposes each status change, and the coordinator of a view
+//! without the home proposes that the home is lost. Verdicts are what the
+//! group delivers; watch streams and lookups read them.
+//!
+//! A supervisor per agent keeps the home's membership across restarts:
+//! registrations are durable, group membership is not (CRM is diskless),
+//! so it rejoins the group of every consensus registration.
+
+use super::{ChmCallError, changes, own};
+use crate::crm::{self, CrmCallError};
+use crate::node::NodeHandle;
+use armillary_proto::chm::ComponentId;
+use armillary_proto::chm::consensus::{MAX_MEMBERS, Proposal, Verdict, Verdicts, group_of};
+use armillary_proto::crm::{GroupEvent, Mode};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long joining a consensus group may take.
+const JOIN_WAIT: Duration = Duration::from_secs(15);
+/// How often the supervisor looks at the registrations.
+const SUPERVISE: Duration = Duration::from_secs(1);
+
+/// Groups a member task runs for, per agent (several agents may share a
+/// process): gossip address and group.
+static RUNNING: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+fn key(h: &NodeHandle, group: &str) -> (String, String) {
+    (h.info().gossip_addr.to_string(), group.to_string())
+}
+
+impl From<CrmCallError> for ChmCallError {
+    fn from(e: CrmCallError) -> ChmCallError {
+        match e {
+            CrmCallError::Node(n) => ChmCallError::Node(n),
+            e => ChmCallError::Consensus(e.to_string()),
+        }
+    }
+}
+
+/// Makes this agent a member of `id`'s consensus group, as its home (which
+/// creates the group when nobody has it) or as a watcher (which only joins
+/// a group that exists, and only while it has room).
+pub async fn ensure_member(
+    h: &NodeHandle,
+    id: &ComponentId,
+    home: bool,
+) -> Result<(), ChmCallError> {
+    let group = group_of(id);
+    if RUNNING.lock().expect("lock").contains(&key(h, &group)) {
+        return Ok(());
+    }
+    if !home && crm::view(h, group.clone()).await?.is_none() {
+        let listed = crm::listed(h, group.clone()).await?;
+        if listed.is_empty() {
+            return Err(ChmCallError::NotFound(format!(
+                "{id} has no consensus group (yet): register it with --consensus at its agent"
+            )));
+        }
+        if listed.iter().all(|(_, size)| *size >= MAX_MEMBERS) {
+            return Err(ChmCallError::Consensus(format!(
+                "the consensus group of {id} has {MAX_MEMBERS} members, the most it takes; watch from one of its members"
+            )));
+        }
+    }
+    crm::join_with(
+        h,
+        group.clone(),
+        Box::new(Verdicts::default()),
+        Vec::new(),
+        JOIN_WAIT,
+    )
+    .await?;
+    if RUNNING.lock().expect("lock").insert(key(h, &group)) {
+        tokio::spawn(member(h.clone(), id.clone(), home));
+    }
+    Ok(())
+}
+
+/// The verdicts this agent holds of `id`, when it is in its group.
+pub async fn verdicts(h: &NodeHandle, id: &ComponentId) -> Option<Verdicts> {
+    let snap = crm::replica_snapshot(h, group_of(id)).await.ok()??;
+    Verdicts::from_snapshot(&snap)
+}
+
+/// Verdicts as the group delivers them from now on.
+pub async fn follow(
+    h: &NodeHandle,
+    id: &ComponentId,
+) -> Result<tokio::sync::broadcast::Receiver<GroupEvent>, ChmCallError> {
+    Ok(crm::follow(h, group_of(id)).await?)
+}
+
+/// The verdict in a delivery of the group, if it made one.
+pub fn verdict_of(e: &GroupEvent) -> Option<Verdict> {
+    match e {
+        GroupEvent::Deliver { reply: Some(r), .. } => Verdict::decode(r),
+        _ => None,
+    }
+}
+
+async fn propose(h: &NodeHandle, group: &str, p: Proposal) {
+    if let Err(e) = crm::send(h, group.to_string(), Mode::Total, p.encode()).await {
+        tracing::debug!(%group, error = %e, "proposal not sent");
+    }
+}
+
+/// The home's current status of `id`, as its checks say.
+async fn observed(h: &NodeHandle, id: &ComponentId) -> Option<Proposal> {
+    let c = own(h)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|o| o.registration.id == *id)?;
+    Some(Proposal::Observed {
+        status: c.health.status,
+        reason: c.health.reason.clone(),
+        time: crate::node::now_micros(),
+    })
+}
+
+/// One member's task, until it leaves the group.
+async fn member(h: NodeHandle, id: ComponentId, home: bool) {
+    let group = group_of(&id);
+    let leaf = h.info().leaf.clone();
+    let run = async {
+        let mut events = crm::follow(&h, group.clone()).await.ok()?;
+        let mut statuses = if home {
+            Some(changes(&h).await.ok()?.0)
+        } else {
+            None
+        };
+        if home && let Some(p) = observed(&h, &id).await {
+            propose(&h, &group, p).await;
+        }
+        loop {
+            tokio::select! {
+                e = events.recv() => match e {
+                    Ok(GroupEvent::View { view, .. }) => {
+                        if home {
+                            // A home back in a view says again what it sees.
+                            if let Some(p) = observed(&h, &id).await {
+                                propose(&h, &group, p).await;
+                            }
+                        } else if *view.coordinator().zone == *leaf.as_str() {
+                            let gone = verdicts(&h, &id).await.and_then(|v| {
+                                let home = v.home()?.to_string();
+                                (!view.members.iter().any(|m| *m.zone == *home)).then_some(())
+                            });
+                            if gone.is_some() {
+                                let p = Proposal::HomeLost { view: view.id, time: crate::node::now_micros() };
+                                propose(&h, &group, p).await;
+                            }
+                        }
+                    }
+                    Ok(GroupEvent::Left { .. }) | Err(RecvError::Closed) => return Some(()),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                },
+                c = async {
+                    match statuses.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match c {
+                    Ok(c) if c.id == id && c.zone == leaf => {
+                        let p = Proposal::Observed { status: c.status, reason: c.reason, time: c.time };
+                        propose(&h, &group, p).await;
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return Some(()),
+                },
+            }
+        }
+    };
+    run.await;
+    RUNNING.lock().expect("lock").remove(&key(&h, &group));
+}
+
+/// Keeps this agent in the group of every consensus component it
+/// registered (again after a restart), and out of the groups of those it
+/// deregistered.
+pub async fn supervise(h: NodeHandle) {
+    let mut homes: BTreeSet<ComponentId> = BTreeSet::new();
+    loop {
+        tokio::time::sleep(SUPERVISE).await;
+        let Ok(mine) = own(&h).await else {
+            continue;
+        };
+        let now: BTreeSet<ComponentId> = mine
+            .iter()
+            .filter(|o| o.registration.consensus)
+            .map(|o| o.registration.id.clone())
+            .collect();
+        for id in &now {
+            if let Err(e) = ensure_member(&h, id, true).await {
+                tracing::warn!(%id, error = %e, "cannot join the consensus group");
+            }
+        }
+        for gone in homes.difference(&now) {
+            let _ = crm::leave(&h, group_of(gone)).await;
+        }
+        homes = now;
+    }
+}
+
+/// A watch line of a verdict: the weak level's fields, with the epoch.
+pub fn verdict_json(id: &ComponentId, zone: &str, v: &Verdict) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.as_str(),
+        "status": v.status.as_str(),
+        "previous": v.previous.unwrap_or(v.status).as_str(),
+        "time": super::views::time(v.time),
+        "time_us": v.time,
+        "zone": zone,
+        "reason": v.reason,
+        "epoch": v.epoch,
+        "level": "consensus",
+        "by": v.by,
+    })
+}
