@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod crm;
 pub mod dds;
+pub mod evn;
 pub mod gossip;
 pub mod host;
 pub mod limits;

@@ -205,6 +205,25 @@ pub enum ServiceAggregationError {
 }
 
 impl Agent {
+    /// Replaces every aggregation of `service` with `programs` (SQL, each
+    /// output named `NAME_...`), at run time: for a service whose
+    /// aggregations follow its own state (EVN's conditions). The other
+    /// services' aggregations stay; zones re-evaluate at their next turn.
+    pub fn replace_service_aggregations(
+        &mut self,
+        service: &'static str,
+        programs: Vec<String>,
+    ) -> Result<(), ServiceAggregationError> {
+        let mut all: Vec<(&'static str, String)> = self
+            .service_programs
+            .iter()
+            .filter(|(s, _)| *s != service)
+            .map(|(s, p)| (*s, p.sql().to_string()))
+            .collect();
+        all.extend(programs.into_iter().map(|sql| (service, sql)));
+        self.set_service_aggregations(all)
+    }
+
     /// Sets the built-in aggregations of the services beside this core:
     /// `(service name, SQL)`, each output named `NAME_...`. Every zone
     /// evaluates them after the system AFC, before the installed AFCs,

@@ -104,6 +104,23 @@ impl<'a> Zones<'a> {
         Ok(())
     }
 
+    /// Replaces this service's aggregations with `programs` (AFC SQL whose
+    /// outputs are all `NAME_...`): every zone on this agent's path
+    /// evaluates them after the system AFC. A service whose aggregations
+    /// follow its own replicated state sets the same list on every agent.
+    pub fn set_aggregations(
+        &mut self,
+        programs: Vec<String>,
+    ) -> Result<(), crate::gossip::ServiceAggregationError> {
+        self.gossip
+            .replace_service_aggregations(self.prefix, programs)
+    }
+
+    /// The gossip core's settings (round, failure timeouts, skew bound).
+    pub fn config(&self) -> &crate::config::Config {
+        self.gossip.config()
+    }
+
     /// Removes an attribute this service published; returns whether it was set.
     pub fn unpublish(&mut self, name: &str) -> Result<bool, PublishError> {
         self.own(name)?;
