@@ -8,6 +8,7 @@ pub mod chm;
 pub mod clock;
 pub mod crm;
 pub mod dds;
+pub mod evn;
 pub mod fsutil;
 pub mod keys;
 pub mod node;

@@ -41,6 +41,10 @@ enum Command {
     /// Process groups: join, send in fifo, total or safe order, view, leave.
     #[command(subcommand)]
     Crm(cmd::crm::CrmCommand),
+    /// Events: WS-Eventing subscriptions, urgent events to a zone, local
+    /// tables and distributed conditions.
+    #[command(subcommand)]
+    Evn(cmd::evn::EvnCommand),
     /// Aggregation function certificates (AFCs).
     #[command(subcommand)]
     Afc(cmd::afc::AfcCommand),
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Chm(c) => cmd::chm::run(c),
         Command::Dds(c) => cmd::dds::run(c),
         Command::Crm(c) => cmd::crm::run(c),
+        Command::Evn(c) => cmd::evn::run(c),
         Command::Afc(c) => cmd::afc::run(c),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Zones(a) => cmd::zones::zones(a),

@@ -96,6 +96,7 @@ fn fmt_ns(ns: Option<f64>) -> String {
 
 fn main() {
     let table = NamedTable {
+        columns: Vec::new(),
         name: "zone".into(),
         rows: rows(),
     };

@@ -35,6 +35,9 @@ pub struct NamedTable {
     pub name: String,
     /// (child zone name, attributes) per row.
     pub rows: Vec<(String, Attrs)>,
+    /// Columns the table has even when no row holds them, each typed by a
+    /// sample value (a table emptied keeps the columns it had).
+    pub columns: Vec<(String, Value)>,
 }
 
 /// Why an ad-hoc query failed.
@@ -127,7 +130,7 @@ pub async fn query(tables: Vec<NamedTable>, sql: &str) -> Result<QueryResult, Ad
 }
 
 /// Accepts exactly one query statement (SELECT, WITH, set operations).
-fn check_query(sql: &str) -> Result<(), AdhocError> {
+pub fn check_query(sql: &str) -> Result<(), AdhocError> {
     if sql.len() > MAX_QUERY_TEXT {
         return Err(AdhocError::TooLong {
             len: sql.len(),
@@ -219,6 +222,12 @@ pub fn record_batch(t: &NamedTable) -> Result<RecordBatch, AdhocError> {
             if &**n == "name" {
                 continue;
             }
+            let e = types.entry(n).or_insert(ColType::Empty);
+            *e = col_type(*e, v);
+        }
+    }
+    for (n, v) in &t.columns {
+        if n != "name" {
             let e = types.entry(n).or_insert(ColType::Empty);
             *e = col_type(*e, v);
         }

@@ -11,6 +11,7 @@ fn row(name: &str, attrs: &[(&str, Value)]) -> (String, Attrs) {
 fn tables() -> Vec<NamedTable> {
     vec![
         NamedTable {
+            columns: Vec::new(),
             name: "/eu/paris".into(),
             rows: vec![
                 row(
@@ -39,6 +40,7 @@ fn tables() -> Vec<NamedTable> {
             ],
         },
         NamedTable {
+            columns: Vec::new(),
             name: "/eu/berlin".into(),
             rows: vec![row("n1", &[("load", Value::Float(9.0))]), row("n9", &[])],
         },
@@ -155,6 +157,7 @@ async fn results_are_bounded() {
         Err(AdhocError::Sql(_)) => {
             let rows: Vec<(String, Attrs)> = (0..200).map(|i| row(&format!("n{i}"), &[])).collect();
             let t = vec![NamedTable {
+                columns: Vec::new(),
                 name: "t".into(),
                 rows,
             }];

@@ -13,6 +13,7 @@ mod chm;
 mod crm;
 mod dds;
 mod error;
+mod evn;
 mod guard;
 mod history;
 mod metrics;
@@ -101,6 +102,7 @@ fn build(
         .merge(chm::routes())
         .merge(dds::routes())
         .merge(crm::routes())
+        .merge(evn::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -147,6 +149,8 @@ pub async fn serve(
     let (closing_tx, closing) = signal::channel(false);
     // Consensus registrations rejoin their groups (CRM keeps no disk).
     let supervisor = tokio::spawn(crate::chm::consensus::supervise(handle.clone()));
+    // Conditions are evaluated over the local tables.
+    let evaluator = tokio::spawn(crate::evn::evaluate(handle.clone()));
     let app = build(handle, bound, access, closing);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -155,5 +159,6 @@ pub async fn serve(
         })
         .await;
     supervisor.abort();
+    evaluator.abort();
     served
 }

@@ -209,6 +209,7 @@ impl NodeCore {
             .zones()
             .iter()
             .map(|z| NamedTable {
+                columns: Vec::new(),
                 name: z.as_str().to_string(),
                 rows: self
                     .host

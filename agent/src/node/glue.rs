@@ -67,9 +67,10 @@ pub struct ServiceSet {
 }
 
 impl ServiceSet {
-    /// The services every agent hosts: CHM, DDS and CRM. With `security`, DDS
-    /// signs with the agent's key and checks origins' certificates against
-    /// its trust anchors (channels with `sign`).
+    /// The services every agent hosts: CHM, DDS, CRM and EVN. With
+    /// `security`, DDS (channels with `sign`) and EVN (events and
+    /// conditions) sign with the agent's key and check origins'
+    /// certificates against the trust anchors.
     pub fn standard(
         opts: &super::ServiceOptions,
         security: Option<&crate::security::Security>,
@@ -77,6 +78,7 @@ impl ServiceSet {
         use crate::chm::{ChmGlue, proto::Chm};
         use crate::crm::{CrmGlue, proto::Crm, proto::CrmConfig};
         use crate::dds::{DdsGlue, proto::CertKeys, proto::Dds, proto::DdsConfig};
+        use crate::evn::{EvnGlue, proto::Evn, proto::EvnConfig};
         use std::sync::Arc;
         let mut cfg = opts.chm.clone();
         if cfg.seed == 0 {
@@ -86,18 +88,30 @@ impl ServiceSet {
             rng_seed: rand::random(),
             ..DdsConfig::default()
         };
+        let mut evn = EvnConfig {
+            seed: rand::random(),
+            ..EvnConfig::default()
+        };
         if let Some(s) = security {
             let id = s.identity();
+            evn.signer = Some((Arc::new(id.key.clone()), id.cert.clone()));
+            evn.trust = Some(s.trust().clone());
             dds.signer = Some(Arc::new(id.key.clone()));
             dds.proof = CertKeys::proof_of(&id.cert).into();
             dds.keys = Some(Arc::new(CertKeys::new(s.trust().clone())));
         }
         ServiceSet {
-            cores: Box::new((Chm::new(cfg), Dds::new(dds), Crm::new(CrmConfig::default()))),
+            cores: Box::new((
+                Chm::new(cfg),
+                Dds::new(dds),
+                Crm::new(CrmConfig::default()),
+                Evn::new(evn),
+            )),
             glue: vec![
                 Box::new(ChmGlue::new(opts.cmd_checks)),
                 Box::new(DdsGlue::new()),
                 Box::new(CrmGlue::new()),
+                Box::new(EvnGlue::new()),
             ],
         }
     }

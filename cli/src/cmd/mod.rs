@@ -14,6 +14,7 @@ pub mod crm_kv;
 pub mod dds;
 pub mod dds_bench;
 pub mod dev;
+pub mod evn;
 pub mod keys;
 pub mod sim;
 pub mod watch;

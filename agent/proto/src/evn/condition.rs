@@ -7,11 +7,13 @@
 //! `evn_n_NAME` (1: it evaluated). In each leaf-level zone one member, the
 //! first whose row is fresh (name order), also publishes what its table
 //! shows of the members that did not answer in time: `evn_x_NAME` (how
-//! many), `evn_y_NAME` (how many of those still count as true from an old
-//! answer) and `evn_s_NAME` (their names, a few). Every zone sums these,
-//! so the scope's row gives the whole answer: true at `c - y` agents,
-//! `nmembers - x` contributors of `nmembers`, and the names of those that
-//! did not contribute. The definitions themselves spread by EVN's
+//! many of them had answered once, so that their old `n` is still summed),
+//! `evn_y_NAME` (how many of those still count as true from that old
+//! answer) and `evn_s_NAME` (the names, a few, of all that did not answer
+//! in time). Every zone sums these, so the scope's row gives the whole
+//! answer: true at `c - y` agents, `n - x` contributors of `nmembers`, and
+//! the names of those that did not contribute. Before any reporter has
+//! spoken the answer is still right: `n` counts only agents that answered. The definitions themselves spread by EVN's
 //! anti-entropy and are kept on disk, so an agent that comes back
 //! contributes without anyone installing the condition again.
 
@@ -239,9 +241,11 @@ fn int(a: &Attrs, name: &str) -> u64 {
 
 /// Reads condition `c`'s answer from the scope zone's row `scope_row`.
 pub fn answer(c: &Condition, scope_row: &Attrs, now: Micros) -> Answer {
-    let [hit, _, miss, stale, names] = attrs_of(&c.name);
+    let [hit, evaluated, miss, stale, names] = attrs_of(&c.name);
     let expected = int(scope_row, "nmembers");
-    let x = int(scope_row, &miss).min(expected);
+    let contributors = int(scope_row, &evaluated)
+        .saturating_sub(int(scope_row, &miss))
+        .min(expected);
     let hits = int(scope_row, &hit).saturating_sub(int(scope_row, &stale));
     let missing = match scope_row.get(&names) {
         Some(Value::List(l)) => l.to_vec(),
@@ -253,7 +257,7 @@ pub fn answer(c: &Condition, scope_row: &Attrs, now: Micros) -> Answer {
     };
     Answer {
         hits,
-        contributors: expected - x,
+        contributors,
         expected,
         missing,
         staleness,
@@ -261,9 +265,10 @@ pub fn answer(c: &Condition, scope_row: &Attrs, now: Micros) -> Answer {
     }
 }
 
-/// What the first fresh member of a leaf-level zone publishes for `c`:
-/// the members of `members` (within the scope) whose row is older than
-/// `deadline` or carries no answer.
+/// What the first fresh member of a leaf-level zone publishes for `c`,
+/// over the members of `members` within the scope that did not answer in
+/// time (row older than `deadline`, or no answer): how many of them had
+/// answered once, how many of those answered true, and some names of all.
 pub fn report(
     c: &Condition,
     members: &[Arc<Row>],
@@ -281,9 +286,11 @@ pub fn report(
         if fresh && answered {
             continue;
         }
-        x += 1;
-        if answered && matches!(r.get(&hit), Some(Value::Int(1))) {
-            y += 1;
+        if answered {
+            x += 1;
+            if matches!(r.get(&hit), Some(Value::Int(1))) {
+                y += 1;
+            }
         }
         if names.len() < MISSING_NAMES {
             names.push(r.zone.as_arc().clone());
@@ -435,7 +442,9 @@ mod tests {
         let mut row = Attrs::new();
         row.set("nmembers", 64i64);
         row.set("evn_c_conns", 10i64);
-        row.set("evn_x_conns", 4i64);
+        // 62 answered once, 2 of them too long ago; 2 never answered.
+        row.set("evn_n_conns", 62i64);
+        row.set("evn_x_conns", 2i64);
         row.set("evn_y_conns", 1i64);
         let names: Vec<Arc<str>> = vec!["/a/1".into(), "/b/2".into()];
         row.set("evn_s_conns", Value::List(names.clone().into()));
