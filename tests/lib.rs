@@ -160,6 +160,44 @@ impl Ports {
     }
 }
 
+/// The command that runs an `armillary agent` for `zone` on loopback ports
+/// `gossip` and `api`, with its data under `data` and a 200 ms gossip
+/// interval, joining the agent at gossip port `join`.
+pub fn agent_command(
+    zone: &str,
+    gossip: u16,
+    api: u16,
+    join: Option<u16>,
+    data: &Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(armillary_bin());
+    cmd.args(["agent", "--zone", zone])
+        .args(["--listen", &format!("127.0.0.1:{gossip}")])
+        .args(["--api", &format!("127.0.0.1:{api}")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--gossip-interval", "200ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(j) = join {
+        cmd.args(["--join", &format!("127.0.0.1:{j}")]);
+    }
+    cmd
+}
+
+/// Starts one insecure agent for `zone` at `p`, data in `data`.
+pub fn spawn_insecure(
+    zone: &str,
+    p: &Ports,
+    join: Option<&Ports>,
+    data: &Path,
+) -> std::process::Child {
+    agent_command(zone, p.gossip, p.api, join.map(|j| j.gossip), data)
+        .arg("--insecure")
+        .spawn()
+        .expect("agent starts")
+}
+
 /// Starts one insecure `armillary agent` per zone on loopback (data under
 /// `root`, a 200 ms gossip interval), all joining the first.
 pub fn start_agents(root: &Path, zones: &[&str]) -> (Processes, Vec<Ports>) {
@@ -172,19 +210,9 @@ pub fn start_agents(root: &Path, zones: &[&str]) -> (Processes, Vec<Ports>) {
         .collect();
     let mut agents = Processes(Vec::new());
     for (i, p) in ports.iter().enumerate() {
-        let mut cmd = std::process::Command::new(armillary_bin());
-        cmd.args(["agent", "--insecure", "--zone", zones[i]])
-            .args(["--listen", &p.gossip_addr()])
-            .args(["--api", &p.api_addr()])
-            .arg("--data-dir")
-            .arg(root.join(format!("d{i}")))
-            .args(["--gossip-interval", "200ms"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if i > 0 {
-            cmd.args(["--join", &ports[0].gossip_addr()]);
-        }
-        agents.0.push(cmd.spawn().expect("agent starts"));
+        let join = (i > 0).then(|| &ports[0]);
+        let data = root.join(format!("d{i}"));
+        agents.0.push(spawn_insecure(zones[i], p, join, &data));
     }
     (agents, ports)
 }
@@ -195,6 +223,31 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("armillary runs")
+}
+
+/// Runs the `armillary` binary with `args`; panics unless it succeeds, and
+/// gives its standard output.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run_cli(args);
+    assert!(
+        out.status.success(),
+        "armillary {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `SUM(nmembers)` over the root table as the agent at `api` sees it.
+pub fn root_members(api: &str) -> Option<i64> {
+    let out = run_cli(&[
+        "query",
+        "SELECT SUM(nmembers) AS n FROM \"/\"",
+        "--json",
+        "--api",
+        api,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get(0)?.get("n")?.as_i64()
 }
 
 /// A loopback port free for both UDP (gossip) and TCP (API).

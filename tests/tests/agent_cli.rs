@@ -2,20 +2,13 @@
 //! two secure agent processes on loopback, AFCs installed with and without a
 //! signing key, a crash and a restart from the data directory alone.
 
-use armillary_tests::{Processes, armillary_bin, free_port, run_cli, temp_dir, wait_for};
+use armillary_tests::{
+    Processes, agent_command, armillary_bin, free_port, root_members, run_cli, run_ok, temp_dir,
+    wait_for,
+};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
-
-fn ok(args: &[&str]) -> String {
-    let out = run_cli(args);
-    assert!(
-        out.status.success(),
-        "armillary {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The command failed with `code` and said `text`.
 fn fails_with(out: &Output, code: i32, text: &str) {
@@ -32,34 +25,11 @@ fn start(
     data: &Path,
     keys: Option<&Path>,
 ) -> Child {
-    let mut cmd = Command::new(armillary_bin());
-    cmd.args(["agent", "--zone", zone])
-        .args(["--listen", &format!("127.0.0.1:{gossip}")])
-        .args(["--api", &format!("127.0.0.1:{api}")])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--gossip-interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(j) = join {
-        cmd.args(["--join", &format!("127.0.0.1:{j}")]);
-    }
+    let mut cmd = agent_command(zone, gossip, api, join, data);
     if let Some(k) = keys {
         cmd.arg("--keys").arg(k);
     }
     cmd.spawn().expect("agent starts")
-}
-
-fn members(api: u16) -> Option<i64> {
-    let out = run_cli(&[
-        "query",
-        "SELECT SUM(nmembers) AS n FROM \"/\"",
-        "--json",
-        "--api",
-        &format!("127.0.0.1:{api}"),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.get(0)?.get("n")?.as_i64()
 }
 
 /// A counter of the agent's `/v1/status` (0 when unreadable).
@@ -90,8 +60,8 @@ fn secure_agents_from_keys_to_restart() {
     std::fs::create_dir_all(&root).unwrap();
     let p = |n: &str| root.join(n);
     let s = |n: &str| p(n).to_string_lossy().into_owned();
-    ok(&["keys", "authority", "--zone", "/", "--out", &s("auth")]);
-    ok(&[
+    run_ok(&["keys", "authority", "--zone", "/", "--out", &s("auth")]);
+    run_ok(&[
         "keys",
         "agent",
         "--zone",
@@ -101,7 +71,7 @@ fn secure_agents_from_keys_to_restart() {
         "--out",
         &s("k1"),
     ]);
-    ok(&[
+    run_ok(&[
         "keys",
         "agent",
         "--zone",
@@ -111,7 +81,7 @@ fn secure_agents_from_keys_to_restart() {
         "--out",
         &s("k2"),
     ]);
-    ok(&[
+    run_ok(&[
         "keys",
         "client",
         "--name",
@@ -130,7 +100,8 @@ fn secure_agents_from_keys_to_restart() {
         start("/x/h2", g2, a2, Some(g1), &p("d2"), Some(&p("k2"))),
     ]);
     wait_for("both agents count two members", || {
-        members(a1) == Some(2) && members(a2) == Some(2)
+        root_members(&format!("127.0.0.1:{a1}")) == Some(2)
+            && root_members(&format!("127.0.0.1:{a2}")) == Some(2)
     });
     let api1 = format!("127.0.0.1:{a1}");
     // Without a key the agent refuses the AFC: exit code 2, a message saying what to do.
@@ -148,7 +119,7 @@ fn secure_agents_from_keys_to_restart() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("key"));
     // With the client's key it spreads to the other agent.
-    ok(&[
+    run_ok(&[
         "afc",
         "install",
         "hosts",
@@ -172,7 +143,9 @@ fn secure_agents_from_keys_to_restart() {
     wait_for("h1 is back with its AFC", || {
         afc_state(a1, "hosts").as_deref() == Some("active")
     });
-    wait_for("two members again", || members(a1) == Some(2));
+    wait_for("two members again", || {
+        root_members(&format!("127.0.0.1:{a1}")) == Some(2)
+    });
     // h2 still held a connection to h1's previous run: the restarted h1
     // resets it at h2's first packet (its reset and connection-id keys are
     // kept in its data directory), so h2 reconnects at once instead of
@@ -229,7 +202,7 @@ fn settings_file_runs_an_agent_and_bad_settings_say_what_is_wrong() {
         .expect("agent starts");
     let agents = Processes(vec![child]);
     wait_for("the agent from the settings file answers", || {
-        members(a) == Some(1)
+        root_members(&format!("127.0.0.1:{a}")) == Some(1)
     });
     drop(agents);
 

@@ -4,24 +4,13 @@
 //! really carried; through all of it, every agent's root table keeps
 //! counting four members.
 
-use armillary_tests::{Processes, armillary_bin, free_port, run_cli, temp_dir, wait_for};
+use armillary_tests::{
+    Processes, armillary_bin, free_port, root_members, run_cli, temp_dir, wait_for,
+};
 use std::process::{Command, Output, Stdio};
 
 fn api(port: u16) -> String {
     format!("127.0.0.1:{port}")
-}
-
-/// `SUM(nmembers)` over the root table as agent `port` sees it.
-fn members(port: u16) -> Option<i64> {
-    let out = run_cli(&[
-        "query",
-        "SELECT SUM(nmembers) AS n FROM \"/\"",
-        "--json",
-        "--api",
-        &api(port),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.get(0)?.get("n")?.as_i64()
 }
 
 fn afcs(port: u16) -> Vec<serde_json::Value> {
@@ -79,7 +68,7 @@ fn hostile_state_is_refused_or_really_carried() {
         }
         agents.0.push(cmd.spawn().expect("agent starts"));
     }
-    let all_four = || apis.iter().all(|p| members(*p) == Some(4));
+    let all_four = || apis.iter().all(|p| root_members(&api(*p)) == Some(4));
     wait_for("four members everywhere", all_four);
 
     // A NaN AFC at the root: accepted, reported faulty, never in a row.

@@ -159,6 +159,29 @@ fn an_expired_event_is_not_delivered_to_latecomers() {
     assert_eq!(deliveries(&w, 1, "short").0, 1);
 }
 
+#[test]
+fn an_event_whose_pushes_toward_its_scope_are_lost_still_arrives() {
+    let n = 64;
+    let (mut w, leaves) = world(n, 4, 0.0, 5);
+    for i in 0..n {
+        subscribe(&mut w, i, None);
+    }
+    // The publisher's zone cannot reach the scope when it publishes.
+    let from = leaves[0].ancestor(1);
+    let zone = leaves[n - 1].ancestor(1);
+    assert!(!zone.contains(&leaves[0]));
+    w.partition(from.clone(), zone.clone());
+    publish(&mut w, 0, &zone, "late", 60 * S);
+    w.run_until(w.now() + 2 * S);
+    assert!((0..n).all(|i| deliveries(&w, i, "late").0 == 0));
+    w.heal();
+    w.run_until(w.now() + 15 * S);
+    for (i, leaf) in leaves.iter().enumerate() {
+        let (k, _) = deliveries(&w, i, "late");
+        assert_eq!(k, zone.contains(leaf) as usize, "agent {i} ({leaf})");
+    }
+}
+
 fn condition(name: &str, min: u64) -> Condition {
     Condition {
         name: name.into(),

@@ -361,12 +361,15 @@ async fn events(
                         .data(event_json(&e).to_string()),
                     false,
                 ),
-                Item::End(r) => (
-                    SseEvent::default()
-                        .event("end")
-                        .data(end_json(&q.id, r).to_string()),
-                    true,
-                ),
+                Item::End(r) => {
+                    let mut end = end_json(&q.id, r);
+                    if r == EndReason::SourceShuttingDown {
+                        // Durable: the stream may be opened again after
+                        // the restart.
+                        end["resumes"] = json!(true);
+                    }
+                    (SseEvent::default().event("end").data(end.to_string()), true)
+                }
             };
             Some((Ok(ev), (q, closing, done)))
         });

@@ -44,10 +44,11 @@ pub struct Queue {
     expires: AtomicU64,
     ended: AtomicBool,
     dropped: AtomicU64,
+    stats: Arc<Stats>,
 }
 
 impl Queue {
-    pub fn new(sub: &proto::Subscription) -> Queue {
+    pub fn new(sub: &proto::Subscription, stats: Arc<Stats>) -> Queue {
         Queue {
             id: sub.id.clone(),
             delivery: sub.delivery.clone(),
@@ -56,6 +57,7 @@ impl Queue {
             expires: AtomicU64::new(sub.expires),
             ended: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            stats,
         }
     }
 
@@ -89,6 +91,7 @@ impl Queue {
         if q.len() >= QUEUE {
             q.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         q.push_back(item);
         drop(q);
@@ -173,6 +176,8 @@ pub struct Stats {
     pushed: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
+    /// Events dropped from full queues (their consumers fell behind).
+    dropped: AtomicU64,
 }
 
 impl Stats {
@@ -189,6 +194,25 @@ impl Stats {
             "evn_push_failures".into(),
             self.failures.load(Ordering::Relaxed),
         );
+        out.insert(
+            "evn_queue_dropped".into(),
+            self.dropped.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// POSTs `body` to `url` once; true on a 2xx.
+async fn post_once(http: &reqwest::Client, url: &str, body: &Value) -> bool {
+    match http.post(url).json(body).send().await {
+        Ok(r) if r.status().is_success() => true,
+        Ok(r) => {
+            tracing::debug!(url, status = %r.status(), "push refused");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(url, error = %e, "push failed");
+            false
+        }
     }
 }
 
@@ -214,10 +238,8 @@ async fn post(
                 return false;
             }
         }
-        match http.post(url).json(body).send().await {
-            Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::debug!(url, status = %r.status(), "push refused"),
-            Err(e) => tracing::debug!(url, error = %e, "push failed"),
+        if post_once(http, url, body).await {
+            return true;
         }
     }
     false
@@ -257,9 +279,18 @@ pub async fn push(q: Arc<Queue>, http: reqwest::Client, jobs: Jobs, stats: Arc<S
             }
             Item::End(reason) => {
                 if reason.is_subscription_end() {
-                    let to = end_to.as_deref().unwrap_or(&notify_to);
+                    // To EndTo with retries; without one, a single try at
+                    // NotifyTo, which may just have failed: sent once
+                    // either way.
                     let body = end_json(&q.id, reason);
-                    let _ = post(&http, to, &body, &stats, || true).await;
+                    match &end_to {
+                        Some(to) => {
+                            let _ = post(&http, to, &body, &stats, || true).await;
+                        }
+                        None => {
+                            let _ = post_once(&http, &notify_to, &body).await;
+                        }
+                    }
                 }
                 return;
             }

@@ -82,7 +82,7 @@ impl EvnGlue {
         if let Some(q) = self.queues.get(&sub.id) {
             return q.clone();
         }
-        let q = Arc::new(Queue::new(sub));
+        let q = Arc::new(Queue::new(sub, self.stats.clone()));
         if q.is_push() {
             self.to_start.push(q.clone());
         }

@@ -63,6 +63,10 @@ pub struct SubscribeArgs {
     /// Push the events by HTTP POST to this URL instead; prints the id and exits.
     #[arg(long, value_name = "URL")]
     notify_to: Option<String>,
+    /// Where the SubscriptionEnd of a push subscription goes (default: a
+    /// single try at --notify-to).
+    #[arg(long, value_name = "URL", requires = "notify_to")]
+    end_to: Option<String>,
     /// Stop (and unsubscribe) after N events.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -86,7 +90,7 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
         body["expires"] = json!(e);
     }
     if let Some(url) = &a.notify_to {
-        body["delivery"] = json!({"mode": "push", "notify_to": url});
+        body["delivery"] = json!({"mode": "push", "notify_to": url, "end_to": a.end_to});
     }
     block_on(async move {
         let sub = client
@@ -134,6 +138,12 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
                         counted_out = true;
                     }
                     Ok(flow)
+                }
+                // The agent stops; the subscription is kept there and
+                // followed again once it is back.
+                "end" if d["resumes"].as_bool() == Some(true) => {
+                    eprintln!("the agent is shutting down; following {id} again when it is back");
+                    Ok(Flow::Stop)
                 }
                 "end" => {
                     ended = true;

@@ -17,6 +17,9 @@ use std::sync::Arc;
 pub const MAX_DATA: usize = 8 * 1024;
 /// The most bytes of a topic.
 pub const MAX_TOPIC: usize = 128;
+/// The topic prefix of condition transitions, which only an agent makes,
+/// for its own subscribers.
+pub const RESERVED_TOPIC: &str = "condition/";
 /// The longest time to live an event may ask for.
 pub const MAX_TTL: Micros = 3_600_000_000;
 /// The time to live of an event that names none.
@@ -53,6 +56,10 @@ pub struct Event {
 pub enum EventError {
     #[error("the topic is empty or longer than {MAX_TOPIC} bytes, or has control characters")]
     BadTopic,
+    #[error(
+        "topics under `{RESERVED_TOPIC}` are the agents' own condition transitions; pick another topic"
+    )]
+    ReservedTopic,
     #[error("the payload is {0} bytes; an event carries at most {MAX_DATA} bytes of JSON")]
     TooLarge(usize),
     #[error("the payload is not JSON: {0}")]
@@ -142,6 +149,9 @@ impl Event {
 pub fn check_topic(topic: &str) -> Result<(), EventError> {
     if topic.is_empty() || topic.len() > MAX_TOPIC || topic.chars().any(char::is_control) {
         return Err(EventError::BadTopic);
+    }
+    if topic.starts_with(RESERVED_TOPIC) {
+        return Err(EventError::ReservedTopic);
     }
     Ok(())
 }

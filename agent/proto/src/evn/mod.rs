@@ -61,7 +61,7 @@ const MAX_PENDING: usize = 65_536;
 /// How often conditions are looked at.
 const CONDITION_TICK: Micros = 100_000;
 /// The topic prefix of condition transitions.
-pub const CONDITION_TOPIC: &str = "condition/";
+pub const CONDITION_TOPIC: &str = event::RESERVED_TOPIC;
 
 /// EVN's settings.
 #[derive(Clone)]
@@ -166,6 +166,9 @@ struct Live {
     spread: usize,
 }
 
+/// One origin's seen event numbers, each with when it may be forgotten.
+type SeenFrom = (Arc<str>, Vec<(u64, Micros)>);
+
 /// EVN's durable state.
 #[derive(Serialize, Deserialize)]
 struct Saved {
@@ -173,6 +176,9 @@ struct Saved {
     conds: Vec<Condition>,
     last_seq: u64,
     states: Vec<(Arc<str>, Hysteresis)>,
+    /// The ids seen, by origin, with the time each may be forgotten: a
+    /// restarted agent does not deliver again what it delivered before.
+    seen: Vec<SeenFrom>,
 }
 
 /// The EVN core of one agent.
@@ -323,10 +329,12 @@ impl Evn {
         }
         self.remember(&e);
         if !inside {
-            // Passing through toward the scope.
+            // Passing through toward the scope; kept (not delivered) so
+            // that anti-entropy carries it in if every push is lost.
             if down.is_some() {
                 self.route_toward(zones, &e);
             }
+            self.store(e, usize::MAX);
             return;
         }
         let mut spread = usize::MAX;
@@ -350,6 +358,20 @@ impl Evn {
         }
         self.seen.insert(e.id(), until);
         self.seen_by_expiry.insert((until, e.id()));
+    }
+
+    /// The seen set grouped by origin, for saving.
+    fn seen_by_origin(&self) -> Vec<SeenFrom> {
+        let mut by: BTreeMap<&Arc<str>, Vec<(u64, Micros)>> = BTreeMap::new();
+        for ((origin, seq), until) in &self.seen {
+            by.entry(origin).or_default().push((*seq, *until));
+        }
+        by.into_iter()
+            .map(|(o, mut v)| {
+                v.sort_unstable();
+                (o.clone(), v)
+            })
+            .collect()
     }
 
     fn store(&mut self, e: Arc<Event>, spread: usize) {
@@ -1047,6 +1069,7 @@ impl Service for Evn {
                 .iter()
                 .map(|(n, s)| (n.clone(), s.state))
                 .collect(),
+            seen: self.seen_by_origin(),
         };
         postcard::to_allocvec(&saved).ok()
     }
@@ -1055,6 +1078,14 @@ impl Service for Evn {
         let saved: Saved = postcard::from_bytes(state).map_err(|_| Refusal::MalformedMessage)?;
         let now = zones.now();
         self.last_seq = self.last_seq.max(saved.last_seq);
+        for (origin, seqs) in saved.seen {
+            for (seq, until) in seqs {
+                if until > now && self.seen.len() < MAX_SEEN {
+                    self.seen.insert((origin.clone(), seq), until);
+                    self.seen_by_expiry.insert((until, (origin.clone(), seq)));
+                }
+            }
+        }
         self.subs.restore(saved.subs, now);
         while let Some(end) = self.subs.take_ended() {
             self.emit(EvnEvent::Ended(end));
