@@ -183,19 +183,12 @@ fn an_event_whose_pushes_toward_its_scope_are_lost_still_arrives() {
 }
 
 fn condition(name: &str, min: u64) -> Condition {
-    Condition {
-        name: name.into(),
-        scope: ZonePath::root(),
-        sql: "SELECT COUNT(*) > 0 AS hit FROM conns WHERE failed > 5".into(),
+    Condition::new(
+        name,
+        ZonePath::root(),
+        "SELECT COUNT(*) > 0 AS hit FROM conns WHERE failed > 5",
         min,
-        hold_for: 0,
-        keep_for: 0,
-        version: 0,
-        by: "".into(),
-        removed: false,
-        proof: Vec::new(),
-        sig: Vec::new(),
-    }
+    )
 }
 
 /// Plays the runtime: every agent that evaluates `name` reports `hit(i)`.

@@ -519,17 +519,9 @@ async fn add_condition(
         .map_err(|e| ApiError::bad_request(format!("zone {:?}: {e}", b.zone)))?;
     check_sql(&b.sql)?;
     let c = Condition {
-        name: b.name.as_str().into(),
-        scope,
-        sql: b.sql.as_str().into(),
-        min: b.min.unwrap_or(1),
         hold_for: span(b.hold_for.as_deref(), "for")?,
         keep_for: span(b.keep_firing_for.as_deref(), "keep_firing_for")?,
-        version: 0,
-        by: "".into(),
-        removed: false,
-        proof: Vec::new(),
-        sig: Vec::new(),
+        ..Condition::new(&b.name, scope, &b.sql, b.min.unwrap_or(1))
     };
     let name = b.name.clone();
     evn::with_evn(&s.handle, move |e, mut z, _, _| {

@@ -92,6 +92,9 @@ impl ServiceSet {
             seed: rand::random(),
             ..EvnConfig::default()
         };
+        if let Some(f) = opts.evn_fanout {
+            evn.fanout = f;
+        }
         if let Some(s) = security {
             let id = s.identity();
             evn.signer = Some((Arc::new(id.key.clone()), id.cert.clone()));

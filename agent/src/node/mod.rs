@@ -67,6 +67,9 @@ pub struct ServiceOptions {
     /// Run the gossip core alone, with no service: the baseline that
     /// benchmarks measure the services' cost against.
     pub gossip_only: bool,
+    /// Representatives of each child zone an EVN event is pushed to (None:
+    /// the default; 0: anti-entropy alone, the baseline of `bench evn`).
+    pub evn_fanout: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]

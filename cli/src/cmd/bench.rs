@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// CRM: ordered multicast throughput and latency, crash to next view,
     /// and the replicated key-value endpoint with a member killed.
     Crm(super::bench_crm::CrmBenchArgs),
+    /// EVN: urgent event latency to every agent with and without loss (the
+    /// baseline: anti-entropy alone), and condition change to notification.
+    Evn(super::bench_evn::EvnBenchArgs),
 }
 
 /// The benchmarked cluster's shape, shared by every `bench` command.
@@ -76,8 +79,17 @@ pub(super) async fn operating_point(
     n: usize,
     gossip_only: bool,
 ) -> Result<(Cluster, Churn), CliError> {
+    operating_point_with(args, n, |s| s.services.gossip_only = gossip_only).await
+}
+
+/// [`operating_point`] with the spec changed by `tune` first.
+pub(super) async fn operating_point_with(
+    args: &ClusterArgs,
+    n: usize,
+    tune: impl FnOnce(&mut ClusterSpec),
+) -> Result<(Cluster, Churn), CliError> {
     let (mut spec, feeds) = args.spec(n);
-    spec.services.gossip_only = gossip_only;
+    tune(&mut spec);
     let c = Cluster::start(spec)
         .await
         .map_err(|e| CliError::failed(format!("cannot start {n} agents: {e}")))?;
@@ -173,6 +185,7 @@ pub fn run(c: BenchCommand) -> CliResult {
         BenchCommand::Chm(a) => super::bench_chm::run(a),
         BenchCommand::Soak(a) => super::bench_soak::run(a),
         BenchCommand::Crm(a) => super::bench_crm::run(a),
+        BenchCommand::Evn(a) => super::bench_evn::run(a),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod attr;
 pub mod bench;
 pub mod bench_chm;
 pub mod bench_crm;
+pub mod bench_evn;
 pub mod bench_soak;
 pub mod chm;
 pub mod crm;

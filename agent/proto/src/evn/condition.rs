@@ -83,6 +83,24 @@ pub enum ConditionError {
 }
 
 impl Condition {
+    /// A new definition, not yet versioned or signed (`add_condition` does
+    /// both), firing at once and clearing at once.
+    pub fn new(name: &str, scope: ZonePath, sql: &str, min: u64) -> Condition {
+        Condition {
+            name: name.into(),
+            scope,
+            sql: sql.into(),
+            min,
+            hold_for: 0,
+            keep_for: 0,
+            version: 0,
+            by: "".into(),
+            removed: false,
+            proof: Vec::new(),
+            sig: Vec::new(),
+        }
+    }
+
     /// Checks what the operator chose; the same checks where it arrives.
     pub fn check(&self) -> Result<(), ConditionError> {
         check_name(&self.name)?;
@@ -374,17 +392,11 @@ mod tests {
 
     fn cond(hold: Micros, keep: Micros) -> Condition {
         Condition {
-            name: "conns".into(),
-            scope: ZonePath::root(),
-            sql: "SELECT true AS hit".into(),
-            min: 1,
             hold_for: hold,
             keep_for: keep,
             version: 1,
             by: "/a".into(),
-            removed: false,
-            proof: Vec::new(),
-            sig: Vec::new(),
+            ..Condition::new("conns", ZonePath::root(), "SELECT true AS hit", 1)
         }
     }
 
