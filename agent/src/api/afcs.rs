@@ -17,17 +17,18 @@ use serde_json::{Value as JsonValue, json};
 /// One AFC as the API shows it.
 pub fn afc_json(a: &AfcView) -> JsonValue {
     let c = &a.cert;
-    json!({
-        "name": c.name,
-        "scope": c.scope,
-        "sql": c.sql,
-        "state": a.state,
-        "reason": a.reason,
-        "issued": c.issued,
-        "expires": c.expires,
-        "signer": c.signer,
-        "removed": c.removed,
-    })
+    let info = armillary_client::types::afc::AfcInfo {
+        name: c.name.to_string(),
+        scope: c.scope.to_string(),
+        sql: c.sql.to_string(),
+        state: a.state.to_string(),
+        reason: a.reason.clone(),
+        issued: c.issued,
+        expires: c.expires,
+        signer: c.signer.to_string(),
+        removed: c.removed,
+    };
+    serde_json::to_value(info).unwrap_or(JsonValue::Null)
 }
 
 /// `?zone=Z&name=N`.

@@ -321,10 +321,10 @@ async fn own(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
 async fn lookup(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<armillary_client::types::chm::ComponentRecord>, ApiError> {
     let id = parse_id(&id)?;
     let r = chm::lookup(&s.handle, id.as_str().to_string()).await?;
-    let mut v = views::record(&r);
+    let mut v = views::component(&r);
     // A member of the component's consensus group answers its verdict.
     match chm::consensus::verdicts(&s.handle, &id)
         .await
@@ -332,12 +332,12 @@ async fn lookup(
         .and_then(|v| v.current())
     {
         Some(verdict) => {
-            v["status"] = json!(verdict.status.as_str());
-            v["reason"] = json!(verdict.reason);
-            v["epoch"] = json!(verdict.epoch);
-            v["level"] = json!("consensus");
+            v.status = verdict.status.as_str().to_string();
+            v.reason = verdict.reason.to_string();
+            v.epoch = Some(verdict.epoch);
+            v.level = Some("consensus".into());
         }
-        None => v["level"] = json!("weak"),
+        None => v.level = Some("weak".into()),
     }
     Ok(Json(v))
 }

@@ -21,13 +21,19 @@ use axum::routing::{get, post, put};
 use futures_util::Stream;
 use proto::subs::{self, Delivery, EndReason, Fault};
 use proto::{Condition, EvnError};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::evn::{end_json, event_json, time_text};
+use crate::evn::{end_record, event_record, record_json, time_text};
+use armillary_client::types::ErrorBody;
+use armillary_client::types::evn::{
+    ConditionInfo, ConditionInstalled, ConditionList, ConditionRemoved, ConditionRequest,
+    DeliveryInfo, EventList, EventRecord, Filter, PublishRequest, Published, Record, RenewRequest,
+    Renewed, SubscribeRequest, SubscriptionInfo, SubscriptionList, TableInfo, TableList,
+    TableRequest, Unsubscribed,
+};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -62,11 +68,11 @@ impl IntoResponse for FaultError {
             Fault::UnknownSubscription(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         };
-        (
-            status,
-            Json(json!({"error": self.0.to_string(), "fault": self.0.name()})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: self.0.to_string(),
+            fault: Some(self.0.name().to_string()),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -146,45 +152,6 @@ fn body_of<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(text).map_err(|e| Failure::Fault(Fault::InvalidMessage(e.to_string())))
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum FilterBody {
-    Sql(String),
-    Dialect {
-        #[serde(default)]
-        dialect: Option<String>,
-        expr: String,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeliveryBody {
-    #[serde(default)]
-    mode: Option<String>,
-    #[serde(default)]
-    notify_to: Option<String>,
-    #[serde(default)]
-    end_to: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubscribeBody {
-    #[serde(default)]
-    filter: Option<FilterBody>,
-    #[serde(default)]
-    zone: Option<String>,
-    /// A duration (`10m`, `PT10M`) or a date-time; a number is milliseconds.
-    #[serde(default)]
-    expires: Option<Value>,
-    #[serde(default)]
-    delivery: Option<DeliveryBody>,
-    /// Shorthand for a push delivery to this URL.
-    #[serde(default)]
-    notify_to: Option<String>,
-}
-
 /// The dialects a filter may name: SQL, by name or URI.
 const DIALECTS: [&str; 2] = ["sql", "urn:armillary:evn:filter:sql"];
 
@@ -217,12 +184,12 @@ async fn subscribe(
     State(s): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let b: SubscribeBody = body_of(body)?;
+    let b: SubscribeRequest = body_of(body)?;
     let now = crate::clock::now_micros();
     let filter = match b.filter {
         None => None,
-        Some(FilterBody::Sql(t)) => Some(t),
-        Some(FilterBody::Dialect { dialect, expr }) => {
+        Some(Filter::Sql(t)) => Some(t),
+        Some(Filter::Dialect { dialect, expr }) => {
             if let Some(d) = dialect
                 && !DIALECTS.contains(&d.as_str())
             {
@@ -270,70 +237,78 @@ async fn subscribe(
         delivery,
     };
     let (sub, _) = evn::subscribe(&s.handle, req).await?;
-    Ok((StatusCode::CREATED, Json(sub_json(&sub, now))).into_response())
+    Ok((StatusCode::CREATED, Json(sub_info(&sub, now))).into_response())
 }
 
-fn sub_json(s: &proto::Subscription, now: Micros) -> Value {
-    let (mode, notify_to, end_to) = match &s.delivery {
-        Delivery::Stream => ("stream", None, None),
-        Delivery::Push { notify_to, end_to } => ("push", Some(notify_to.clone()), end_to.clone()),
+fn sub_info(s: &proto::Subscription, now: Micros) -> SubscriptionInfo {
+    let delivery = match &s.delivery {
+        Delivery::Stream => DeliveryInfo {
+            mode: "stream".into(),
+            notify_to: None,
+            end_to: None,
+        },
+        Delivery::Push { notify_to, end_to } => DeliveryInfo {
+            mode: "push".into(),
+            notify_to: Some(notify_to.clone()),
+            end_to: end_to.clone(),
+        },
     };
-    json!({
-        "id": &*s.id,
-        "expires": time_text(s.expires),
-        "expires_in_ms": s.expires.saturating_sub(now) / 1000,
-        "filter": s.filter,
-        "zone": s.zone.as_ref().map(|z| z.to_string()),
-        "delivery": {"mode": mode, "notify_to": notify_to, "end_to": end_to},
-        "delivered": s.delivered,
-        "created": time_text(s.created),
-        "status": "active",
-    })
+    SubscriptionInfo {
+        id: s.id.to_string(),
+        expires: time_text(s.expires),
+        expires_in_ms: s.expires.saturating_sub(now) / 1000,
+        filter: s.filter.clone(),
+        zone: s.zone.as_ref().map(|z| z.to_string()),
+        delivery,
+        delivered: s.delivered,
+        created: time_text(s.created),
+        status: "active".into(),
+    }
 }
 
-async fn list(State(s): State<ApiState>) -> Result<Json<Value>, Failure> {
+async fn list(State(s): State<ApiState>) -> Result<Json<SubscriptionList>, Failure> {
     let now = crate::clock::now_micros();
     let subs = evn::with_evn(&s.handle, move |e, _, _, _| {
         Ok(e.subscriptions()
-            .map(|x| sub_json(x, now))
+            .map(|x| sub_info(x, now))
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(Json(json!({"subscriptions": subs})))
+    Ok(Json(SubscriptionList {
+        subscriptions: subs,
+    }))
 }
 
-async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, Failure> {
+async fn status(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionInfo>, Failure> {
     let sub = evn::status(&s.handle, id).await?;
-    Ok(Json(sub_json(&sub, crate::clock::now_micros())))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    #[serde(default)]
-    expires: Option<Value>,
+    Ok(Json(sub_info(&sub, crate::clock::now_micros())))
 }
 
 async fn renew(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, Failure> {
-    let b: RenewBody = body_of(body)?;
+) -> Result<Json<Renewed>, Failure> {
+    let b: RenewRequest = body_of(body)?;
     let now = crate::clock::now_micros();
     let expires = expiry_of(b.expires.as_ref(), now)?;
     let at = evn::renew(&s.handle, id.clone(), expires).await?;
-    Ok(Json(
-        json!({"id": id, "expires": time_text(at), "expires_in_ms": at.saturating_sub(now) / 1000}),
-    ))
+    Ok(Json(Renewed {
+        id,
+        expires: time_text(at),
+        expires_in_ms: at.saturating_sub(now) / 1000,
+    }))
 }
 
 async fn unsubscribe(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Failure> {
+) -> Result<Json<Unsubscribed>, Failure> {
     evn::end(&s.handle, id.clone(), EndReason::Unsubscribed).await?;
-    Ok(Json(json!({"id": id, "ended": true})))
+    Ok(Json(Unsubscribed { id, ended: true }))
 }
 
 /// The subscription's events as server-sent events: `event` records, then
@@ -358,17 +333,16 @@ async fn events(
                 Item::Event(e) => (
                     SseEvent::default()
                         .event("event")
-                        .data(event_json(&e).to_string()),
+                        .data(record_json(Record::Event(event_record(&e))).to_string()),
                     false,
                 ),
                 Item::End(r) => {
-                    let mut end = end_json(&q.id, r);
-                    if r == EndReason::SourceShuttingDown {
-                        // Durable: the stream may be opened again after
-                        // the restart.
-                        end["resumes"] = json!(true);
-                    }
-                    (SseEvent::default().event("end").data(end.to_string()), true)
+                    let mut end = end_record(&q.id, r);
+                    // Durable: the stream may be opened again after the
+                    // restart.
+                    end.resumes = r == EndReason::SourceShuttingDown;
+                    let data = record_json(Record::End(end)).to_string();
+                    (SseEvent::default().event("end").data(data), true)
                 }
             };
             Some((Ok(ev), (q, closing, done)))
@@ -380,23 +354,11 @@ async fn events(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    zone: String,
-    topic: String,
-    #[serde(default)]
-    data: Value,
-    /// A duration (`30s`); default one minute.
-    #[serde(default)]
-    ttl: Option<String>,
-}
-
 async fn publish(
     State(s): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let b: PublishBody = body_of(body)?;
+    let b: PublishRequest = body_of(body)?;
     let zone = crate::ZonePath::parse(&b.zone)
         .map_err(|e| ApiError::bad_request(format!("zone {:?}: {e}", b.zone)))?;
     let ttl = match b.ttl.as_deref() {
@@ -410,58 +372,48 @@ async fn publish(
         Ok(e.publish(&z, zone, &b.topic, &data, ttl)?)
     })
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "id": format!("{}@{}", e.seq, e.origin),
-            "origin": &*e.origin,
-            "seq": e.seq,
-            "zone": e.scope.as_str(),
-            "topic": &*e.topic,
-            "signed": !e.sig.is_empty(),
-        })),
-    )
-        .into_response())
+    let published = Published {
+        id: format!("{}@{}", e.seq, e.origin),
+        origin: e.origin.to_string(),
+        seq: e.seq,
+        zone: e.scope.to_string(),
+        topic: e.topic.to_string(),
+        signed: !e.sig.is_empty(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(published)).into_response())
 }
 
-async fn recent(State(s): State<ApiState>) -> Result<Json<Value>, Failure> {
+async fn recent(State(s): State<ApiState>) -> Result<Json<EventList>, Failure> {
     let events = evn::with_evn(&s.handle, |e, _, _, _| {
         Ok(e.recent()
-            .map(|d| {
-                let mut j = event_json(&d.event);
-                j["delivered"] = json!(time_text(d.at));
-                j
+            .map(|d| EventRecord {
+                delivered: Some(time_text(d.at)),
+                ..event_record(&d.event)
             })
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(Json(json!({"events": events})))
+    Ok(Json(EventList { events }))
 }
 
-async fn list_tables(State(s): State<ApiState>) -> Result<Json<Value>, Failure> {
+async fn list_tables(State(s): State<ApiState>) -> Result<Json<TableList>, Failure> {
     let t = evn::with_evn(&s.handle, |_, _, g, _| Ok(g.tables.list())).await?;
-    let t: Vec<Value> = t
+    let tables = t
         .into_iter()
-        .map(|(n, r)| json!({"table": n, "rows": r}))
+        .map(|(table, rows)| TableInfo { table, rows })
         .collect();
-    Ok(Json(json!({"tables": t})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TableBody {
-    rows: Value,
+    Ok(Json(TableList { tables }))
 }
 
 async fn put_table(
     State(s): State<ApiState>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, Failure> {
+) -> Result<Json<TableInfo>, Failure> {
     let body = body.map_err(|r| Failure::Api(r.into()))?;
-    let b: TableBody = super::error::parse_body(&body, "{\"rows\": [row objects]}")?;
-    let n = evn::put_table(&s.handle, name.clone(), b.rows.to_string()).await?;
-    Ok(Json(json!({"table": name, "rows": n})))
+    let b: TableRequest = super::error::parse_body(&body, "{\"rows\": [row objects]}")?;
+    let rows = evn::put_table(&s.handle, name.clone(), b.rows.to_string()).await?;
+    Ok(Json(TableInfo { table: name, rows }))
 }
 
 async fn remove_table(
@@ -485,20 +437,6 @@ async fn remove_table(
     Ok(Json(json!({"table": name, "removed": true})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConditionBody {
-    name: String,
-    zone: String,
-    sql: String,
-    #[serde(default)]
-    min: Option<u64>,
-    #[serde(default, rename = "for")]
-    hold_for: Option<String>,
-    #[serde(default)]
-    keep_firing_for: Option<String>,
-}
-
 fn span(v: Option<&str>, what: &str) -> Result<Micros, ApiError> {
     match v {
         None => Ok(0),
@@ -513,7 +451,7 @@ async fn add_condition(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
     let body = body.map_err(|r| Failure::Api(r.into()))?;
-    let b: ConditionBody =
+    let b: ConditionRequest =
         super::error::parse_body(&body, "a condition: {\"name\", \"zone\", \"sql\", ...}")?;
     let scope = crate::ZonePath::parse(&b.zone)
         .map_err(|e| ApiError::bad_request(format!("zone {:?}: {e}", b.zone)))?;
@@ -528,11 +466,11 @@ async fn add_condition(
         Ok(e.add_condition(&mut z, c)?)
     })
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"name": name, "installed": true})),
-    )
-        .into_response())
+    let installed = ConditionInstalled {
+        name,
+        installed: true,
+    };
+    Ok((StatusCode::CREATED, Json(installed)).into_response())
 }
 
 /// A condition's SQL must be one read-only query; tables are checked where
@@ -545,31 +483,34 @@ fn check_sql(sql: &str) -> Result<(), ApiError> {
 async fn remove_condition(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, Failure> {
+) -> Result<Json<ConditionRemoved>, Failure> {
     let n = name.clone();
     evn::with_evn(&s.handle, move |e, mut z, _, _| {
         Ok(e.remove_condition(&mut z, &n)?)
     })
     .await?;
-    Ok(Json(json!({"name": name, "removed": true})))
+    Ok(Json(ConditionRemoved {
+        name,
+        removed: true,
+    }))
 }
 
-async fn conditions(State(s): State<ApiState>) -> Result<Json<Value>, Failure> {
+async fn conditions(State(s): State<ApiState>) -> Result<Json<ConditionList>, Failure> {
     let list = evn::with_evn(&s.handle, |e, z, _, _| {
         let leaf = z.leaf().clone();
         Ok(e.conditions()
-            .map(|(c, st)| condition_json(c, st, &leaf))
+            .map(|(c, st)| condition_info(c, st, &leaf))
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(Json(json!({"conditions": list})))
+    Ok(Json(ConditionList { conditions: list }))
 }
 
-fn condition_json(
+fn condition_info(
     c: &Arc<Condition>,
     st: Option<&proto::CondState>,
     leaf: &crate::ZonePath,
-) -> Value {
+) -> ConditionInfo {
     let a = st.and_then(|s| s.answer.as_ref());
     let state = match st.map(|s| s.state) {
         Some(h) if h.firing() => "firing",
@@ -577,28 +518,28 @@ fn condition_json(
         _ => "cleared",
     };
     let (local, local_error) = match st.and_then(|s| s.local.as_ref()) {
-        Some(Ok(h)) => (json!(h), Value::Null),
-        Some(Err(e)) => (Value::Null, json!(e)),
-        None => (Value::Null, Value::Null),
+        Some(Ok(h)) => (Some(*h), None),
+        Some(Err(e)) => (None, Some(e.clone())),
+        None => (None, None),
     };
-    json!({
-        "name": &*c.name,
-        "zone": c.scope.as_str(),
-        "sql": &*c.sql,
-        "min": c.min,
-        "for_ms": c.hold_for / 1000,
-        "keep_firing_for_ms": c.keep_for / 1000,
-        "state": state,
-        "value": a.map(|a| a.value),
-        "hits": a.map(|a| a.hits),
-        "contributors": a.map(|a| a.contributors),
-        "expected": a.map(|a| a.expected),
-        "missing": a.map(|a| a.missing.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
-        "staleness_ms": a.map(|a| a.staleness / 1000),
-        "evaluated_here": c.scope.contains(leaf),
-        "local": local,
-        "local_error": local_error,
-        "since": st.and_then(|s| s.since).map(time_text),
-        "by": &*c.by,
-    })
+    ConditionInfo {
+        name: c.name.to_string(),
+        zone: c.scope.to_string(),
+        sql: c.sql.to_string(),
+        min: c.min,
+        for_ms: c.hold_for / 1000,
+        keep_firing_for_ms: c.keep_for / 1000,
+        state: state.into(),
+        value: a.map(|a| a.value),
+        hits: a.map(|a| a.hits),
+        contributors: a.map(|a| a.contributors),
+        expected: a.map(|a| a.expected),
+        missing: a.map(|a| a.missing.iter().map(|m| m.to_string()).collect()),
+        staleness_ms: a.map(|a| a.staleness / 1000),
+        evaluated_here: c.scope.contains(leaf),
+        local,
+        local_error,
+        since: st.and_then(|s| s.since).map(time_text),
+        by: c.by.to_string(),
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::proto::{Check, Health, QosView, Record, Registration, StatusChange};
 use crate::row::Micros;
+use armillary_client::types::chm as types;
 use serde_json::{Value, json};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -13,42 +14,54 @@ pub fn time(us: Micros) -> String {
 }
 
 pub fn qos(q: &QosView) -> Value {
-    json!({
-        "level": q.level.as_str(),
-        "outlier_ratio": q.outlier_ratio,
-        "samples": q.samples,
-    })
+    serde_json::to_value(qos_info(q)).unwrap_or(Value::Null)
+}
+
+fn qos_info(q: &QosView) -> types::Qos {
+    types::Qos {
+        level: q.level.as_str().to_string(),
+        outlier_ratio: q.outlier_ratio,
+        samples: q.samples,
+    }
 }
 
 /// A record of a lookup, a listing or a provider search.
+pub fn component(r: &Record) -> types::ComponentRecord {
+    types::ComponentRecord {
+        id: r.id.as_str().to_string(),
+        status: r.status.as_str().to_string(),
+        reason: r.reason.clone(),
+        zone: r.zone.to_string(),
+        since: time(r.since),
+        since_us: r.since,
+        observers: r.observers.iter().map(|o| o.to_string()).collect(),
+        age_s: r.age as f64 / 1e6,
+        keywords: r.keywords.clone(),
+        address: r.address.clone(),
+        qos: qos_info(&r.qos),
+        agent: r.agent.to_string(),
+        level: None,
+        epoch: None,
+    }
+}
+
+/// [`component`] as JSON.
 pub fn record(r: &Record) -> Value {
-    json!({
-        "id": r.id.as_str(),
-        "status": r.status.as_str(),
-        "reason": r.reason,
-        "zone": r.zone.as_str(),
-        "since": time(r.since),
-        "since_us": r.since,
-        "observers": r.observers.iter().map(|o| o.as_str()).collect::<Vec<_>>(),
-        "age_s": r.age as f64 / 1e6,
-        "keywords": r.keywords,
-        "address": r.address,
-        "qos": qos(&r.qos),
-        "agent": &*r.agent,
-    })
+    serde_json::to_value(component(r)).unwrap_or(Value::Null)
 }
 
 /// A status change, as `watch` prints it.
 pub fn change(c: &StatusChange) -> Value {
-    json!({
-        "id": c.id.as_str(),
-        "status": c.status.as_str(),
-        "previous": c.previous.as_str(),
-        "time": time(c.time),
-        "time_us": c.time,
-        "zone": c.zone.as_str(),
-        "reason": c.reason,
-    })
+    let c = types::StatusChange {
+        id: c.id.as_str().to_string(),
+        status: c.status.as_str().to_string(),
+        previous: c.previous.as_str().to_string(),
+        time: time(c.time),
+        time_us: c.time,
+        zone: c.zone.to_string(),
+        reason: c.reason.clone(),
+    };
+    serde_json::to_value(c).unwrap_or(Value::Null)
 }
 
 /// A component of this agent, with its registration and its check's output.

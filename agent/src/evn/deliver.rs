@@ -12,7 +12,8 @@ use super::proto::{self, Delivery, EndReason, Event, Evn};
 use crate::clock::now_micros;
 use crate::node::Jobs;
 use crate::row::Micros;
-use serde_json::{Value, json};
+use armillary_client::types::evn::{EndRecord, EventRecord, Record};
+use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,23 +147,31 @@ impl Queue {
 }
 
 /// An event as subscribers get it.
-pub fn event_json(e: &Event) -> Value {
-    let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
-    json!({
-        "type": "event",
-        "id": format!("{}@{}", e.seq, e.origin),
-        "topic": &*e.topic,
-        "zone": e.scope.as_str(),
-        "origin": &*e.origin,
-        "seq": e.seq,
-        "time": time_text(e.time),
-        "data": data,
-    })
+pub fn event_record(e: &Event) -> EventRecord {
+    EventRecord {
+        id: format!("{}@{}", e.seq, e.origin),
+        topic: e.topic.to_string(),
+        zone: e.scope.to_string(),
+        origin: e.origin.to_string(),
+        seq: e.seq,
+        time: time_text(e.time),
+        data: serde_json::from_str(&e.data).unwrap_or(Value::Null),
+        delivered: None,
+    }
 }
 
 /// A subscription's end as subscribers get it.
-pub fn end_json(id: &str, reason: EndReason) -> Value {
-    json!({"type": "end", "id": id, "reason": reason.name()})
+pub fn end_record(id: &str, reason: EndReason) -> EndRecord {
+    EndRecord {
+        id: id.to_string(),
+        reason: reason.name().to_string(),
+        resumes: false,
+    }
+}
+
+/// A record as JSON, `type` included.
+pub fn record_json(r: Record) -> Value {
+    serde_json::to_value(r).unwrap_or(Value::Null)
 }
 
 /// A time as RFC 3339 text with microseconds.
@@ -254,7 +263,7 @@ pub async fn push(q: Arc<Queue>, http: reqwest::Client, jobs: Jobs, stats: Arc<S
     loop {
         match q.next().await {
             Item::Event(e) => {
-                let body = event_json(&e);
+                let body = record_json(Record::Event(event_record(&e)));
                 let gate = || q.open(now_micros());
                 if post(&http, &notify_to, &body, &stats, gate).await {
                     stats.pushed.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +291,7 @@ pub async fn push(q: Arc<Queue>, http: reqwest::Client, jobs: Jobs, stats: Arc<S
                     // To EndTo with retries; without one, a single try at
                     // NotifyTo, which may just have failed: sent once
                     // either way.
-                    let body = end_json(&q.id, reason);
+                    let body = record_json(Record::End(end_record(&q.id, reason)));
                     match &end_to {
                         Some(to) => {
                             let _ = post(&http, to, &body, &stats, || true).await;

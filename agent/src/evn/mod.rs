@@ -10,7 +10,7 @@ pub use armillary_proto::evn as proto;
 pub mod deliver;
 pub mod tables;
 
-pub use deliver::{Item, Queue, end_json, event_json, time_text};
+pub use deliver::{Item, Queue, end_record, event_record, record_json, time_text};
 
 use crate::host::{Host, Service, ServiceId, Services};
 use crate::node::{Glue, Jobs, NodeError, NodeHandle};

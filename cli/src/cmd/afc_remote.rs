@@ -7,6 +7,7 @@ use crate::output::{CliError, CliResult, print_json};
 use armillary_agent::afc::AfcCert;
 use armillary_agent::path::ZonePath;
 use armillary_agent::security::{Identity, KeysDir, Role, format_time, now_micros, sign_afc};
+use armillary_client::types::afc::AfcInfo;
 use clap::Args;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
@@ -142,19 +143,12 @@ pub fn install(a: InstallArgs) -> CliResult {
 
 pub fn list(a: ListArgs) -> CliResult {
     let client = Client::new(&a.api)?;
-    let mut query = Vec::new();
-    if let Some(z) = &a.zone {
-        query.push(("zone", z.as_str()));
-    }
     block_on(async move {
-        let reply = client.get(&["v1", "afcs"], &query).await?;
+        let afcs = client.api().afcs(a.zone.as_deref()).await?;
         if a.json {
-            return print_json(&reply);
+            return print_json(&afcs);
         }
-        let rows: Vec<Map<String, Value>> = reply
-            .as_array()
-            .map(|l| l.iter().filter_map(Value::as_object).map(summary).collect())
-            .unwrap_or_default();
+        let rows: Vec<Map<String, Value>> = afcs.iter().map(summary).collect();
         print_table(
             &rows,
             &["name", "scope", "state", "reason", "signer", "issued"],
@@ -164,16 +158,14 @@ pub fn list(a: ListArgs) -> CliResult {
 }
 
 /// The columns `afc list` shows.
-fn summary(afc: &Map<String, Value>) -> Map<String, Value> {
+fn summary(afc: &AfcInfo) -> Map<String, Value> {
     let mut m = Map::new();
-    for k in ["name", "scope", "state", "reason", "signer"] {
-        m.insert(k.into(), afc.get(k).cloned().unwrap_or(Value::Null));
-    }
-    let issued = afc.get("issued").and_then(Value::as_u64);
-    m.insert(
-        "issued".into(),
-        issued.map_or(Value::Null, |t| Value::String(format_time(t))),
-    );
+    m.insert("name".into(), json!(afc.name));
+    m.insert("scope".into(), json!(afc.scope));
+    m.insert("state".into(), json!(afc.state));
+    m.insert("reason".into(), json!(afc.reason));
+    m.insert("signer".into(), json!(afc.signer));
+    m.insert("issued".into(), json!(format_time(afc.issued)));
     m
 }
 

@@ -262,13 +262,6 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn words(v: &Value) -> String {
-    match v.as_array() {
-        Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(","),
-        _ => "-".into(),
-    }
-}
-
 fn qos_text(q: &Value) -> String {
     format!(
         "{} ({:.1}% outliers, {} samples)",
@@ -281,34 +274,33 @@ fn qos_text(q: &Value) -> String {
 fn lookup(a: LookupArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let r = client.get(&["v1", "chm", "lookup", &a.id], &[]).await?;
+        let r = client.api().chm_lookup(&a.id).await?;
         if a.json {
             return print_json(&r);
         }
-        let level = match r["epoch"].as_u64() {
+        let level = match r.epoch {
             Some(e) => format!("consensus, epoch {e}"),
             None => "weak".into(),
         };
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        println!("{}  {}  since {}  ({level})", r.id, r.status, r.since);
+        println!("  reason:    {}", r.reason);
+        println!("  zone:      {} (agent {})", r.zone, r.agent);
+        println!("  address:   {}", r.address.as_deref().unwrap_or("-"));
+        println!("  keywords:  {}", list(&r.keywords));
+        println!("  observers: {} ({:.1}s old)", list(&r.observers), r.age_s);
         println!(
-            "{}  {}  since {}  ({level})",
-            text(&r["id"]),
-            text(&r["status"]),
-            text(&r["since"])
+            "  qos:       {} ({:.1}% outliers, {} samples)",
+            r.qos.level,
+            r.qos.outlier_ratio * 100.0,
+            r.qos.samples
         );
-        println!("  reason:    {}", text(&r["reason"]));
-        println!(
-            "  zone:      {} (agent {})",
-            text(&r["zone"]),
-            text(&r["agent"])
-        );
-        println!("  address:   {}", text(&r["address"]));
-        println!("  keywords:  {}", words(&r["keywords"]));
-        println!(
-            "  observers: {} ({:.1}s old)",
-            words(&r["observers"]),
-            r["age_s"].as_f64().unwrap_or(0.0)
-        );
-        println!("  qos:       {}", qos_text(&r["qos"]));
         Ok(())
     })
 }
@@ -454,7 +446,7 @@ fn watch(a: ChmWatchArgs) -> CliResult {
         }
         let resp = client.stream(&["v1", "chm", "watch"], &q).await?;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, MAX_EVENT, |name, d| {
+        read_events(resp, MAX_EVENT, |name, d| {
             match name {
                 "status" => {
                     let consensus = d["level"] == "consensus";

@@ -72,7 +72,7 @@ fn join(a: JoinArgs) -> CliResult {
             .stream(&["v1", "crm", "groups", &a.group, "events"], &[])
             .await?;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, MAX_EVENT, |name, d| {
+        read_events(resp, MAX_EVENT, |name, d| {
             let line = if a.json {
                 d.to_string()
             } else {

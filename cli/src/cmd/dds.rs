@@ -254,7 +254,7 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
             .stream(&["v1", "dds", "channels", &a.channel, "subscribe"], &q)
             .await?;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, MAX_MESSAGE_EVENT, |name, d| {
+        read_events(resp, MAX_MESSAGE_EVENT, |name, d| {
             match name {
                 "message" => {
                     let line = if a.json {

@@ -3,15 +3,15 @@
 //! conditions. A fault exits 2 with its WS-Eventing name in the message.
 
 use crate::client::{ApiArgs, Client, block_on};
-use crate::cmd::watch::{Flow, Lines, read_events};
+use crate::cmd::watch::{Flow, Lines};
 use crate::output::{CliError, CliResult, print_json};
+use armillary_client::types::evn::{
+    ConditionRequest, DeliverySpec, EventRecord, Filter, PublishRequest, Record, SubscribeRequest,
+};
 use clap::{Args, Subcommand};
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
-/// Largest event record on the stream: an 8 KiB payload with its envelope.
-const MAX_EVENT: usize = 64 * 1024;
 /// How long a stream that dropped (the agent restarting) is tried again.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
@@ -79,29 +79,24 @@ pub struct SubscribeArgs {
 
 fn subscribe(a: SubscribeArgs) -> CliResult {
     let client = Client::new(&a.api)?;
-    let mut body = json!({});
-    if let Some(f) = &a.filter {
-        body["filter"] = json!({"dialect": "sql", "expr": f});
-    }
-    if let Some(z) = &a.zone {
-        body["zone"] = json!(z);
-    }
-    if let Some(e) = &a.expires {
-        body["expires"] = json!(e);
-    }
-    if let Some(url) = &a.notify_to {
-        body["delivery"] = json!({"mode": "push", "notify_to": url, "end_to": a.end_to});
-    }
+    let req = SubscribeRequest {
+        filter: a.filter.clone().map(|expr| Filter::Dialect {
+            dialect: Some("sql".into()),
+            expr,
+        }),
+        zone: a.zone.clone(),
+        expires: a.expires.clone().map(Value::String),
+        delivery: a.notify_to.clone().map(|url| DeliverySpec {
+            mode: Some("push".into()),
+            notify_to: Some(url),
+            end_to: a.end_to.clone(),
+        }),
+        notify_to: None,
+    };
     block_on(async move {
-        let sub = client
-            .call(
-                Method::POST,
-                &["v1", "evn", "subscriptions"],
-                &[],
-                Some(body.to_string()),
-            )
-            .await?;
-        let id = sub["id"].as_str().unwrap_or_default().to_string();
+        let api = client.api();
+        let sub = api.evn_subscribe(&req).await?;
+        let id = sub.id.clone();
         if a.notify_to.is_some() {
             if a.json {
                 return print_json(&sub);
@@ -110,74 +105,57 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
             return Ok(());
         }
         eprintln!("subscription {id}");
-        let lines = std::cell::RefCell::new(Lines::new(a.count));
-        let started = tokio::time::Instant::now();
-        let mut last_ok = started;
+        let mut lines = Lines::new(a.count);
+        let mut last_ok = tokio::time::Instant::now();
         loop {
-            let resp = match client
-                .stream(&["v1", "evn", "subscriptions", &id, "events"], &[])
-                .await
-            {
+            let mut records = match api.evn_events(&id).await {
                 Ok(r) => r,
                 // Gone (expired or ended while we were away), or refused.
-                Err(e) if e.exit_code() == 2 => return Err(e),
-                Err(e) if last_ok.elapsed() > RECONNECT_FOR => return Err(e),
+                Err(e) if e.is_bad_input() => return Err(e.into()),
+                Err(e) if last_ok.elapsed() > RECONNECT_FOR => return Err(e.into()),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
             last_ok = tokio::time::Instant::now();
-            let mut ended = false;
-            let mut counted_out = false;
-            let read = read_events(&client, resp, MAX_EVENT, |name, d| match name {
-                "event" => {
-                    let line = if a.json { d.to_string() } else { human(d) };
-                    let flow = lines.borrow_mut().print(&line);
-                    if let Flow::Stop = flow {
-                        counted_out = true;
+            let broken = loop {
+                match records.next().await {
+                    Ok(Some(Record::Event(e))) => {
+                        let line = if a.json {
+                            record_json(Record::Event(e))
+                        } else {
+                            human(&e)
+                        };
+                        if let Flow::Stop = lines.print(&line) {
+                            let _ = api.evn_unsubscribe(&id).await;
+                            return Ok(());
+                        }
                     }
-                    Ok(flow)
-                }
-                // The agent stops; the subscription is kept there and
-                // followed again once it is back.
-                "end" if d["resumes"].as_bool() == Some(true) => {
-                    eprintln!("the agent is shutting down; following {id} again when it is back");
-                    Ok(Flow::Stop)
-                }
-                "end" => {
-                    ended = true;
-                    if a.json {
-                        println!("{d}");
-                    } else {
+                    // The agent stops; the subscription is kept there and
+                    // followed again once it is back.
+                    Ok(Some(Record::End(end))) if end.resumes => {
                         eprintln!(
-                            "subscription ended: {}",
-                            d["reason"].as_str().unwrap_or("?")
+                            "the agent is shutting down; following {id} again when it is back"
                         );
+                        break None;
                     }
-                    Ok(Flow::Stop)
+                    Ok(Some(Record::End(end))) => {
+                        if a.json {
+                            println!("{}", record_json(Record::End(end)));
+                        } else {
+                            eprintln!("subscription ended: {}", end.reason);
+                        }
+                        return Ok(());
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
                 }
-                _ => Ok(Flow::More),
-            })
-            .await;
-            if counted_out {
-                let _ = client
-                    .call(
-                        Method::DELETE,
-                        &["v1", "evn", "subscriptions", &id],
-                        &[],
-                        None,
-                    )
-                    .await;
-                return Ok(());
-            }
-            if ended {
-                return Ok(());
-            }
-            if let Err(e) = read
+            };
+            if let Some(e) = broken
                 && last_ok.elapsed() > RECONNECT_FOR
             {
-                return Err(e);
+                return Err(e.into());
             }
             // The stream dropped (the agent restarting): the subscription
             // is kept there; follow it again.
@@ -187,15 +165,16 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
 }
 
 /// One event as a line: time, topic, zone, origin, data.
-fn human(d: &Value) -> String {
+fn human(e: &EventRecord) -> String {
     format!(
         "{}  {}  {}  {}  {}",
-        d["time"].as_str().unwrap_or("-"),
-        d["topic"].as_str().unwrap_or("-"),
-        d["zone"].as_str().unwrap_or("-"),
-        d["origin"].as_str().unwrap_or("-"),
-        d["data"]
+        e.time, e.topic, e.zone, e.origin, e.data
     )
+}
+
+/// A record as one JSON line, `type` first among its keys' peers.
+fn record_json(r: Record) -> String {
+    serde_json::to_string(&r).unwrap_or_default()
 }
 
 #[derive(Args)]
@@ -213,18 +192,14 @@ pub struct RenewArgs {
 fn renew(a: RenewArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let v = client
-            .call(
-                Method::POST,
-                &["v1", "evn", "subscriptions", &a.id, "renew"],
-                &[],
-                Some(json!({"expires": a.expires}).to_string()),
-            )
+        let r = client
+            .api()
+            .evn_renew(&a.id, Value::String(a.expires.clone()))
             .await?;
         if a.json {
-            return print_json(&v);
+            return print_json(&r);
         }
-        println!("{} expires {}", a.id, v["expires"].as_str().unwrap_or("?"));
+        println!("{} expires {}", a.id, r.expires);
         Ok(())
     })
 }
@@ -241,32 +216,28 @@ pub struct StatusArgs {
 fn status(a: StatusArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let v = client
-            .get(&["v1", "evn", "subscriptions", &a.id], &[])
-            .await?;
+        let v = client.api().evn_status(&a.id).await?;
         if a.json {
             return print_json(&v);
         }
         println!("subscription {}", a.id);
         println!(
             "  expires    {} (in {} s)",
-            v["expires"].as_str().unwrap_or("?"),
-            v["expires_in_ms"].as_u64().unwrap_or(0) / 1000
+            v.expires,
+            v.expires_in_ms / 1000
         );
-        println!(
-            "  delivery   {}",
-            v["delivery"]["mode"].as_str().unwrap_or("?")
-        );
-        if let Some(url) = v["delivery"]["notify_to"].as_str() {
-            println!("  notify to  {url}");
+        println!("  delivery   {}", v.delivery.mode);
+        for (what, x) in [
+            ("notify to", &v.delivery.notify_to),
+            ("end to   ", &v.delivery.end_to),
+            ("filter   ", &v.filter),
+            ("zone     ", &v.zone),
+        ] {
+            if let Some(x) = x {
+                println!("  {what}  {x}");
+            }
         }
-        if let Some(f) = v["filter"].as_str() {
-            println!("  filter     {f}");
-        }
-        if let Some(z) = v["zone"].as_str() {
-            println!("  zone       {z}");
-        }
-        println!("  delivered  {}", v["delivered"]);
+        println!("  delivered  {}", v.delivered);
         Ok(())
     })
 }
@@ -281,14 +252,7 @@ pub struct IdArgs {
 fn unsubscribe(a: IdArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        client
-            .call(
-                Method::DELETE,
-                &["v1", "evn", "subscriptions", &a.id],
-                &[],
-                None,
-            )
-            .await?;
+        client.api().evn_unsubscribe(&a.id).await?;
         println!("unsubscribed {}", a.id);
         Ok(())
     })
@@ -317,28 +281,19 @@ fn publish(a: PublishArgs) -> CliResult {
         Some(t) => serde_json::from_str(t)
             .map_err(|e| CliError::usage(format!("--data is not JSON: {e}")))?,
     };
-    let mut body = json!({"zone": a.zone, "topic": a.topic, "data": data});
-    if let Some(t) = &a.ttl {
-        body["ttl"] = json!(t);
-    }
+    let req = PublishRequest {
+        zone: a.zone.clone(),
+        topic: a.topic.clone(),
+        data,
+        ttl: a.ttl.clone(),
+    };
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let v = client
-            .call(
-                Method::POST,
-                &["v1", "evn", "events"],
-                &[],
-                Some(body.to_string()),
-            )
-            .await?;
+        let p = client.api().evn_publish(&req).await?;
         if a.json {
-            return print_json(&v);
+            return print_json(&p);
         }
-        println!(
-            "published {} to {}",
-            v["id"].as_str().unwrap_or("?"),
-            a.zone
-        );
+        println!("published {} to {}", p.id, a.zone);
         Ok(())
     })
 }
@@ -376,15 +331,8 @@ fn table_put(a: TablePutArgs) -> CliResult {
     }
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let v = client
-            .call(
-                Method::PUT,
-                &["v1", "evn", "tables", &a.table],
-                &[],
-                Some(json!({"rows": rows}).to_string()),
-            )
-            .await?;
-        println!("table {}: {} rows", a.table, v["rows"]);
+        let t = client.api().evn_table_put(&a.table, rows).await?;
+        println!("table {}: {} rows", t.table, t.rows);
         Ok(())
     })
 }
@@ -442,23 +390,17 @@ fn condition(c: ConditionCommand) -> CliResult {
             if a.min == 0 {
                 return Err(CliError::usage("--min must be at least 1"));
             }
-            let mut body = json!({"name": a.name, "zone": a.zone, "sql": a.sql, "min": a.min});
-            if let Some(d) = &a.hold_for {
-                body["for"] = json!(d);
-            }
-            if let Some(d) = &a.keep_firing_for {
-                body["keep_firing_for"] = json!(d);
-            }
+            let req = ConditionRequest {
+                name: a.name.clone(),
+                zone: a.zone.clone(),
+                sql: a.sql.clone(),
+                min: Some(a.min),
+                hold_for: a.hold_for.clone(),
+                keep_firing_for: a.keep_firing_for.clone(),
+            };
             let client = Client::new(&a.api)?;
             block_on(async move {
-                client
-                    .call(
-                        Method::POST,
-                        &["v1", "evn", "conditions"],
-                        &[],
-                        Some(body.to_string()),
-                    )
-                    .await?;
+                client.api().evn_condition_add(&req).await?;
                 println!("condition {} installed for {}", a.name, a.zone);
                 Ok(())
             })
@@ -466,31 +408,29 @@ fn condition(c: ConditionCommand) -> CliResult {
         ConditionCommand::List(a) => {
             let client = Client::new(&a.api)?;
             block_on(async move {
-                let v = client.get(&["v1", "evn", "conditions"], &[]).await?;
+                let list = client.api().evn_conditions().await?.conditions;
                 if a.json {
-                    return print_json(&v["conditions"]);
+                    return print_json(&list);
                 }
-                let list = v["conditions"].as_array().cloned().unwrap_or_default();
                 if list.is_empty() {
                     println!("no conditions");
                 }
+                let count = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
                 for c in list {
-                    let count = |k: &str| c[k].as_u64().map_or("-".to_string(), |n| n.to_string());
                     println!(
                         "{}  {}  {}  true at {} of {} contributors ({} expected), min {}",
-                        c["name"].as_str().unwrap_or("?"),
-                        c["zone"].as_str().unwrap_or("?"),
-                        c["state"].as_str().unwrap_or("?"),
-                        count("hits"),
-                        count("contributors"),
-                        count("expected"),
-                        c["min"],
+                        c.name,
+                        c.zone,
+                        c.state,
+                        count(c.hits),
+                        count(c.contributors),
+                        count(c.expected),
+                        c.min,
                     );
-                    if let Some(m) = c["missing"].as_array().filter(|m| !m.is_empty()) {
-                        let names: Vec<&str> = m.iter().filter_map(Value::as_str).collect();
-                        println!("    not answering: {}", names.join(", "));
+                    if let Some(m) = c.missing.filter(|m| !m.is_empty()) {
+                        println!("    not answering: {}", m.join(", "));
                     }
-                    if let Some(e) = c["local_error"].as_str() {
+                    if let Some(e) = c.local_error {
                         println!("    here: {e}");
                     }
                 }
@@ -500,14 +440,7 @@ fn condition(c: ConditionCommand) -> CliResult {
         ConditionCommand::Remove(a) => {
             let client = Client::new(&a.api)?;
             block_on(async move {
-                client
-                    .call(
-                        Method::DELETE,
-                        &["v1", "evn", "conditions", &a.name],
-                        &[],
-                        None,
-                    )
-                    .await?;
+                client.api().evn_condition_remove(&a.name).await?;
                 println!("condition {} removed", a.name);
                 Ok(())
             })

@@ -4,8 +4,9 @@ use crate::client::{ApiArgs, Client, block_on};
 use crate::cmd::zones::compact;
 use crate::output::{CliError, CliResult};
 use armillary_agent::security::format_time;
+use armillary_client::EventStream;
+use armillary_client::types::zones::{RowChange, WatchRecord};
 use clap::Args;
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 
@@ -33,27 +34,29 @@ pub const MAX_EVENT: usize = 1 << 20;
 pub fn run(a: WatchArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let resp = client
-            .stream(&["v1", "watch"], &[("zone", a.zone.as_str())])
-            .await?;
+        let mut records = client.api().watch(&a.zone).await?;
         let mut last: Option<Map<String, Value>> = None;
         let mut lines = Lines::new(a.count);
-        read_events(&client, resp, MAX_EVENT, |name, data| {
-            match name {
-                "row" => {
-                    if let Some(line) = a.line(data, &mut last) {
-                        return Ok(lines.print(&line));
+        loop {
+            match records.next().await? {
+                Some(WatchRecord::Row(r)) => {
+                    if let Some(line) = a.line(&r, &mut last)
+                        && let Flow::Stop = lines.print(&line)
+                    {
+                        return Ok(());
                     }
                 }
-                "lagged" => eprintln!(
-                    "note: fell behind and missed {} changes; the current row follows",
-                    data["missed"]
+                Some(WatchRecord::Lagged { missed }) => eprintln!(
+                    "note: fell behind and missed {missed} changes; the current row follows"
                 ),
-                _ => {}
+                Some(_) => {}
+                None => {
+                    return Err(CliError::failed(
+                        "the agent closed the stream (it is shutting down?)",
+                    ));
+                }
             }
-            Ok(Flow::More)
-        })
-        .await
+        }
     })
 }
 
@@ -89,34 +92,22 @@ impl Lines {
     }
 }
 
-/// Reads the server-sent events of `resp` (each at most `max_event`
+/// Reads the server-sent events of `stream` (each at most `max_event`
 /// bytes), handing each (name, data) to `on` until it says stop; a broken
 /// or closed stream is an error.
 pub async fn read_events(
-    client: &Client,
-    resp: reqwest::Response,
+    mut stream: EventStream,
     max_event: usize,
     mut on: impl FnMut(&str, &Value) -> Result<Flow, CliError>,
 ) -> CliResult {
-    let mut body = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
+    stream.set_max(max_event);
     loop {
-        while let Some((name, data)) = next_event(&mut buf) {
-            if let Flow::Stop = on(&name, &data)? {
-                return Ok(());
-            }
-        }
-        match body.next().await {
-            Some(Ok(chunk)) => {
-                buf.extend_from_slice(&chunk);
-                if buf.len() > max_event {
-                    return Err(CliError::failed(format!(
-                        "the agent sent an event over {} KiB",
-                        max_event >> 10
-                    )));
+        match stream.next_raw().await? {
+            Some((name, data)) => {
+                if let Flow::Stop = on(&name, &data)? {
+                    return Ok(());
                 }
             }
-            Some(Err(e)) => return Err(client.unreachable(e)),
             None => {
                 return Err(CliError::failed(
                     "the agent closed the stream (it is shutting down?)",
@@ -129,8 +120,8 @@ pub async fn read_events(
 impl WatchArgs {
     /// The line for one `row` event; `None` when the chosen attributes did
     /// not change since the last line.
-    fn line(&self, data: &Value, last: &mut Option<Map<String, Value>>) -> Option<String> {
-        let all = data["attrs"].as_object().cloned().unwrap_or_default();
+    fn line(&self, data: &RowChange, last: &mut Option<Map<String, Value>>) -> Option<String> {
+        let all = data.attrs.clone();
         let attrs: Map<String, Value> = if self.attrs.is_empty() {
             all
         } else {
@@ -142,9 +133,9 @@ impl WatchArgs {
         if !self.attrs.is_empty() && last.as_ref() == Some(&attrs) {
             return None;
         }
-        let time = data["time"].as_u64().unwrap_or(0);
+        let time = data.time;
         let line = if self.json {
-            json!({ "zone": data["zone"], "time": time, "attrs": attrs }).to_string()
+            json!({ "zone": data.zone, "time": time, "attrs": attrs }).to_string()
         } else {
             let mut s = show_time(time);
             // With --attr, the order asked for; otherwise by name.
@@ -170,47 +161,9 @@ fn show_time(t: u64) -> String {
     format!("{base}.{:03}Z", t / 1000 % 1000)
 }
 
-/// Takes the next complete event (name, JSON data) out of `buf`, skipping
-/// comments (keep-alives) and events without data.
-pub fn next_event(buf: &mut Vec<u8>) -> Option<(String, Value)> {
-    loop {
-        let end = buf.windows(2).position(|w| w == b"\n\n")?;
-        let block: Vec<u8> = buf.drain(..end + 2).collect();
-        // A whole event: cutting at the blank line never splits a character.
-        let block = String::from_utf8_lossy(&block[..end]);
-        let mut name = String::from("message");
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                name = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            }
-        }
-        if data.is_empty() {
-            continue;
-        }
-        if let Ok(v) = serde_json::from_str(&data) {
-            return Some((name, v));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_events_and_skips_keep_alives() {
-        let mut buf = b": keep-alive\n\nevent: row\ndata: {\"time\":1}\n\nevent: lag".to_vec();
-        let (name, data) = next_event(&mut buf).unwrap();
-        assert_eq!((name.as_str(), data), ("row", json!({"time": 1})));
-        assert!(next_event(&mut buf).is_none());
-        assert_eq!(buf, b"event: lag");
-    }
 
     #[test]
     fn lines_show_chosen_attributes_once_per_change() {
@@ -221,7 +174,9 @@ mod tests {
             json: false,
             api: ApiArgs::default(),
         };
-        let ev = |load: f64, n: u64| json!({"zone": "/", "time": 1_700_000_000_123_000u64, "attrs": {"load": load, "nmembers": n}});
+        let ev = |load: f64, n: u64| {
+            serde_json::from_value::<RowChange>(json!({"zone": "/", "time": 1_700_000_000_123_000u64, "attrs": {"load": load, "nmembers": n}})).unwrap()
+        };
         let mut last = None;
         assert_eq!(
             a.line(&ev(1.5, 4), &mut last).unwrap(),
