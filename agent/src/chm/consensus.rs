@@ -111,7 +111,7 @@ async fn propose(h: &NodeHandle, group: &str, p: Proposal) {
 }
 
 /// The home's current status of `id`, as its checks say.
-async fn observed(h: &NodeHandle, id: &ComponentId) -> Option<Proposal> {
+async fn observed(h: &NodeHandle, id: &ComponentId, view: u64) -> Option<Proposal> {
     let c = own(h)
         .await
         .ok()?
@@ -121,6 +121,7 @@ async fn observed(h: &NodeHandle, id: &ComponentId) -> Option<Proposal> {
         status: c.health.status,
         reason: c.health.reason.clone(),
         time: crate::node::now_micros(),
+        view,
     })
 }
 
@@ -135,16 +136,23 @@ async fn member(h: NodeHandle, id: ComponentId, home: bool) {
         } else {
             None
         };
-        if home && let Some(p) = observed(&h, &id).await {
+        // The view this member is in, which the home's proposals carry.
+        let mut in_view = crm::view(&h, group.clone())
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |g| g.view.id);
+        if home && let Some(p) = observed(&h, &id, in_view).await {
             propose(&h, &group, p).await;
         }
         loop {
             tokio::select! {
                 e = events.recv() => match e {
                     Ok(GroupEvent::View { view, .. }) => {
+                        in_view = in_view.max(view.id);
                         if home {
                             // A home back in a view says again what it sees.
-                            if let Some(p) = observed(&h, &id).await {
+                            if let Some(p) = observed(&h, &id, in_view).await {
                                 propose(&h, &group, p).await;
                             }
                         } else if *view.coordinator().zone == *leaf.as_str() {
@@ -168,7 +176,7 @@ async fn member(h: NodeHandle, id: ComponentId, home: bool) {
                     }
                 } => match c {
                     Ok(c) if c.id == id && c.zone == leaf => {
-                        let p = Proposal::Observed { status: c.status, reason: c.reason, time: c.time };
+                        let p = Proposal::Observed { status: c.status, reason: c.reason, time: c.time, view: in_view };
                         propose(&h, &group, p).await;
                     }
                     Ok(_) | Err(RecvError::Lagged(_)) => {}

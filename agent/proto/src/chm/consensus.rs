@@ -55,6 +55,10 @@ pub enum Proposal {
         status: Status,
         reason: String,
         time: Micros,
+        /// The view the home was in when it proposed: a `HomeLost` of an
+        /// earlier view, ordered after it, no longer holds.
+        #[serde(default)]
+        view: u64,
     },
     /// A view without the home was installed.
     HomeLost { view: u64, time: Micros },
@@ -105,6 +109,9 @@ impl Verdict {
 pub struct Verdicts {
     /// The zone of the home, set by its first proposal.
     home: Option<String>,
+    /// The latest view the home proposed from.
+    #[serde(default)]
+    home_view: u64,
     kept: VecDeque<Verdict>,
 }
 
@@ -128,15 +135,21 @@ impl Verdicts {
                 status,
                 reason,
                 time,
+                view,
             } => {
                 let home = self.home.get_or_insert_with(|| from.zone.to_string());
                 if *home != *from.zone {
                     return None;
                 }
+                self.home_view = self.home_view.max(view);
                 (status, reason, time)
             }
-            Proposal::HomeLost { time, .. } => {
+            Proposal::HomeLost { view, time } => {
                 self.home.as_ref()?;
+                if view <= self.home_view {
+                    // The home spoke from this view or a later one.
+                    return None;
+                }
                 (Status::Critical, HOME_LOST.to_string(), time)
             }
         };
@@ -203,11 +216,36 @@ mod tests {
     }
 
     fn observed(status: Status) -> Proposal {
+        observed_in(status, 0)
+    }
+
+    fn observed_in(status: Status, view: u64) -> Proposal {
         Proposal::Observed {
             status,
             reason: "check".into(),
             time: 1,
+            view,
         }
+    }
+
+    #[test]
+    fn a_home_lost_older_than_the_homes_last_word_makes_no_verdict() {
+        let mut v = Verdicts::default();
+        let home = m("/a/h");
+        v.propose(&home, observed_in(Status::Passing, 5)).unwrap();
+        // Lost in view 4, but the home spoke from view 5: ordered late.
+        assert!(
+            v.propose(&m("/b/w"), Proposal::HomeLost { view: 4, time: 2 })
+                .is_none()
+        );
+        assert!(
+            v.propose(&m("/b/w"), Proposal::HomeLost { view: 5, time: 2 })
+                .is_none()
+        );
+        let lost = v
+            .propose(&m("/b/w"), Proposal::HomeLost { view: 6, time: 3 })
+            .unwrap();
+        assert_eq!((lost.epoch, lost.status), (2, Status::Critical));
     }
 
     #[test]
