@@ -62,6 +62,21 @@ impl Queue {
         }
     }
 
+    /// A queue that holds only the end of a subscription that ended
+    /// before its queue was opened.
+    pub fn ended(id: Arc<str>, delivery: Delivery, reason: EndReason, stats: Arc<Stats>) -> Queue {
+        Queue {
+            id,
+            delivery,
+            items: Mutex::new(VecDeque::from([Item::End(reason)])),
+            ready: Notify::new(),
+            expires: AtomicU64::new(u64::MAX),
+            ended: AtomicBool::new(true),
+            dropped: AtomicU64::new(0),
+            stats,
+        }
+    }
+
     pub fn is_push(&self) -> bool {
         matches!(self.delivery, Delivery::Push { .. })
     }

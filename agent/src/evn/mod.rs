@@ -128,11 +128,18 @@ impl Glue for EvnGlue {
                     q.push(Item::Event(event));
                 }
             }
-            EvnEvent::Ended(end) => {
-                if let Some(q) = self.queues.remove(&end.id) {
-                    q.end(end.reason);
+            EvnEvent::Ended(end) => match self.queues.remove(&end.id) {
+                Some(q) => q.end(end.reason),
+                // Ended before its queue was opened (at restore): a push
+                // subscriber still gets its SubscriptionEnd.
+                None if end.reason.is_subscription_end()
+                    && matches!(end.delivery, proto::Delivery::Push { .. }) =>
+                {
+                    let q = Queue::ended(end.id, end.delivery, end.reason, self.stats.clone());
+                    self.to_start.push(Arc::new(q));
                 }
-            }
+                None => {}
+            },
             EvnEvent::ConditionsChanged => self.wake.notify_one(),
         }
     }

@@ -137,11 +137,17 @@ pub fn table(name: &str, rows: Vec<Attrs>) -> NamedTable {
     }
 }
 
-/// The `processes` table: one row per process (pid, name, cpu percent,
-/// memory bytes).
+/// The `processes` table: one row per process (pid, name, cpu percent
+/// since the previous reading, memory bytes). The readings are kept from
+/// one evaluation to the next, since CPU use is a difference of two.
 pub fn processes() -> NamedTable {
+    use std::sync::{Mutex, OnceLock};
     use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
-    let mut sys = System::new();
+    static SYS: OnceLock<Mutex<System>> = OnceLock::new();
+    let mut sys = SYS
+        .get_or_init(|| Mutex::new(System::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     sys.refresh_processes_specifics(
         ProcessesToUpdate::All,
         true,

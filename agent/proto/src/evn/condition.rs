@@ -166,21 +166,51 @@ pub fn attrs_of(name: &str) -> [String; 5] {
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     defs: BTreeMap<Arc<str>, Arc<Condition>>,
+    /// Live definitions that arrived past [`MAX_CONDITIONS`] and lost the
+    /// cut: not asked for again until a condition goes.
+    refused: BTreeMap<Arc<str>, (Micros, Arc<str>)>,
 }
 
 impl Catalog {
-    /// Takes `c` if it is newer than what is held; true when it changed.
-    /// Refuses a new live condition past [`MAX_CONDITIONS`].
-    pub fn merge(&mut self, c: Condition) -> Result<bool, ConditionError> {
-        c.check()?;
-        if let Some(held) = self.defs.get(&c.name) {
-            if held.order() >= c.order() {
-                return Ok(false);
-            }
-        } else if !c.removed && self.live().count() >= MAX_CONDITIONS {
+    /// Takes a definition made here: refused past [`MAX_CONDITIONS`].
+    pub fn create(&mut self, c: Condition) -> Result<bool, ConditionError> {
+        if !c.removed && !self.defs.contains_key(&c.name) && self.live().count() >= MAX_CONDITIONS {
             return Err(ConditionError::Full);
         }
-        self.defs.insert(c.name.clone(), Arc::new(c));
+        self.merge(c)
+    }
+
+    /// Takes `c` if it is newer than what is held; true when it changed.
+    /// Past [`MAX_CONDITIONS`] (agents that made conditions at once), the
+    /// newest live definition by `(version, setter, name)` is refused, so every
+    /// agent keeps the same ones whatever the order they arrived in.
+    pub fn merge(&mut self, c: Condition) -> Result<bool, ConditionError> {
+        c.check()?;
+        if let Some(held) = self.defs.get(&c.name)
+            && held.order() >= c.order()
+        {
+            return Ok(false);
+        }
+        let (name, removed) = (c.name.clone(), c.removed);
+        self.defs.insert(name.clone(), Arc::new(c));
+        if removed {
+            // Room again: what lost the cut may come back.
+            self.refused.clear();
+        }
+        while self.live().count() > MAX_CONDITIONS {
+            let newest = self
+                .live()
+                .max_by_key(|c| (c.version, c.by.clone(), c.name.clone()))
+                .map(|c| (c.name.clone(), c.version, c.by.clone()))
+                .expect("more than the cap");
+            self.defs.remove(&newest.0);
+            if self.refused.len() < MAX_TOMBSTONES {
+                self.refused.insert(newest.0.clone(), (newest.1, newest.2));
+            }
+            if newest.0 == name {
+                return Err(ConditionError::Full);
+            }
+        }
         self.trim();
         Ok(true)
     }
@@ -227,9 +257,15 @@ impl Catalog {
 
     /// Whether the digest entry names something newer than what is held.
     pub fn is_newer(&self, name: &str, version: Micros, by: &str) -> bool {
-        self.defs
+        let refused = self
+            .refused
             .get(name)
-            .is_none_or(|c| (version, by) > (c.version, &*c.by))
+            .is_some_and(|(v, b)| (version, by) <= (*v, &**b));
+        !refused
+            && self
+                .defs
+                .get(name)
+                .is_none_or(|c| (version, by) > (c.version, &*c.by))
     }
 }
 
@@ -442,7 +478,20 @@ mod tests {
         }
         let mut more = cond(0, 0);
         more.name = "more".into();
-        assert_eq!(cat.merge(more), Err(ConditionError::Full));
+        assert_eq!(cat.create(more.clone()), Err(ConditionError::Full));
+        // Arriving, the newest by (version, setter) loses the cut, whatever
+        // came first.
+        more.version = 0;
+        let mut late = Catalog::default();
+        late.merge(more.clone()).unwrap();
+        for c in cat.live() {
+            let _ = late.merge((**c).clone());
+        }
+        let names = |c: &Catalog| c.live().map(|c| c.name.clone()).collect::<Vec<_>>();
+        assert_eq!(cat.merge(more.clone()), Ok(true));
+        assert_eq!(names(&cat), names(&late));
+        assert_eq!(cat.live().count(), MAX_CONDITIONS);
+        assert!(cat.get("more").is_some());
         let mut bad = cond(0, 0);
         bad.name = "Bad-Name".into();
         assert!(matches!(cat.merge(bad), Err(ConditionError::BadName(_))));

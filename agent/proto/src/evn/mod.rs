@@ -735,7 +735,7 @@ impl Evn {
             name: c.name.to_string(),
             why: e.to_string(),
         })?;
-        if self.catalog.merge(c)? {
+        if self.catalog.create(c)? {
             self.conditions_changed(zones);
         }
         Ok(())
