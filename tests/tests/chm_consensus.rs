@@ -140,5 +140,34 @@ async fn watchers_agree_on_verdicts_and_a_minority_issues_none() {
     for (_, n) in c.live() {
         n.transport().unblock_all();
     }
+    // A watch through the API's guard: the watcher is in the group while
+    // it is open, and leaves when it ends, freeing its slot.
+    let w = c.handle(2);
+    let guard = consensus::watch(&w, &id).await.expect("watches");
+    let group = chm_proto::consensus::group_of(&id);
+    assert!(
+        armillary_agent::crm::view(&w, group.clone())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    drop(guard);
+    let mut left = false;
+    for _ in 0..100 {
+        if armillary_agent::crm::view(&w, group.clone())
+            .await
+            .unwrap()
+            .is_none()
+        {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        left,
+        "the watcher stayed in the group after its watch ended"
+    );
+
     finish(c).await;
 }

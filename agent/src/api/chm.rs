@@ -600,11 +600,11 @@ type EventStream = futures_util::stream::BoxStream<'static, Result<Event, Infall
 /// home is in it already) and streams the verdicts the group delivers,
 /// the current one first. None when the component has no consensus group.
 async fn consensus_watch(s: &ApiState, id: &ComponentId) -> Result<Option<EventStream>, ApiError> {
-    match chm::consensus::ensure_member(&s.handle, id, false).await {
-        Ok(()) => {}
+    let watching = match chm::consensus::watch(&s.handle, id).await {
+        Ok(w) => w,
         Err(ChmCallError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
-    }
+    };
     let rx = chm::consensus::follow(&s.handle, id).await?;
     let held = chm::consensus::verdicts(&s.handle, id).await;
     let zone = chm::lookup(&s.handle, id.as_str().to_string())
@@ -671,5 +671,10 @@ async fn consensus_watch(s: &ApiState, id: &ComponentId) -> Result<Option<EventS
             }
         },
     );
+    // The watch holds this agent in the group until the stream is dropped.
+    let stream = stream.map(move |e| {
+        let _held = &watching;
+        e
+    });
     Ok(Some(stream.boxed()))
 }

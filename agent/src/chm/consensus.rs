@@ -16,7 +16,7 @@ use crate::node::NodeHandle;
 use armillary_proto::chm::ComponentId;
 use armillary_proto::chm::consensus::{MAX_MEMBERS, Proposal, Verdict, Verdicts, group_of};
 use armillary_proto::crm::{GroupEvent, Mode};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -80,6 +80,63 @@ pub async fn ensure_member(
         tokio::spawn(member(h.clone(), id.clone(), home));
     }
     Ok(())
+}
+
+/// Open watches of consensus components at each agent, by (agent, group).
+static WATCHES: Mutex<BTreeMap<(String, String), usize>> = Mutex::new(BTreeMap::new());
+
+/// A watch of a consensus component: this agent is in the component's
+/// group while one is open, and a watcher (not the home) leaves the group
+/// when its last watch ends, so its slot goes to the next watcher.
+pub struct Watching {
+    h: NodeHandle,
+    id: ComponentId,
+}
+
+/// Joins `id`'s group as a watcher (a home is in it already) for as long as
+/// the returned guard lives.
+pub async fn watch(h: &NodeHandle, id: &ComponentId) -> Result<Watching, ChmCallError> {
+    ensure_member(h, id, false).await?;
+    *WATCHES
+        .lock()
+        .expect("lock")
+        .entry(key(h, &group_of(id)))
+        .or_default() += 1;
+    Ok(Watching {
+        h: h.clone(),
+        id: id.clone(),
+    })
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let group = group_of(&self.id);
+        let k = key(&self.h, &group);
+        {
+            let mut w = WATCHES.lock().expect("lock");
+            let Some(n) = w.get_mut(&k) else {
+                return;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            w.remove(&k);
+        }
+        let (h, id) = (self.h.clone(), self.id.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let home = own(&h)
+                .await
+                .is_ok_and(|o| o.iter().any(|o| o.registration.id == id));
+            let watched = WATCHES.lock().expect("lock").contains_key(&k);
+            if !home && !watched {
+                let _ = crm::leave(&h, group).await;
+            }
+        });
+    }
 }
 
 /// The verdicts this agent holds of `id`, when it is in its group.
