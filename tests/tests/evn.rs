@@ -667,3 +667,45 @@ fn conditions_and_restart(root: &Path, agents: &mut Processes, ports: &[Ports], 
     assert_eq!(s.values().copied().collect::<Vec<_>>(), [1], "{s:?}");
     assert_eq!(stream.topic("restart/after").len(), 1);
 }
+
+/// Every agent evaluates conditions, not only those serving an API: four
+/// agents in one process, one API-less handle each, all contribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_of_a_cluster_contributes() {
+    use armillary_agent::ZonePath;
+    use armillary_agent::evn::{self, proto::Condition};
+    let c = armillary_tests::cluster(4, 2, false).await;
+    for (i, _) in c.live() {
+        evn::put_table(&c.handle(i), "conns".into(), r#"[{"failed":9}]"#.into())
+            .await
+            .expect("table put");
+    }
+    let cond = Condition::new(
+        "all",
+        ZonePath::root(),
+        "SELECT COUNT(*) > 0 AS hit FROM conns WHERE failed > 5",
+        4,
+    );
+    evn::with_evn(&c.handle(0), move |e, mut z, _, _| {
+        Ok(e.add_condition(&mut z, cond)?)
+    })
+    .await
+    .expect("condition added");
+    let mut answered = false;
+    for _ in 0..600 {
+        let a = evn::with_evn(&c.handle(3), |e, _, _, _| {
+            Ok(e.conditions()
+                .find(|(c, _)| &*c.name == "all")
+                .and_then(|(_, st)| st?.answer.clone()))
+        })
+        .await
+        .expect("reads");
+        if a.is_some_and(|a| a.contributors == 4 && a.hits == 4 && a.value) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "not every agent contributed");
+    armillary_tests::finish(c).await;
+}

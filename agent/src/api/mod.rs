@@ -149,8 +149,6 @@ pub async fn serve(
     let (closing_tx, closing) = signal::channel(false);
     // Consensus registrations rejoin their groups (CRM keeps no disk).
     let supervisor = tokio::spawn(crate::chm::consensus::supervise(handle.clone()));
-    // Conditions are evaluated over the local tables.
-    let evaluator = tokio::spawn(crate::evn::evaluate(handle.clone()));
     let app = build(handle, bound, access, closing);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -159,6 +157,5 @@ pub async fn serve(
         })
         .await;
     supervisor.abort();
-    evaluator.abort();
     served
 }

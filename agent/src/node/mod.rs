@@ -240,6 +240,9 @@ impl Node {
             core.after_input();
             tracing::debug!("agent stopped");
         });
+        // Every agent evaluates the conditions over its own local tables
+        // (the loop ends with the agent; at once without EVN).
+        tokio::spawn(crate::evn::evaluate(handle.clone()));
         Ok(Node {
             handle,
             transport,

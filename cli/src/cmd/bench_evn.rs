@@ -422,11 +422,8 @@ async fn next_state(
 
 async fn conditions(c: &mut Cluster, a: &EvnBenchArgs) -> Result<Conditions, CliError> {
     let n = a.condition_agents;
-    let mut evaluators = Vec::new();
     for (i, _) in c.live() {
-        let h = c.handle(i);
-        put_conns(&h, 0).await?;
-        evaluators.push(tokio::spawn(evn::evaluate(h)));
+        put_conns(&c.handle(i), 0).await?;
     }
     let observer = c.handle(0);
     let q = subscribe(&observer, Some(&format!("topic = 'condition/{CONDITION}'"))).await?;
@@ -524,9 +521,6 @@ async fn conditions(c: &mut Cluster, a: &EvnBenchArgs) -> Result<Conditions, Cli
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     follow.abort();
-    for e in evaluators {
-        e.abort();
-    }
     Ok(Conditions {
         agents: n,
         transitions: a.transitions,
