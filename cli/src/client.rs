@@ -3,9 +3,9 @@
 
 use crate::output::CliError;
 use armillary_agent::api::ApiToken;
-use armillary_client::{ClientError, EventStream};
+use armillary_client::ClientError;
 use clap::Args;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::Value;
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,11 +64,6 @@ impl Client {
         Ok(Client { inner })
     }
 
-    /// The typed client.
-    pub fn api(&self) -> &armillary_client::Client {
-        &self.inner
-    }
-
     /// Sends a request and returns the JSON reply; API errors carry the
     /// server's message (exit code 2 for 4xx, 1 otherwise).
     pub async fn call(
@@ -96,28 +91,18 @@ impl Client {
             .await?)
     }
 
-    /// Sends one request; its status and body.
-    pub async fn send(
-        &self,
-        method: Method,
-        segments: &[&str],
-        query: &[(&str, &str)],
-        body: Option<String>,
-    ) -> Result<(StatusCode, String), CliError> {
-        Ok(self.inner.send(method, segments, query, body).await?)
-    }
-
     pub async fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, CliError> {
         self.call(Method::GET, segments, query, None).await
     }
+}
 
-    /// Opens a long-lived GET (server-sent events), checking its status.
-    pub async fn stream(
-        &self,
-        segments: &[&str],
-        query: &[(&str, &str)],
-    ) -> Result<EventStream, CliError> {
-        Ok(self.inner.stream(segments, query).await?)
+/// The typed client's calls (`stream`, `send`, `evn_subscribe`, ...); the
+/// methods above answer JSON for the commands that print it as it comes.
+impl std::ops::Deref for Client {
+    type Target = armillary_client::Client;
+
+    fn deref(&self) -> &armillary_client::Client {
+        &self.inner
     }
 }
 

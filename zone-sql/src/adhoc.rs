@@ -81,9 +81,32 @@ pub async fn run_query(
 /// [`run_query`], keeping the column order.
 pub async fn query(tables: Vec<NamedTable>, sql: &str) -> Result<QueryResult, AdhocError> {
     check_query(sql)?;
+    run(&context(&tables)?, sql).await
+}
+
+/// Runs each of `sqls` over the same tables, registered once; each query's
+/// own result (a failure to register the tables fails them all).
+pub async fn query_all(
+    tables: &[NamedTable],
+    sqls: &[&str],
+) -> Result<Vec<Result<QueryResult, AdhocError>>, AdhocError> {
+    let ctx = context(tables)?;
+    let mut out = Vec::with_capacity(sqls.len());
+    for sql in sqls {
+        let r = match check_query(sql) {
+            Ok(()) => run(&ctx, sql).await,
+            Err(e) => Err(e),
+        };
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A session with `tables` registered by name.
+fn context(tables: &[NamedTable]) -> Result<SessionContext, AdhocError> {
     let ctx = SessionContext::new();
     let mut seen = HashSet::new();
-    for t in &tables {
+    for t in tables {
         if !seen.insert(t.name.as_str()) {
             return Err(AdhocError::DuplicateTable(t.name.clone()));
         }
@@ -91,6 +114,11 @@ pub async fn query(tables: Vec<NamedTable>, sql: &str) -> Result<QueryResult, Ad
         let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         ctx.register_table(TableReference::bare(t.name.as_str()), Arc::new(mem))?;
     }
+    Ok(ctx)
+}
+
+/// Runs one checked query in `ctx`.
+async fn run(ctx: &SessionContext, sql: &str) -> Result<QueryResult, AdhocError> {
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -59,23 +59,7 @@ pub fn routes() -> Router<ApiState> {
         )
 }
 
-/// A fault as the API answers it.
-struct FaultError(Fault);
-
-impl IntoResponse for FaultError {
-    fn into_response(self) -> Response {
-        let status = match self.0 {
-            Fault::UnknownSubscription(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        let body = ErrorBody {
-            error: self.0.to_string(),
-            fault: Some(self.0.name().to_string()),
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
+/// A call's failure: a fault, answered with its name, or another error.
 enum Failure {
     Fault(Fault),
     Api(ApiError),
@@ -83,10 +67,19 @@ enum Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        match self {
-            Failure::Fault(f) => FaultError(f).into_response(),
-            Failure::Api(e) => e.into_response(),
-        }
+        let f = match self {
+            Failure::Fault(f) => f,
+            Failure::Api(e) => return e.into_response(),
+        };
+        let status = match f {
+            Fault::UnknownSubscription(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = ErrorBody {
+            error: f.to_string(),
+            fault: Some(f.name().to_string()),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -363,9 +356,7 @@ async fn publish(
         .map_err(|e| ApiError::bad_request(format!("zone {:?}: {e}", b.zone)))?;
     let ttl = match b.ttl.as_deref() {
         None => proto::event::DEFAULT_TTL,
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| ApiError::bad_request(format!("ttl {t:?} is not a duration: {e}")))?
-            .as_micros() as Micros,
+        t => span(t, "ttl")?,
     };
     let data = b.data.to_string();
     let e = evn::with_evn(&s.handle, move |e, z, _, _| {

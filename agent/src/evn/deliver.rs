@@ -44,20 +44,22 @@ pub struct Queue {
     ready: Notify,
     expires: AtomicU64,
     ended: AtomicBool,
-    dropped: AtomicU64,
     stats: Arc<Stats>,
 }
 
 impl Queue {
     pub fn new(sub: &proto::Subscription, stats: Arc<Stats>) -> Queue {
+        Queue::of(sub.id.clone(), sub.delivery.clone(), sub.expires, stats)
+    }
+
+    fn of(id: Arc<str>, delivery: Delivery, expires: Micros, stats: Arc<Stats>) -> Queue {
         Queue {
-            id: sub.id.clone(),
-            delivery: sub.delivery.clone(),
+            id,
+            delivery,
             items: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            expires: AtomicU64::new(sub.expires),
+            expires: AtomicU64::new(expires),
             ended: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
             stats,
         }
     }
@@ -65,16 +67,9 @@ impl Queue {
     /// A queue that holds only the end of a subscription that ended
     /// before its queue was opened.
     pub fn ended(id: Arc<str>, delivery: Delivery, reason: EndReason, stats: Arc<Stats>) -> Queue {
-        Queue {
-            id,
-            delivery,
-            items: Mutex::new(VecDeque::from([Item::End(reason)])),
-            ready: Notify::new(),
-            expires: AtomicU64::new(u64::MAX),
-            ended: AtomicBool::new(true),
-            dropped: AtomicU64::new(0),
-            stats,
-        }
+        let q = Queue::of(id, delivery, Micros::MAX, stats);
+        q.end(reason);
+        q
     }
 
     pub fn is_push(&self) -> bool {
@@ -90,11 +85,6 @@ impl Queue {
         self.expires.store(at, Ordering::SeqCst);
     }
 
-    /// Events dropped because the consumer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Item>> {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -106,7 +96,6 @@ impl Queue {
         let mut q = self.lock();
         if q.len() >= QUEUE {
             q.pop_front();
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         q.push_back(item);
@@ -271,10 +260,11 @@ async fn post(
 
 /// Pushes a subscription's events until it ends; then sends its
 /// SubscriptionEnd when the source ended it.
-pub async fn push(q: Arc<Queue>, http: reqwest::Client, jobs: Jobs, stats: Arc<Stats>) {
+pub async fn push(q: Arc<Queue>, http: reqwest::Client, jobs: Jobs) {
     let Delivery::Push { notify_to, end_to } = q.delivery.clone() else {
         return;
     };
+    let stats = q.stats.clone();
     loop {
         match q.next().await {
             Item::Event(e) => {

@@ -108,7 +108,7 @@ impl EvnGlue {
                         .unwrap_or_default()
                 })
                 .clone();
-            tokio::spawn(deliver::push(q, http, jobs.clone(), self.stats.clone()));
+            tokio::spawn(deliver::push(q, http, jobs.clone()));
         }
     }
 }
@@ -116,6 +116,11 @@ impl EvnGlue {
 impl Glue for EvnGlue {
     fn service(&self) -> ServiceId {
         <Evn as Service>::ID
+    }
+
+    /// Every agent evaluates the conditions over its own local tables.
+    fn start(&mut self, handle: &NodeHandle) {
+        tokio::spawn(evaluate(handle.clone()));
     }
 
     fn on_event(&mut self, event: Box<dyn Any + Send>, _now: Micros) {
@@ -314,24 +319,8 @@ pub async fn evaluate(h: NodeHandle) {
         }
         named.push(tables::table("attrs", vec![attrs]));
         if conds.iter().any(|c| c.sql.contains("components")) {
-            let rows = match crate::chm::own(&h).await {
-                Ok(own) => own
-                    .iter()
-                    .map(|o| {
-                        let mut a = zone_sql::Attrs::new();
-                        if let serde_json::Value::Object(m) = crate::chm::views::own(o) {
-                            for (k, v) in m {
-                                if let Ok(v) = zone_sql::json::value_from_json(&v) {
-                                    a.set(k.as_str(), v);
-                                }
-                            }
-                        }
-                        a
-                    })
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            named.push(tables::table("components", rows));
+            let own = crate::chm::own(&h).await.unwrap_or_default();
+            named.push(tables::components(&own));
         }
         if conds.iter().any(|c| c.sql.contains("processes")) {
             named.push(
@@ -340,14 +329,15 @@ pub async fn evaluate(h: NodeHandle) {
                     .unwrap_or_default(),
             );
         }
-        let mut results = Vec::with_capacity(conds.len());
-        for c in &conds {
-            let r = zone_sql::adhoc::query(named.clone(), &c.sql)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| tables::truth(&r));
-            results.push((c.name.clone(), r));
-        }
+        let sqls: Vec<&str> = conds.iter().map(|c| &*c.sql).collect();
+        let answers = match zone_sql::adhoc::query_all(&named, &sqls).await {
+            Ok(each) => each
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()).and_then(|r| tables::truth(&r)))
+                .collect(),
+            Err(e) => vec![Err(e.to_string()); conds.len()],
+        };
+        let results: Vec<_> = conds.iter().map(|c| c.name.clone()).zip(answers).collect();
         let done = with_evn(&h, move |e, mut z, _, _| {
             for (name, r) in results {
                 e.set_local(&mut z, &name, r);

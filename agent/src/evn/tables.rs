@@ -137,6 +137,26 @@ pub fn table(name: &str, rows: Vec<Attrs>) -> NamedTable {
     }
 }
 
+/// The `components` table: this agent's own CHM components, one row each
+/// with their plain fields.
+pub fn components(own: &[crate::chm::views::Own]) -> NamedTable {
+    let rows = own
+        .iter()
+        .map(|o| {
+            let mut a = Attrs::new();
+            if let serde_json::Value::Object(m) = crate::chm::views::own(o) {
+                for (k, v) in m {
+                    if let Ok(v) = zone_sql::json::value_from_json(&v) {
+                        a.set(k.as_str(), v);
+                    }
+                }
+            }
+            a
+        })
+        .collect();
+    table("components", rows)
+}
+
 /// The `processes` table: one row per process (pid, name, cpu percent
 /// since the previous reading, memory bytes). The readings are kept from
 /// one evaluation to the next, since CPU use is a difference of two.

@@ -18,6 +18,11 @@ pub trait Glue: Send + 'static {
     fn service(&self) -> ServiceId;
     /// One event of its service (the core's event type, boxed).
     fn on_event(&mut self, event: Box<dyn Any + Send>, now: Micros);
+    /// Called once when the node starts, before its first input: starts
+    /// the service's own tasks, which end when the node stops.
+    fn start(&mut self, handle: &super::NodeHandle) {
+        let _ = handle;
+    }
     /// Called after every input of the node: takes the work the core asks
     /// of the runtime.
     fn after_input(&mut self, host: &mut Host<Box<dyn Services>>, jobs: &Jobs, now: Micros);

@@ -177,6 +177,10 @@ impl Node {
                 insecure,
             }),
         };
+        let mut glue = glue;
+        for g in &mut glue {
+            g.start(&handle);
+        }
         let mut core = NodeCore::new(
             host,
             store,
@@ -240,9 +244,6 @@ impl Node {
             core.after_input();
             tracing::debug!("agent stopped");
         });
-        // Every agent evaluates the conditions over its own local tables
-        // (the loop ends with the agent; at once without EVN).
-        tokio::spawn(crate::evn::evaluate(handle.clone()));
         Ok(Node {
             handle,
             transport,

@@ -144,7 +144,7 @@ pub fn install(a: InstallArgs) -> CliResult {
 pub fn list(a: ListArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let afcs = client.api().afcs(a.zone.as_deref()).await?;
+        let afcs = client.afcs(a.zone.as_deref()).await?;
         if a.json {
             return print_json(&afcs);
         }

@@ -2,6 +2,7 @@
 //! with the agent at `--api`, which checks them; any agent looks them up.
 
 use crate::client::{ApiArgs, Client, block_on};
+use crate::cmd::IdArgs;
 use crate::cmd::watch::{Flow, Lines, MAX_EVENT, read_events};
 use crate::output::{CliError, CliResult, print_json};
 use clap::{Args, Subcommand};
@@ -187,13 +188,6 @@ fn heartbeat(a: HeartbeatArgs) -> CliResult {
     })
 }
 
-#[derive(Args)]
-pub struct IdArgs {
-    id: String,
-    #[command(flatten)]
-    api: ApiArgs,
-}
-
 fn deregister(a: IdArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
@@ -274,7 +268,7 @@ fn qos_text(q: &Value) -> String {
 fn lookup(a: LookupArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let r = client.api().chm_lookup(&a.id).await?;
+        let r = client.chm_lookup(&a.id).await?;
         if a.json {
             return print_json(&r);
         }

@@ -3,6 +3,7 @@
 //! conditions. A fault exits 2 with its WS-Eventing name in the message.
 
 use crate::client::{ApiArgs, Client, block_on};
+use crate::cmd::IdArgs;
 use crate::cmd::watch::{Flow, Lines};
 use crate::output::{CliError, CliResult, print_json};
 use armillary_client::types::evn::{
@@ -94,7 +95,7 @@ fn subscribe(a: SubscribeArgs) -> CliResult {
         notify_to: None,
     };
     block_on(async move {
-        let api = client.api();
+        let api = &client;
         let sub = api.evn_subscribe(&req).await?;
         let id = sub.id.clone();
         if a.notify_to.is_some() {
@@ -193,7 +194,6 @@ fn renew(a: RenewArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
         let r = client
-            .api()
             .evn_renew(&a.id, Value::String(a.expires.clone()))
             .await?;
         if a.json {
@@ -216,7 +216,7 @@ pub struct StatusArgs {
 fn status(a: StatusArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let v = client.api().evn_status(&a.id).await?;
+        let v = client.evn_status(&a.id).await?;
         if a.json {
             return print_json(&v);
         }
@@ -242,17 +242,10 @@ fn status(a: StatusArgs) -> CliResult {
     })
 }
 
-#[derive(Args)]
-pub struct IdArgs {
-    id: String,
-    #[command(flatten)]
-    api: ApiArgs,
-}
-
 fn unsubscribe(a: IdArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        client.api().evn_unsubscribe(&a.id).await?;
+        client.evn_unsubscribe(&a.id).await?;
         println!("unsubscribed {}", a.id);
         Ok(())
     })
@@ -289,7 +282,7 @@ fn publish(a: PublishArgs) -> CliResult {
     };
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let p = client.api().evn_publish(&req).await?;
+        let p = client.evn_publish(&req).await?;
         if a.json {
             return print_json(&p);
         }
@@ -331,7 +324,7 @@ fn table_put(a: TablePutArgs) -> CliResult {
     }
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let t = client.api().evn_table_put(&a.table, rows).await?;
+        let t = client.evn_table_put(&a.table, rows).await?;
         println!("table {}: {} rows", t.table, t.rows);
         Ok(())
     })
@@ -400,7 +393,7 @@ fn condition(c: ConditionCommand) -> CliResult {
             };
             let client = Client::new(&a.api)?;
             block_on(async move {
-                client.api().evn_condition_add(&req).await?;
+                client.evn_condition_add(&req).await?;
                 println!("condition {} installed for {}", a.name, a.zone);
                 Ok(())
             })
@@ -408,7 +401,7 @@ fn condition(c: ConditionCommand) -> CliResult {
         ConditionCommand::List(a) => {
             let client = Client::new(&a.api)?;
             block_on(async move {
-                let list = client.api().evn_conditions().await?.conditions;
+                let list = client.evn_conditions().await?.conditions;
                 if a.json {
                     return print_json(&list);
                 }
@@ -440,7 +433,7 @@ fn condition(c: ConditionCommand) -> CliResult {
         ConditionCommand::Remove(a) => {
             let client = Client::new(&a.api)?;
             block_on(async move {
-                client.api().evn_condition_remove(&a.name).await?;
+                client.evn_condition_remove(&a.name).await?;
                 println!("condition {} removed", a.name);
                 Ok(())
             })

@@ -20,3 +20,11 @@ pub mod keys;
 pub mod sim;
 pub mod watch;
 pub mod zones;
+
+/// A command's one argument, an id, at the agent at `--api`.
+#[derive(clap::Args)]
+pub struct IdArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub api: crate::client::ApiArgs,
+}

@@ -34,7 +34,7 @@ pub const MAX_EVENT: usize = 1 << 20;
 pub fn run(a: WatchArgs) -> CliResult {
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let mut records = client.api().watch(&a.zone).await?;
+        let mut records = client.watch(&a.zone).await?;
         let mut last: Option<Map<String, Value>> = None;
         let mut lines = Lines::new(a.count);
         loop {

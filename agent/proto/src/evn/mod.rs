@@ -128,8 +128,6 @@ pub enum EvnError {
     Event(#[from] EventError),
     #[error(transparent)]
     Condition(#[from] ConditionError),
-    #[error(transparent)]
-    Fault(#[from] Fault),
     #[error("no agent of zone {0} is known from here; check the zone's name")]
     NoRoute(String),
     #[error("condition {name}: {why}")]
