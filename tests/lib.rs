@@ -143,6 +143,28 @@ impl Drop for Processes {
     }
 }
 
+/// Waits until every agent of `ports` answers on its API (a group it is
+/// not in is refused as bad input).
+pub fn until_apis(ports: &[Ports]) {
+    for p in ports {
+        wait_for("the agents' APIs", || {
+            run_cli(&["crm", "view", "g", "--api", &p.api_addr()])
+                .status
+                .code()
+                == Some(2)
+        });
+    }
+}
+
+/// The API addresses of `ports`, comma-separated (an `--endpoints` list).
+pub fn api_list(ports: &[Ports]) -> String {
+    ports
+        .iter()
+        .map(|p| p.api_addr())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Loopback ports of one agent started by [`start_agents`].
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {

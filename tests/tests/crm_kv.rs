@@ -7,7 +7,7 @@
 
 use armillary_agent::crm::proto::linear::{Call, check_kv};
 use armillary_agent::crm::proto::{KvOp, KvReply, KvValue};
-use armillary_tests::{run_cli, start_agents, temp_dir, wait_for};
+use armillary_tests::{api_list, run_cli, start_agents, temp_dir, until_apis};
 use serde::Deserialize;
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -35,18 +35,48 @@ fn counter(endpoints: &str) -> Option<i64> {
     v["value"].as_i64()
 }
 
+/// Waits until the counter reads at least `n` at the member at `api`,
+/// asking over HTTP from here (a CLI run per read is too slow to catch
+/// the bench halfway).
+fn until_count(api: &str, n: i64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let url = format!("http://{api}/v1/crm/groups/g/kv");
+        let end = std::time::Instant::now() + armillary_tests::PATIENCE;
+        for seq in 1u64.. {
+            assert!(
+                std::time::Instant::now() < end,
+                "the count never reached {n}"
+            );
+            let body =
+                serde_json::json!({"client": 0x7e57, "seq": seq, "op": "get", "key": "bench"});
+            let read = async {
+                let r = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .ok()?;
+                r.json::<Value>().await.ok()?["value"].as_i64()
+            };
+            if read.await.is_some_and(|v| v >= n) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+}
+
 #[test]
 fn increments_run_exactly_once_while_the_serving_member_is_killed() {
     let root = temp_dir("crm-kv");
     let (mut agents, ports) = start_agents(&root, &["/z0/a0", "/z1/a1", "/z2/a2"]);
-    for p in &ports {
-        wait_for("the agents' APIs", || {
-            run_cli(&["crm", "view", "g", "--api", &p.api_addr()])
-                .status
-                .code()
-                == Some(2)
-        });
-    }
+    until_apis(&ports);
     for (i, p) in ports.iter().enumerate() {
         let mut args = vec!["crm", "serve", "g", "--kv", "--json"];
         let api = p.api_addr();
@@ -66,16 +96,8 @@ fn increments_run_exactly_once_while_the_serving_member_is_killed() {
     let bad = run_cli(&["crm", "kv", "g", "get", "", "--api", &ports[0].api_addr()]);
     assert_eq!(bad.status.code(), Some(2));
 
-    let all = ports
-        .iter()
-        .map(|p| p.api_addr())
-        .collect::<Vec<_>>()
-        .join(",");
-    let survivors = ports[1..]
-        .iter()
-        .map(|p| p.api_addr())
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = api_list(&ports);
+    let survivors = api_list(&ports[1..]);
     let history = root.join("history.jsonl");
     let bench = Command::new(armillary_tests::armillary_bin())
         .args([
@@ -97,9 +119,7 @@ fn increments_run_exactly_once_while_the_serving_member_is_killed() {
         .spawn()
         .expect("bench runs");
     // Halfway, the member every client uses first dies.
-    wait_for("half the increments", || {
-        counter(&survivors).is_some_and(|n| n >= 500)
-    });
+    until_count(&ports[1].api_addr(), 500);
     let _ = agents.0[0].kill();
     let _ = agents.0[0].wait();
     let out = bench.wait_with_output().expect("bench ends");

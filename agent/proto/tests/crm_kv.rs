@@ -4,17 +4,21 @@
 //! the next member when theirs is slow, gone or cut off, while a nemesis
 //! crashes members, restarts them (they rejoin as new incarnations) and
 //! cuts a zone off under loss. Every group's client history must be
-//! linearizable, and every member must end with the same store.
+//! linearizable, and every member must end with the same store. The same
+//! run is made with the store as an external machine: each member's
+//! "process" reads the ordered requests, answers them later and now and
+//! then hands its state over, as `armillary crm machine` does.
 
 use armillary_proto::crm::linear::{Call, check_kv};
 use armillary_proto::crm::{
-    Crm, CrmConfig, Endpoint, KvOp, KvReply, KvStore, Mode, Phase, Reply, Request,
+    Crm, CrmConfig, Endpoint, External, KvOp, KvReply, KvStore, Mode, Phase, Replica, Reply,
+    Request, StateMachine,
 };
 use armillary_proto::sim::{Clock, NetConfig, World, tree};
 use armillary_proto::{Micros, ZonePath};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 const MS: Micros = 1_000;
@@ -48,16 +52,16 @@ fn addr(w: &W, i: usize) -> Arc<str> {
     w.agent(i).expect("up").config().addr.clone()
 }
 
-fn serve(w: &mut W, i: usize, group: &str, contacts: Vec<Arc<str>>) -> bool {
+fn serve(w: &mut W, i: usize, group: &str, contacts: Vec<Arc<str>>, external: bool) -> bool {
+    let replica: Box<dyn Replica> = if external {
+        // Handing the state over often, so joiners start from one.
+        Box::new(External::new().compact_after(64))
+    } else {
+        Box::new(Endpoint::new(KvStore::default()))
+    };
     w.with_host(i, |h, now| {
         h.with_service::<Crm, _>(now, |c, z| {
-            c.join(
-                &z,
-                group,
-                contacts,
-                Some(Box::new(Endpoint::new(KvStore::default()))),
-            )
-            .is_ok()
+            c.join(&z, group, contacts, Some(replica)).is_ok()
         })
         .expect("runs crm")
     })
@@ -86,10 +90,21 @@ struct Group {
     calls: Vec<Call<KvOp, KvReply>>,
 }
 
+/// A member's external process: the store, and the state generation it
+/// started from.
+struct Process {
+    generation: u64,
+    store: KvStore,
+}
+
 struct Run {
     groups: Vec<Group>,
     clients: Vec<Client>,
     rng: SmallRng,
+    /// With external machines: each serving member's process, by agent
+    /// and group.
+    external: bool,
+    processes: BTreeMap<(usize, String), Process>,
 }
 
 impl Run {
@@ -168,7 +183,9 @@ impl Run {
             }
         }
         w.run_until(now + 10 * MS);
-        // Replies: the deliveries at the member each client waits on.
+        // Replies: the deliveries at the member each client waits on, and
+        // the answers of its process.
+        let mut replies = Vec::new();
         for i in 0..w.len() {
             if !w.alive(i) {
                 continue;
@@ -186,30 +203,102 @@ impl Run {
                 else {
                     continue;
                 };
-                let Some((client, seq)) = Request::key_of(&data) else {
-                    continue;
-                };
-                for cl in &mut self.clients {
-                    let g = &mut self.groups[cl.group];
-                    if cl.id != client
-                        || *g.name != *group
-                        || g.members[cl.at] != i
-                        || cl.now.as_ref().is_none_or(|o| o.seq != seq)
-                    {
-                        continue;
-                    }
-                    let o = cl.now.take().expect("outstanding");
-                    let Some(Reply::Done(r)) = Reply::decode(&reply) else {
-                        panic!("request {seq} of {client} answered stale");
-                    };
-                    g.calls.push(Call {
-                        invoke: o.invoke,
-                        complete: Some(w.now()),
-                        op: o.op,
-                        ret: Some(serde_json::from_slice(&r).expect("a store reply")),
-                    });
+                if let Some((client, seq)) = Request::key_of(&data) {
+                    replies.push((i, group.to_string(), client, seq, reply));
                 }
             }
+        }
+        if self.external {
+            replies.extend(self.run_processes(w));
+        }
+        for (i, group, client, seq, reply) in replies {
+            self.complete(w.now(), i, &group, client, seq, &reply);
+        }
+    }
+
+    /// Every serving member's process runs what it has not run yet and
+    /// answers; past the compaction point it hands its state over.
+    fn run_processes(&mut self, w: &mut W) -> Vec<(usize, String, u64, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            for &i in &g.members {
+                if !w.alive(i) {
+                    continue;
+                }
+                let name = g.name.clone();
+                let process = self.processes.entry((i, name.clone()));
+                let answers = w
+                    .with_host(i, |h, _| {
+                        let crm = &mut h.services.0;
+                        let ext = crm.group_mut(&name)?.replica_as::<External>()?;
+                        let p = process.or_insert_with(|| Process {
+                            generation: u64::MAX,
+                            store: KvStore::default(),
+                        });
+                        if p.generation != ext.generation() {
+                            // Started, or the state was replaced: from the base.
+                            p.generation = ext.generation();
+                            ext.restart();
+                            p.store = KvStore::default();
+                            let (_, base) = ext.base();
+                            if !base.is_empty() {
+                                p.store.restore(base).expect("a handed state");
+                            }
+                        }
+                        let todo: Vec<_> = ext.after(ext.answered(), usize::MAX).cloned().collect();
+                        let mut answers = Vec::new();
+                        for l in todo {
+                            let reply = p.store.apply(&l.op);
+                            let (client, seq) = ext.answer(l.at, &reply).expect("in order");
+                            answers.push((client, seq, Reply::Done(reply).encode()));
+                        }
+                        if ext.wants_state() {
+                            let at = ext.answered();
+                            ext.take_state(at, p.store.snapshot()).expect("answered");
+                        }
+                        Some(answers)
+                    })
+                    .flatten()
+                    .unwrap_or_default();
+                out.extend(
+                    answers
+                        .into_iter()
+                        .map(|(c, s, r)| (i, g.name.clone(), c, s, r)),
+                );
+            }
+        }
+        out
+    }
+
+    /// The client waiting at member `i` for request `seq` gets `reply`.
+    fn complete(
+        &mut self,
+        now: Micros,
+        i: usize,
+        group: &str,
+        client: u64,
+        seq: u64,
+        reply: &[u8],
+    ) {
+        for cl in &mut self.clients {
+            let g = &mut self.groups[cl.group];
+            if cl.id != client
+                || *g.name != *group
+                || g.members[cl.at] != i
+                || cl.now.as_ref().is_none_or(|o| o.seq != seq)
+            {
+                continue;
+            }
+            let o = cl.now.take().expect("outstanding");
+            let Some(Reply::Done(r)) = Reply::decode(reply) else {
+                panic!("request {seq} of {client} answered stale");
+            };
+            g.calls.push(Call {
+                invoke: o.invoke,
+                complete: Some(now),
+                op: o.op,
+                ret: Some(serde_json::from_slice(&r).expect("a store reply")),
+            });
         }
     }
 
@@ -223,6 +312,15 @@ impl Run {
 
 #[test]
 fn the_store_stays_linearizable_through_crashes_restarts_a_partition_and_loss() {
+    nemesis(false);
+}
+
+#[test]
+fn an_external_machine_stays_linearizable_through_the_same() {
+    nemesis(true);
+}
+
+fn nemesis(external: bool) {
     let n = 150;
     let mut w = world(n, 0.05, 11);
     let count = 24;
@@ -231,6 +329,8 @@ fn the_store_stays_linearizable_through_crashes_restarts_a_partition_and_loss() 
         groups: Vec::new(),
         clients: Vec::new(),
         rng: SmallRng::seed_from_u64(5),
+        external,
+        processes: BTreeMap::new(),
     };
     for g in 0..count {
         // Members in different zones.
@@ -243,7 +343,7 @@ fn the_store_stays_linearizable_through_crashes_restarts_a_partition_and_loss() 
             } else {
                 vec![creator.clone()]
             };
-            assert!(serve(&mut w, i, &name, contacts));
+            assert!(serve(&mut w, i, &name, contacts, external));
         }
         run.groups.push(Group {
             name,
@@ -274,7 +374,9 @@ fn the_store_stays_linearizable_through_crashes_restarts_a_partition_and_loss() 
         w.restart(i);
         let contact = addr(&w, run.groups[g].members[1]);
         let name = run.groups[g].name.clone();
-        serve(&mut w, i, &name, vec![contact]);
+        // Its process died with it.
+        run.processes.remove(&(i, name.clone()));
+        serve(&mut w, i, &name, vec![contact], external);
     }
     run.run(&mut w, 3 * S, true);
     // A zone holding one member of several groups is cut off, then healed.
@@ -307,17 +409,27 @@ fn the_store_stays_linearizable_through_crashes_restarts_a_partition_and_loss() 
     for g in &run.groups {
         answered += g.calls.iter().filter(|c| c.ret.is_some()).count();
         check_kv(&g.calls).unwrap_or_else(|(key, e)| panic!("group {} key {key}: {e}", g.name));
-        let stores: BTreeSet<Vec<u8>> = g
-            .members
-            .iter()
-            .filter_map(|&i| w.host(i))
-            .filter_map(|h| h.services.0.group(&g.name))
-            .filter(|gr| gr.phase() == Phase::Member)
-            .map(|gr| gr.replica().expect("serving").snapshot())
-            .collect();
+        let members = g.members.iter().filter(|&&i| {
+            w.host(i)
+                .and_then(|h| h.services.0.group(&g.name))
+                .is_some_and(|gr| gr.phase() == Phase::Member)
+        });
+        let stores: BTreeSet<Vec<u8>> = if external {
+            members
+                .map(|&i| run.processes[&(i, g.name.clone())].store.snapshot())
+                .collect()
+        } else {
+            members
+                .filter_map(|&i| w.host(i))
+                .filter_map(|h| h.services.0.group(&g.name))
+                .map(|gr| gr.replica().expect("serving").snapshot())
+                .collect()
+        };
         assert_eq!(stores.len(), 1, "group {}: members' stores differ", g.name);
     }
-    eprintln!("{count} groups: {answered} calls answered and checked, {failovers} failovers");
+    eprintln!(
+        "{count} groups (external: {external}): {answered} calls answered and checked, {failovers} failovers"
+    );
     assert!(answered > 10_000, "only {answered} calls answered");
     assert!(failovers >= count as u64 / 2, "the crashes moved no client");
 }

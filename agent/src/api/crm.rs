@@ -29,6 +29,11 @@ const JOIN_WAIT: Duration = Duration::from_secs(15);
 /// Largest key-value request: a value of [`proto::kv::MAX_VALUE`] bytes
 /// (twice, for cas) escaped in JSON.
 const MAX_KV_BODY: usize = 2 * 6 * proto::kv::MAX_VALUE + 4096;
+/// Largest request for an external machine: an operation of
+/// [`proto::endpoint::MAX_OP`] bytes escaped in JSON.
+const MAX_REQUEST_BODY: usize = 6 * proto::endpoint::MAX_OP + 1024;
+/// Largest batch of a machine's answers (with a state).
+const MAX_ANSWER_BODY: usize = 6 * proto::external::MAX_STATE + 1024 * 1024;
 /// How long a request waits for its reply before the client is told to
 /// try another member.
 const REPLY_WAIT: Duration = Duration::from_secs(3);
@@ -45,6 +50,16 @@ pub fn routes() -> Router<ApiState> {
             post(kv).layer(DefaultBodyLimit::max(MAX_KV_BODY)),
         )
         .route(
+            "/v1/crm/groups/{name}/request",
+            post(request).layer(DefaultBodyLimit::max(MAX_REQUEST_BODY)),
+        )
+        .route(
+            "/v1/crm/groups/{name}/machine",
+            get(machine_feed)
+                .post(machine_answer)
+                .layer(DefaultBodyLimit::max(MAX_ANSWER_BODY)),
+        )
+        .route(
             "/v1/crm/groups/{name}/messages",
             post(send).layer(DefaultBodyLimit::max(MAX_SEND_BODY)),
         )
@@ -58,9 +73,15 @@ impl From<CrmCallError> for ApiError {
             CrmCallError::NoView { .. } | CrmCallError::NoReply(..) | CrmCallError::Busy(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
-            CrmCallError::NotServing(_) | CrmCallError::Stale { .. } => {
-                ApiError::new(StatusCode::CONFLICT, e.to_string())
-            }
+            // Every member runs the same service: no use trying another.
+            CrmCallError::OtherService { .. } => ApiError::bad_request(e.to_string()),
+            CrmCallError::Machine(
+                proto::MachineError::ReplyTooLarge(_) | proto::MachineError::StateTooLarge(_),
+            ) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            CrmCallError::NotServing(_)
+            | CrmCallError::Stale { .. }
+            | CrmCallError::Superseded { .. }
+            | CrmCallError::Machine(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             CrmCallError::Crm(c) => {
                 let status = match &c {
                     CrmError::UnknownGroup(_) => StatusCode::NOT_FOUND,
@@ -74,6 +95,18 @@ impl From<CrmCallError> for ApiError {
             }
         }
     }
+}
+
+/// A request body for group `name`: the group's name checked, the body
+/// read as `T` (`shape` says what to give).
+fn group_body<T: serde::de::DeserializeOwned>(
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let b = parse_body(&body?, shape)?;
+    proto::check_name(name).map_err(CrmCallError::from)?;
+    Ok(b)
 }
 
 /// A view as the API and the CLI show it: members by zone.
@@ -328,14 +361,13 @@ async fn serve(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let b: ServeBody = parse_body(&body?, r#"{"service": "kv"}"#)?;
+    let b: ServeBody = group_body(&name, body, r#"{"service": "kv"}"#)?;
     let kind = crm::ServeKind::parse(&b.service).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "unknown service {:?}: give kv (the built-in key-value store)",
+            "unknown service {:?}: give kv (the built-in key-value store) or external (a process following /v1/crm/groups/{{name}}/machine)",
             b.service
         ))
     })?;
-    proto::check_name(&name).map_err(CrmCallError::from)?;
     let contacts = contacts_of(&b.contacts)?;
     let i = crm::serve(&s.handle, name, kind, contacts, JOIN_WAIT).await?;
     let mut v = info_json(&i);
@@ -372,7 +404,16 @@ async fn kv(
     op.check()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     proto::check_name(&name).map_err(CrmCallError::from)?;
-    let reply = crm::request(&s.handle, name, client, seq, op.encode(), REPLY_WAIT).await?;
+    let reply = crm::request(
+        &s.handle,
+        name,
+        crm::ServeKind::Kv,
+        client,
+        seq,
+        op.encode(),
+        REPLY_WAIT,
+    )
+    .await?;
     let refused = serde_json::from_slice::<proto::KvReply>(&reply)
         .is_ok_and(|r| matches!(r, proto::KvReply::Error { .. }));
     let status = if refused {
@@ -386,4 +427,162 @@ async fn kv(
         reply,
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestBody {
+    client: u64,
+    seq: u64,
+    op: String,
+}
+
+/// One request for the group's external machine: `{"client": N, "seq":
+/// N, "op": "..."}`, answered `{"reply": "..."}` once this member's
+/// process ran it (or with the reply of its first run).
+async fn request(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: RequestBody = group_body(&name, body, r#"{"client": 7, "seq": 1, "op": "text"}"#)?;
+    if b.op.len() > proto::endpoint::MAX_OP {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a {}-byte operation; at most {} KiB",
+                b.op.len(),
+                proto::endpoint::MAX_OP >> 10
+            ),
+        ));
+    }
+    let reply = crm::request(
+        &s.handle,
+        name,
+        crm::ServeKind::External,
+        b.client,
+        b.seq,
+        b.op.into_bytes(),
+        REPLY_WAIT,
+    )
+    .await?;
+    Ok(Json(json!({"reply": String::from_utf8_lossy(&reply)})))
+}
+
+/// One event of a machine's feed as its process reads it.
+pub fn machine_event_json(e: &crm::MachineEvent) -> Value {
+    match e {
+        crm::MachineEvent::Restore { session, at, state } => json!({
+            "type": "restore",
+            "session": session,
+            "at": at,
+            "state": String::from_utf8_lossy(state),
+        }),
+        crm::MachineEvent::Apply(l) => json!({
+            "type": "apply",
+            "at": l.at,
+            "client": l.client,
+            "seq": l.seq,
+            "op": String::from_utf8_lossy(&l.op),
+        }),
+        crm::MachineEvent::Snapshot { at } => json!({"type": "snapshot", "at": at}),
+    }
+}
+
+/// The ordered requests for this member's external machine (SSE): a
+/// `restore` first, then `apply` in order, and now and then `snapshot`;
+/// `end` with the reason when the session is over.
+async fn machine_feed(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    proto::check_name(&name).map_err(CrmCallError::from)?;
+    let feed = crm::attach(&s.handle, name).await?;
+    let closing = Box::pin(ApiState::closed(s.closing.clone()));
+    let h = s.handle.clone();
+    let stream =
+        futures_util::stream::unfold(
+            (feed, closing, std::collections::VecDeque::new(), false),
+            move |(mut feed, mut closing, mut pending, mut ended)| {
+                let h = h.clone();
+                async move {
+                    loop {
+                        if let Some(e) = pending.pop_front() {
+                            return Some((Ok(e), (feed, closing, pending, ended)));
+                        }
+                        if ended {
+                            return None;
+                        }
+                        let next = tokio::select! {
+                            n = feed.next(&h) => n,
+                            _ = &mut closing => return None,
+                        };
+                        match next {
+                            Ok(events) => pending.extend(events.iter().map(|e| {
+                                let v = machine_event_json(e);
+                                let kind = v["type"].as_str().unwrap_or("apply").to_string();
+                                Event::default().event(kind).data(v.to_string())
+                            })),
+                            Err(e) => {
+                                ended = true;
+                                pending.push_back(Event::default().event("end").data(
+                                    json!({"type": "end", "reason": e.to_string()}).to_string(),
+                                ));
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    session: u64,
+    #[serde(default)]
+    replies: Vec<MachineReply>,
+    state: Option<MachineState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineReply {
+    at: u64,
+    reply: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineState {
+    at: u64,
+    state: String,
+}
+
+/// A machine's answers: `{"session": S, "replies": [{"at": N, "reply":
+/// ".."}], "state": {"at": N, "state": ".."}}`, replies in order from
+/// the position after the last answered. Answered `{"answered": N}`.
+async fn machine_answer(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b: AnswerBody = group_body(
+        &name,
+        body,
+        r#"{"session": 1, "replies": [{"at": 1, "reply": "text"}], "state": {"at": 1, "state": "text"}}"#,
+    )?;
+    let replies = b
+        .replies
+        .into_iter()
+        .map(|r| (r.at, r.reply.into_bytes()))
+        .collect();
+    let state = b.state.map(|s| (s.at, s.state.into_bytes()));
+    let answered = crm::answer(&s.handle, name, b.session, replies, state).await?;
+    Ok(Json(json!({"answered": answered})))
 }

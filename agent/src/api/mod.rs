@@ -147,15 +147,11 @@ pub async fn serve(
         .check_exposure(bound)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (closing_tx, closing) = signal::channel(false);
-    // Consensus registrations rejoin their groups (CRM keeps no disk).
-    let supervisor = tokio::spawn(crate::chm::consensus::supervise(handle.clone()));
     let app = build(handle, bound, access, closing);
-    let served = axum::serve(listener, app)
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = closing_tx.send(true);
         })
-        .await;
-    supervisor.abort();
-    served
+        .await
 }

@@ -12,7 +12,7 @@
 
 use super::{ChmCallError, changes, own};
 use crate::crm::{self, CrmCallError};
-use crate::node::NodeHandle;
+use crate::node::{NodeError, NodeHandle};
 use armillary_proto::chm::ComponentId;
 use armillary_proto::chm::consensus::{MAX_MEMBERS, Proposal, Verdict, Verdicts, group_of};
 use armillary_proto::crm::{GroupEvent, Mode};
@@ -248,13 +248,15 @@ async fn member(h: NodeHandle, id: ComponentId, home: bool) {
 
 /// Keeps this agent in the group of every consensus component it
 /// registered (again after a restart), and out of the groups of those it
-/// deregistered.
+/// deregistered; ends when the node stops.
 pub async fn supervise(h: NodeHandle) {
     let mut homes: BTreeSet<ComponentId> = BTreeSet::new();
     loop {
         tokio::time::sleep(SUPERVISE).await;
-        let Ok(mine) = own(&h).await else {
-            continue;
+        let mine = match own(&h).await {
+            Ok(m) => m,
+            Err(ChmCallError::Node(NodeError::Stopped)) => return,
+            Err(_) => continue,
         };
         let now: BTreeSet<ComponentId> = mine
             .iter()

@@ -107,6 +107,12 @@ impl Glue for ChmGlue {
         proto::ID
     }
 
+    /// Consensus registrations rejoin their groups (CRM keeps no disk),
+    /// at every agent, with or without an API.
+    fn start(&mut self, handle: &NodeHandle) {
+        tokio::spawn(consensus::supervise(handle.clone()));
+    }
+
     fn on_event(&mut self, event: Box<dyn Any + Send>, _now: Micros) {
         let Ok(e) = event.downcast::<ChmEvent>() else {
             return;

@@ -5,7 +5,7 @@
 
 use super::{CrmCallError, CrmGlue, join, proto, with_crm};
 use crate::node::NodeHandle;
-use proto::{CrmError, Endpoint, GroupInfo, KvStore, Mode, Reply, Request};
+use proto::{CrmError, Endpoint, External, GroupInfo, KvStore, Mode, Reply, Request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +17,23 @@ const MAX_WAITING: usize = 16_384;
 pub enum ServeKind {
     /// The built-in key-value store.
     Kv,
+    /// A separate process, fed the ordered requests through the API.
+    External,
 }
 
 impl ServeKind {
     pub fn parse(s: &str) -> Option<ServeKind> {
         match s {
             "kv" => Some(ServeKind::Kv),
+            "external" => Some(ServeKind::External),
             _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServeKind::Kv => "kv",
+            ServeKind::External => "external",
         }
     }
 }
@@ -40,6 +50,7 @@ pub async fn serve(
 ) -> Result<GroupInfo, CrmCallError> {
     let replica: Box<dyn proto::Replica> = match kind {
         ServeKind::Kv => Box::new(Endpoint::new(KvStore::default())),
+        ServeKind::External => Box::new(External::new()),
     };
     join_with(h, group, replica, contacts, wait).await
 }
@@ -88,12 +99,13 @@ pub async fn replica_snapshot(
     .await
 }
 
-/// Takes request `seq` of `client` for the group this agent serves:
-/// sends it in safe order and gives the reply once this member applied
-/// it (or the reply the group gave the request the first time).
+/// Takes request `seq` of `client` for the group this agent serves as
+/// `kind`: sends it in safe order and gives the reply once this member
+/// applied it (or the reply the group gave the request the first time).
 pub async fn request(
     h: &NodeHandle,
     group: String,
+    kind: ServeKind,
     client: u64,
     seq: u64,
     op: Vec<u8>,
@@ -102,13 +114,18 @@ pub async fn request(
     let g: Arc<str> = group.as_str().into();
     let data = Request { client, seq, op }.encode();
     let rx = with_crm(h, move |c, _, glue: &mut CrmGlue, now| {
-        let serving = c
-            .group(&g)
-            .ok_or_else(|| CrmError::UnknownGroup(g.to_string()))?
-            .replica()
-            .is_some();
-        if !serving {
+        let group = c
+            .group_mut(&g)
+            .ok_or_else(|| CrmError::UnknownGroup(g.to_string()))?;
+        if group.replica().is_none() {
             return Err(CrmCallError::NotServing(g.to_string()));
+        }
+        let external = group.replica_as::<External>().is_some();
+        if external != (kind == ServeKind::External) {
+            return Err(CrmCallError::OtherService {
+                group: g.to_string(),
+                asked: kind.name(),
+            });
         }
         if glue.waiting.len() >= MAX_WAITING {
             return Err(CrmCallError::Busy(MAX_WAITING));

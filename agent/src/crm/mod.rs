@@ -10,12 +10,14 @@ use crate::node::{Glue, Jobs, NodeError, NodeHandle};
 use crate::row::Micros;
 use proto::{Crm, CrmError, GroupEvent, GroupInfo, Mode, Phase};
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
 
 mod endpoint;
+mod machine;
 pub use endpoint::{ServeKind, join_with, listed, replica_snapshot, request, serve};
+pub use machine::{MachineEvent, MachineFeed, answer, attach};
 
 /// Events one stream may fall behind by before it is told it lagged.
 const STREAM_QUEUE: usize = 8192;
@@ -33,6 +35,16 @@ pub enum CrmCallError {
     NoView { group: String, secs: u64 },
     #[error("this agent is in group {0} but does not serve it; use a serving member")]
     NotServing(String),
+    #[error(
+        "group {group} is not served by {asked} here; send it the requests of the service it runs"
+    )]
+    OtherService { group: String, asked: &'static str },
+    #[error(
+        "group {group}'s machine session {session} was replaced by a newer one; a process must follow the latest session"
+    )]
+    Superseded { group: String, session: u64 },
+    #[error(transparent)]
+    Machine(#[from] proto::MachineError),
     #[error("{0} requests wait for replies at this agent, the most it holds; retry later")]
     Busy(usize),
     #[error("group {0} gave no reply in {1} ms; try another member")]
@@ -52,6 +64,9 @@ pub struct CrmGlue {
     streams: BTreeMap<Arc<str>, broadcast::Sender<GroupEvent>>,
     /// Requests taken here, waiting for their reply: by group, client, seq.
     waiting: BTreeMap<RequestKey, Vec<oneshot::Sender<Vec<u8>>>>,
+    /// Groups whose external machine follows them, by group.
+    machines: BTreeMap<Arc<str>, machine::Slot>,
+    sessions: u64,
     ready: bool,
     views: u64,
     rejoins: u64,
@@ -80,7 +95,7 @@ impl Glue for CrmGlue {
         self.ready = true;
     }
 
-    fn after_input(&mut self, host: &mut Host<Box<dyn Services>>, _jobs: &Jobs, _now: Micros) {
+    fn after_input(&mut self, host: &mut Host<Box<dyn Services>>, _jobs: &Jobs, now: Micros) {
         if !std::mem::take(&mut self.ready) {
             return;
         }
@@ -91,7 +106,13 @@ impl Glue for CrmGlue {
         else {
             return;
         };
+        let mut delivered = BTreeSet::new();
         for e in crm.take_events() {
+            if let GroupEvent::Deliver { group, .. } = &e
+                && !delivered.contains(group)
+            {
+                delivered.insert(group.clone());
+            }
             if let GroupEvent::Deliver {
                 group,
                 data,
@@ -119,13 +140,18 @@ impl Glue for CrmGlue {
             }
             let group = e.group().clone();
             let left = matches!(e, GroupEvent::Left { .. });
+            if let Some(m) = self.machines.get(&group) {
+                m.notify.notify_one();
+            }
             if let Some(tx) = self.streams.get(&group) {
                 let _ = tx.send(e);
             }
             if left {
                 self.streams.remove(&group);
+                self.machines.remove(&group);
             }
         }
+        machine::leave_if_full(crm, &delivered, now);
     }
 
     fn counters(&self, host: &Host<Box<dyn Services>>, out: &mut BTreeMap<String, u64>) {

@@ -450,10 +450,11 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
                 Ok(c) => conn = Some(c),
                 Err(reason) => {
                     tracing::debug!(%addr, %reason, "cannot reach peer");
+                    let stale = drop_queued(&mut rx);
                     shared
                         .counters
                         .send_failed
-                        .fetch_add(count, Ordering::Relaxed);
+                        .fetch_add(count + stale, Ordering::Relaxed);
                     continue;
                 }
             }
@@ -471,10 +472,11 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
                 shared.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
             }
             _ => {
+                let stale = drop_queued(&mut rx);
                 shared
                     .counters
                     .send_failed
-                    .fetch_add(count, Ordering::Relaxed);
+                    .fetch_add(count + stale, Ordering::Relaxed);
                 forget_closed(&shared, &mut conn);
                 conn = None;
             }
@@ -483,6 +485,18 @@ async fn peer_task(shared: Arc<Shared>, addr: SocketAddr, mut rx: mpsc::Receiver
     if let Some(c) = conn {
         c.close(0u32.into(), b"idle");
     }
+}
+
+/// Drops what was queued for a peer while it could not be reached: as
+/// stale as the batch that failed (the protocols repair both), and it
+/// would hold a restarted peer's first messages back by a connect
+/// timeout per batch. Gives how many went.
+fn drop_queued(rx: &mut mpsc::Receiver<Vec<u8>>) -> u64 {
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    n
 }
 
 /// Appends one message to a stream's bytes: its length, then itself.

@@ -274,8 +274,10 @@ async fn multicast_run(
         let h = h.clone();
         let n = per + u64::from((r as u64) < a.messages % members.len() as u64);
         let size = a.size;
+        let all = members.clone();
         senders.push(tokio::spawn(async move {
             let mut k = 0u64;
+            let mut stuck_since: Option<Instant> = None;
             let mut backlog: std::collections::VecDeque<Vec<u8>> = Default::default();
             while k < n || !backlog.is_empty() {
                 while backlog.len() < BATCH && k < n {
@@ -295,19 +297,24 @@ async fn multicast_run(
                         m
                     })
                     .collect();
-                let took = crm::send_many(&h, GROUP.into(), mode, batch).await?;
+                let took = crm::send_many(&h, GROUP.into(), mode, batch)
+                    .await
+                    .map_err(failed)?;
                 backlog.drain(..took);
+                if took > 0 {
+                    stuck_since = None;
+                } else if stuck_since.get_or_insert_with(Instant::now).elapsed() > IDLE {
+                    return Err(stalled(&all, mode).await);
+                }
                 if took < BATCH {
                     tokio::time::sleep(Duration::from_micros(200)).await;
                 }
             }
-            Ok::<(), CrmCallError>(())
+            Ok::<(), CliError>(())
         }));
     }
     for s in senders {
-        s.await
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .map_err(failed)?;
+        s.await.map_err(|e| CliError::failed(e.to_string()))??;
     }
     let (mut lat, mut missed, mut end) = (Vec::new(), 0, Duration::ZERO);
     for r in readers {
@@ -328,6 +335,35 @@ async fn multicast_run(
         p99_ms: super::bench_chm::quantile(&mut lat, 0.99),
         vs_fifo: 1.0,
     })
+}
+
+/// What each member holds when a group took nothing for [`IDLE`].
+async fn stalled(members: &[NodeHandle], mode: Mode) -> CliError {
+    let mut parts = Vec::new();
+    for h in members {
+        if let Ok(Some(i)) = crm::view(h, GROUP.into()).await {
+            parts.push(format!(
+                "{} {:?} view {} unstable {}",
+                i.me.zone, i.phase, i.view.id, i.unstable
+            ));
+        }
+        if let Ok(st) = h.status().await {
+            let counted: Vec<String> = st
+                .counters
+                .iter()
+                .filter(|(k, v)| **v > 0 && (k.starts_with("net_") || k.starts_with("crm_")))
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain(st.rejected.iter().map(|(k, v)| format!("refused {k}={v}")))
+                .collect();
+            tracing::warn!(counters = %counted.join(" "), "a member of the stalled group");
+        }
+    }
+    CliError::failed(format!(
+        "the group took no {} message for {} s: {}",
+        mode.name(),
+        IDLE.as_secs(),
+        parts.join("; ")
+    ))
 }
 
 /// Kills members one after the other and times the next view.
@@ -405,6 +441,7 @@ async fn kv(c: &mut Cluster, a: &CrmBenchArgs) -> Result<Kv, CliError> {
                     let r = crm::request(
                         &handles[at],
                         KV.into(),
+                        ServeKind::Kv,
                         id,
                         seq,
                         op.clone(),
@@ -441,6 +478,7 @@ async fn kv(c: &mut Cluster, a: &CrmBenchArgs) -> Result<Kv, CliError> {
     let final_value = match crm::request(
         &c.handle(0),
         KV.into(),
+        ServeKind::Kv,
         u64::MAX >> 1,
         1,
         KvOp::Get { key: "n".into() }.encode(),

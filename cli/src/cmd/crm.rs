@@ -30,6 +30,13 @@ pub enum CrmCommand {
     Serve(ServeArgs),
     /// Use a group's replicated key-value store.
     Kv(super::crm_kv::KvArgs),
+    /// Run a group's service in a separate command at this agent (which
+    /// serves it with `crm serve GROUP --external`): the command reads the
+    /// ordered requests as JSON lines and answers each one.
+    Machine(super::crm_machine::MachineArgs),
+    /// Send one request to a group's external service, failing over
+    /// across --endpoints; prints its reply.
+    Request(super::crm_machine::RequestArgs),
 }
 
 pub fn run(c: CrmCommand) -> CliResult {
@@ -40,6 +47,8 @@ pub fn run(c: CrmCommand) -> CliResult {
         CrmCommand::Leave(a) => leave(a),
         CrmCommand::Serve(a) => serve(a),
         CrmCommand::Kv(a) => super::crm_kv::run(a),
+        CrmCommand::Machine(a) => super::crm_machine::machine(a),
+        CrmCommand::Request(a) => super::crm_machine::request(a),
     }
 }
 
@@ -224,8 +233,12 @@ fn leave(a: LeaveArgs) -> CliResult {
 pub struct ServeArgs {
     group: String,
     /// Serve the built-in key-value store (put, get, incr, cas).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "external")]
     kv: bool,
+    /// Serve a service run by a separate command, which follows this
+    /// agent with `armillary crm machine GROUP -- CMD`.
+    #[arg(long)]
+    external: bool,
     /// Agent addresses of members to join through [default: the members
     /// the zone tree lists].
     #[arg(long, value_delimiter = ',', value_name = "ADDR,..")]
@@ -238,14 +251,18 @@ pub struct ServeArgs {
 
 fn serve(a: ServeArgs) -> CliResult {
     check_group(&a.group)?;
-    if !a.kv {
-        return Err(CliError::usage(
-            "say what to serve: --kv (the built-in key-value store)",
-        ));
-    }
+    let service = match (a.kv, a.external) {
+        (true, _) => "kv",
+        (_, true) => "external",
+        _ => {
+            return Err(CliError::usage(
+                "say what to serve: --kv (the built-in key-value store) or --external (a command run by `armillary crm machine`)",
+            ));
+        }
+    };
     let client = Client::new(&a.api)?;
     block_on(async move {
-        let body = json!({"service": "kv", "contacts": a.contacts}).to_string();
+        let body = json!({"service": service, "contacts": a.contacts}).to_string();
         let v = client
             .call(
                 Method::POST,
@@ -258,7 +275,7 @@ fn serve(a: ServeArgs) -> CliResult {
             return print_json(&v);
         }
         println!(
-            "serving {} (kv)  view {}  coordinator {}  members {}",
+            "serving {} ({service})  view {}  coordinator {}  members {}",
             a.group,
             v["view_id"],
             text(&v["coordinator"]),
@@ -269,7 +286,7 @@ fn serve(a: ServeArgs) -> CliResult {
 }
 
 /// A bad group name is bad input (exit 2) before any request.
-fn check_group(g: &str) -> CliResult {
+pub fn check_group(g: &str) -> CliResult {
     armillary_agent::crm::proto::check_name(g).map_err(|e| CliError::usage(e.to_string()))
 }
 

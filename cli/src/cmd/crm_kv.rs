@@ -80,20 +80,13 @@ struct BenchArgs {
 pub fn run(a: KvArgs) -> CliResult {
     armillary_agent::crm::proto::check_name(&a.group)
         .map_err(|e| CliError::usage(e.to_string()))?;
-    let endpoints = if a.endpoints.is_empty() {
-        vec![a.api.clone()]
-    } else {
-        a.endpoints.clone()
-    };
-    let clients: Vec<Client> = endpoints
-        .iter()
-        .map(|e| {
-            Client::new(&ApiArgs {
-                api: e.clone(),
-                token_file: a.token_file.clone(),
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let clients = endpoints(
+        &a.endpoints,
+        &ApiArgs {
+            api: a.api.clone(),
+            token_file: a.token_file.clone(),
+        },
+    )?;
     let op = match a.op {
         KvCommand::Bench(b) => return bench(a.group, clients, b, a.json),
         KvCommand::Put { key, value } => KvOp::Put { key, value },
@@ -121,6 +114,21 @@ pub fn run(a: KvArgs) -> CliResult {
         }
         Ok(())
     })
+}
+
+/// Clients of `list`, or of `api` alone when the list is empty.
+pub fn endpoints(list: &[String], api: &ApiArgs) -> Result<Vec<Client>, CliError> {
+    if list.is_empty() {
+        return Ok(vec![Client::new(api)?]);
+    }
+    list.iter()
+        .map(|e| {
+            Client::new(&ApiArgs {
+                api: e.clone(),
+                token_file: api.token_file.clone(),
+            })
+        })
+        .collect()
 }
 
 fn shown(v: &Option<KvValue>) -> String {
@@ -156,10 +164,20 @@ impl KvClient {
     /// Runs `op` once in the group: the same request goes to one member
     /// after the other until one answers. A refusal by the store is a reply.
     pub async fn call(&mut self, op: &KvOp) -> Result<KvReply, CliError> {
+        let fields = serde_json::to_value(op)
+            .map_err(|_| CliError::failed("an operation did not encode"))?;
+        let text = self.call_route("kv", fields).await?;
+        serde_json::from_str(&text)
+            .map_err(|e| CliError::failed(format!("a reply that is not the store's ({e}): {text}")))
+    }
+
+    /// Sends the request `fields` (with the client's id and next number)
+    /// to the group's `route`, failing over as [`KvClient::call`] does;
+    /// gives the reply's text (a success, or the service's refusal, 422).
+    pub async fn call_route(&mut self, route: &str, fields: Value) -> Result<String, CliError> {
         self.seq += 1;
-        let mut body: serde_json::Map<String, Value> = match serde_json::to_value(op) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(CliError::failed("an operation did not encode")),
+        let Value::Object(mut body) = fields else {
+            return Err(CliError::failed("a request is a JSON object"));
         };
         body.insert("client".into(), self.id.into());
         body.insert("seq".into(), self.seq.into());
@@ -174,16 +192,14 @@ impl KvClient {
             match c
                 .send(
                     Method::POST,
-                    &["v1", "crm", "groups", &self.group, "kv"],
+                    &["v1", "crm", "groups", &self.group, route],
                     &[],
                     Some(body.clone()),
                 )
                 .await
             {
                 Ok((s, text)) if s.is_success() || s == StatusCode::UNPROCESSABLE_ENTITY => {
-                    return serde_json::from_str(&text).map_err(|e| {
-                        CliError::failed(format!("a reply that is not the store's ({e}): {text}"))
-                    });
+                    return Ok(text);
                 }
                 Ok((s, text))
                     if s == StatusCode::BAD_REQUEST || s == StatusCode::PAYLOAD_TOO_LARGE =>

@@ -12,6 +12,7 @@ pub mod bench_soak;
 pub mod chm;
 pub mod crm;
 pub mod crm_kv;
+pub mod crm_machine;
 pub mod dds;
 pub mod dds_bench;
 pub mod dev;

@@ -128,15 +128,125 @@ struct Session {
     seq: u64,
     /// Position in the total order of the client's last request.
     at: u64,
-    reply: Vec<u8>,
+    /// Its reply; None while an external machine has not answered it.
+    reply: Option<Vec<u8>>,
+}
+
+/// What the client table says of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Seen<'a> {
+    /// Not run yet: run it.
+    New,
+    /// The client's last request again: its reply (None: not answered yet).
+    Retry(Option<&'a [u8]>),
+    /// Older than the client's last.
+    Stale(u64),
+}
+
+/// Each client's last request and reply, bounded to [`MAX_CLIENTS`]; the
+/// client whose last request is oldest in the total order leaves first,
+/// the same on every member.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ClientTable {
+    clients: BTreeMap<u64, Session>,
+    /// Clients by the position of their last request: who goes first.
+    by_age: BTreeMap<u64, u64>,
+}
+
+impl ClientTable {
+    pub(crate) fn seen(&self, client: u64, seq: u64) -> Seen<'_> {
+        match self.clients.get(&client) {
+            Some(s) if seq == s.seq => Seen::Retry(s.reply.as_deref()),
+            Some(s) if seq < s.seq => Seen::Stale(s.seq),
+            _ => Seen::New,
+        }
+    }
+
+    /// Records request `seq` of `client`, run at position `at`.
+    pub(crate) fn record(&mut self, client: u64, seq: u64, at: u64, reply: Option<Vec<u8>>) {
+        if let Some(old) = self.clients.insert(client, Session { seq, at, reply }) {
+            self.by_age.remove(&old.at);
+        }
+        self.by_age.insert(at, client);
+        while self.clients.len() > MAX_CLIENTS {
+            let Some((_, c)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.clients.remove(&c);
+        }
+    }
+
+    /// Gives the request run at `at` its reply, if it is still its
+    /// client's last.
+    pub(crate) fn fill(&mut self, client: u64, at: u64, reply: &[u8]) {
+        if let Some(s) = self.clients.get_mut(&client)
+            && s.at == at
+        {
+            s.reply = Some(reply.to_vec());
+        }
+    }
+
+    /// Whether every request at or before `at` has its reply.
+    pub(crate) fn answered_through(&self, at: u64) -> bool {
+        self.by_age
+            .range(..=at)
+            .all(|(_, c)| self.clients[c].reply.is_some())
+    }
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.clients.len() as u64).to_be_bytes());
+        for (c, s) in &self.clients {
+            out.extend_from_slice(&c.to_be_bytes());
+            out.extend_from_slice(&s.seq.to_be_bytes());
+            out.extend_from_slice(&s.at.to_be_bytes());
+            match &s.reply {
+                Some(r) => {
+                    out.push(1);
+                    out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+                    out.extend_from_slice(r);
+                }
+                None => out.push(0),
+            }
+        }
+    }
+
+    /// Reads a table from untrusted bytes; no request after `applied`.
+    pub(crate) fn decode(r: &mut Reader<'_>, applied: u64) -> Result<ClientTable, String> {
+        let n = r.u64()?;
+        if n > MAX_CLIENTS as u64 {
+            return Err(format!("{n} clients in a snapshot; at most {MAX_CLIENTS}"));
+        }
+        let mut t = ClientTable::default();
+        for _ in 0..n {
+            let c = r.u64()?;
+            let seq = r.u64()?;
+            let at = r.u64()?;
+            let reply = match r.take(1)?[0] {
+                0 => None,
+                1 => {
+                    let len = r.u32()? as usize;
+                    if len > MAX_OP {
+                        return Err(format!("a {len}-byte reply in a snapshot"));
+                    }
+                    Some(r.take(len)?.to_vec())
+                }
+                b => return Err(format!("a reply marked {b} in a snapshot")),
+            };
+            if at > applied || t.by_age.insert(at, c).is_some() {
+                return Err("a snapshot's client table is inconsistent".into());
+            }
+            if t.clients.insert(c, Session { seq, at, reply }).is_some() {
+                return Err("a client twice in a snapshot".into());
+            }
+        }
+        Ok(t)
+    }
 }
 
 /// A [`StateMachine`] behind a client table: a [`Replica`] for a group.
 pub struct Endpoint<S> {
     sm: S,
-    clients: BTreeMap<u64, Session>,
-    /// Clients by the position of their last request: who goes first.
-    by_age: BTreeMap<u64, u64>,
+    table: ClientTable,
     /// Requests applied (the position in the total order).
     applied: u64,
     /// Retries answered from the table.
@@ -147,8 +257,7 @@ impl<S: StateMachine> Endpoint<S> {
     pub fn new(sm: S) -> Endpoint<S> {
         Endpoint {
             sm,
-            clients: BTreeMap::new(),
-            by_age: BTreeMap::new(),
+            table: ClientTable::default(),
             applied: 0,
             retries: 0,
         }
@@ -164,35 +273,19 @@ impl<S: StateMachine> Endpoint<S> {
 
     /// Runs `req` unless the table answers it.
     pub fn execute(&mut self, req: &Request) -> Reply {
-        if let Some(s) = self.clients.get(&req.client) {
-            if req.seq == s.seq {
+        match self.table.seen(req.client, req.seq) {
+            Seen::Retry(reply) => {
                 self.retries += 1;
-                return Reply::Done(s.reply.clone());
+                return Reply::Done(reply.unwrap_or_default().to_vec());
             }
-            if req.seq < s.seq {
-                return Reply::Stale { last: s.seq };
-            }
+            Seen::Stale(last) => return Reply::Stale { last },
+            Seen::New => {}
         }
         self.applied += 1;
         let mut reply = self.sm.apply(&req.op);
         reply.truncate(MAX_OP);
-        if let Some(old) = self.clients.insert(
-            req.client,
-            Session {
-                seq: req.seq,
-                at: self.applied,
-                reply: reply.clone(),
-            },
-        ) {
-            self.by_age.remove(&old.at);
-        }
-        self.by_age.insert(self.applied, req.client);
-        while self.clients.len() > MAX_CLIENTS {
-            let Some((_, c)) = self.by_age.pop_first() else {
-                break;
-            };
-            self.clients.remove(&c);
-        }
+        self.table
+            .record(req.client, req.seq, self.applied, Some(reply.clone()));
         Reply::Done(reply)
     }
 }
@@ -211,14 +304,7 @@ impl<S: StateMachine> Replica for Endpoint<S> {
     fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.applied.to_be_bytes());
-        out.extend_from_slice(&(self.clients.len() as u64).to_be_bytes());
-        for (c, s) in &self.clients {
-            out.extend_from_slice(&c.to_be_bytes());
-            out.extend_from_slice(&s.seq.to_be_bytes());
-            out.extend_from_slice(&s.at.to_be_bytes());
-            out.extend_from_slice(&(s.reply.len() as u32).to_be_bytes());
-            out.extend_from_slice(&s.reply);
-        }
+        self.table.encode(&mut out);
         out.extend_from_slice(&self.sm.snapshot());
         out
     }
@@ -226,40 +312,22 @@ impl<S: StateMachine> Replica for Endpoint<S> {
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
         let mut r = Reader(state);
         let applied = r.u64()?;
-        let n = r.u64()?;
-        if n > MAX_CLIENTS as u64 {
-            return Err(format!("{n} clients in a snapshot; at most {MAX_CLIENTS}"));
-        }
-        let mut clients = BTreeMap::new();
-        let mut by_age = BTreeMap::new();
-        for _ in 0..n {
-            let c = r.u64()?;
-            let seq = r.u64()?;
-            let at = r.u64()?;
-            let len = r.u32()? as usize;
-            if len > MAX_OP {
-                return Err(format!("a {len}-byte reply in a snapshot"));
-            }
-            let reply = r.take(len)?.to_vec();
-            if at > applied || by_age.insert(at, c).is_some() {
-                return Err("a snapshot's client table is inconsistent".into());
-            }
-            if clients.insert(c, Session { seq, at, reply }).is_some() {
-                return Err("a client twice in a snapshot".into());
-            }
+        let table = ClientTable::decode(&mut r, applied)?;
+        if !table.answered_through(applied) {
+            return Err("a snapshot's client table lacks a reply".into());
         }
         self.sm.restore(r.0)?;
         self.applied = applied;
-        self.clients = clients;
-        self.by_age = by_age;
+        self.table = table;
         Ok(())
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads a snapshot's fields, refusing one that ends early.
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err("a snapshot ends early".into());
         }
@@ -268,11 +336,11 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
     }
 }
@@ -320,9 +388,9 @@ mod tests {
         for c in 0..(MAX_CLIENTS as u64 + 10) {
             e.execute(&req(c, 1, incr("x")));
         }
-        assert_eq!(e.clients.len(), MAX_CLIENTS);
-        assert!(!e.clients.contains_key(&0) && e.clients.contains_key(&10));
-        assert_eq!(e.by_age.len(), MAX_CLIENTS);
+        assert_eq!(e.table.clients.len(), MAX_CLIENTS);
+        assert!(!e.table.clients.contains_key(&0) && e.table.clients.contains_key(&10));
+        assert_eq!(e.table.by_age.len(), MAX_CLIENTS);
     }
 
     #[test]

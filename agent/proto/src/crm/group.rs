@@ -108,6 +108,11 @@ pub trait Replica: Send {
     fn snapshot(&self) -> Vec<u8>;
     /// Restores a snapshot from untrusted bytes.
     fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+    /// The replica as `Any`, for a runtime that feeds it more than the
+    /// group's deliveries (an external machine's answers).
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// What a group tells its application.
@@ -431,6 +436,11 @@ impl Group {
         self.replica.as_deref()
     }
 
+    /// The replica as its own type, when it is a `T` that offers itself.
+    pub fn replica_as<T: 'static>(&mut self) -> Option<&mut T> {
+        self.replica.as_mut()?.as_any_mut()?.downcast_mut::<T>()
+    }
+
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
@@ -538,6 +548,33 @@ impl Group {
                 }
                 self.maybe_propose(now);
             }
+        }
+    }
+
+    /// A part of a longer message from `addr` came in (a flush report, a
+    /// decision or a state being carried in chunks): the member is alive,
+    /// and a phase that waits on it waits while its message arrives, so a
+    /// view change with a long flush is not given up half-received.
+    pub fn part_from(&mut self, now: Micros, addr: &str) {
+        if !self.in_view() {
+            return;
+        }
+        let Some(r) = self.view.rank_at(addr) else {
+            return;
+        };
+        if let Some(h) = self.heard.get_mut(r) {
+            *h = now;
+        }
+        let phase = self.cfg.phase_timeout;
+        if let Some(p) = &mut self.proposal
+            && p.asked.iter().any(|m| &*m.addr == addr)
+        {
+            p.deadline = p.deadline.max(now + phase);
+            // Asking again would only send the long message again.
+            p.resend_at = p.resend_at.max(now + phase / 5);
+        }
+        if self.promised.as_ref().is_some_and(|b| &*b.by.addr == addr) {
+            self.promise_deadline = self.promise_deadline.max(now + 2 * phase);
         }
     }
 
@@ -1308,7 +1345,12 @@ impl Group {
         let view = self.view.id;
         let name = self.name.clone();
         let Some(p) = &mut self.proposal else { return };
-        p.resend_at = now + self.cfg.phase_timeout / 5;
+        // A decision is sent again only once its fill could have arrived.
+        let fill: usize = p
+            .decision
+            .as_ref()
+            .map_or(0, |d| d.fill.iter().map(|e| e.data.len()).sum());
+        p.resend_at = now + self.cfg.phase_timeout / 5 + transfer_time(fill);
         let (to, msg): (Vec<Arc<str>>, CrmMsg) = match &p.decision {
             None => (
                 self.view
@@ -1424,8 +1466,11 @@ impl Group {
                 }
             }
         };
+        // The decision carries the fill: give it the time its bytes take.
+        let fill: usize = decision.fill.iter().map(|e| e.data.len()).sum();
         p.decision = Some(decision.clone());
-        p.deadline = now + self.cfg.phase_timeout;
+        p.deadline = now + self.cfg.phase_timeout + transfer_time(fill);
+        p.resend_at = now + self.cfg.phase_timeout / 5 + transfer_time(fill);
         let ballot = p.ballot.clone();
         let to: Vec<MemberId> = p
             .promises
@@ -1724,6 +1769,12 @@ impl Group {
 /// rank order (less those leaving), then the joiners; the cut the union
 /// of what they delivered. A promiser whose report has a gap the others
 /// cannot fill is left out (it joins again).
+/// How long `bytes` of a flush take to reach the members, at a rate
+/// (32 MB/s) an agent keeps even while loaded.
+fn transfer_time(bytes: usize) -> Micros {
+    bytes as Micros / 32
+}
+
 fn cut(
     view: &View,
     n: u64,

@@ -12,11 +12,14 @@
 //! - [`service`]: the [`Crm`] service, the groups of one agent.
 //! - [`endpoint`]: the replicated endpoint: a deterministic service
 //!   behind a client table, answering each request exactly once.
+//! - [`external`]: the endpoint with its service run by a separate
+//!   process, which answers each ordered request later.
 //! - [`kv`]: the built-in service, a key-value store.
 //! - [`linear`]: a linearizability checker for the endpoint's histories.
 
 pub mod check;
 pub mod endpoint;
+pub mod external;
 pub mod group;
 pub mod kv;
 pub mod linear;
@@ -29,6 +32,7 @@ pub mod wire;
 mod tests;
 
 pub use endpoint::{Endpoint, Reply, Request, StateMachine};
+pub use external::{External, Logged, MachineError};
 pub use group::{Group, GroupConfig, GroupEvent, GroupStats, Phase, Rejoin, Replica, SendRefused};
 pub use kv::{KvOp, KvReply, KvStore, KvValue};
 pub use member::{Ballot, MemberId, View};

@@ -453,6 +453,9 @@ impl Crm {
                 count,
                 bytes,
             } => {
+                for g in self.groups.values_mut() {
+                    g.part_from(now, &from.addr);
+                }
                 if let Some(all) = self.assemble(now, &from.addr, id, index, count, bytes) {
                     match CrmMsg::decode(&all) {
                         Ok(CrmMsg::Chunk { .. }) | Err(_) => self.chunks_dropped += 1,

@@ -515,3 +515,25 @@ fn a_member_more_than_the_bound_behind_is_excluded_instead_of_stalling_the_group
     net.run_for(2 * S);
     net.check();
 }
+
+#[test]
+fn a_group_cut_into_single_members_forms_again_after_the_heal() {
+    let mut net = formed(6, 3, 0.0);
+    traffic(&mut net, &[0, 1, 2], 30, 60 * MS, "a");
+    net.partition(&[0], &[1, 2]);
+    net.partition(&[1], &[2]);
+    traffic(&mut net, &[0, 1, 2], 30, 60 * MS, "b");
+    net.run_for(3 * S);
+    for i in 0..3 {
+        assert_ne!(
+            net.group(i).phase(),
+            Phase::Member,
+            "n{i} alone kept delivering"
+        );
+    }
+    net.heal();
+    net.until_view(&[0, 1, 2], 10 * S);
+    traffic(&mut net, &[0, 1, 2], 20, 60 * MS, "c");
+    net.run_for(2 * S);
+    net.check();
+}
