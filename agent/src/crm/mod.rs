@@ -40,7 +40,7 @@ pub enum CrmCallError {
     )]
     OtherService { group: String, asked: &'static str },
     #[error(
-        "group {group}'s machine session {session} was replaced by a newer one; a process must follow the latest session"
+        "session {session} is not the current one of group {group}'s machine (a newer process follows it, or none does); follow the feed again"
     )]
     Superseded { group: String, session: u64 },
     #[error(transparent)]
