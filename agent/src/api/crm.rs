@@ -3,6 +3,7 @@
 
 use super::ApiState;
 use super::error::{ApiError, parse_body};
+use super::sse::{self, Batch};
 use crate::crm::{self, CrmCallError, proto};
 use axum::Json;
 use axum::Router;
@@ -10,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use base64::Engine;
 use futures_util::Stream;
@@ -297,7 +298,7 @@ async fn events(
     Path(name): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rx = crm::follow(&s.handle, name.clone()).await?;
-    let first: std::collections::VecDeque<Event> = crm::view(&s.handle, name.clone())
+    let first: Vec<Event> = crm::view(&s.handle, name.clone())
         .await?
         .filter(|i| i.view.id > 0)
         .map(|i| {
@@ -307,42 +308,32 @@ async fn events(
         })
         .into_iter()
         .collect();
-    let closing = Box::pin(ApiState::closed(s.closing.clone()));
-    let stream = futures_util::stream::unfold(
-        (rx, closing, first, false),
-        |(mut rx, mut closing, mut pending, mut ended)| async move {
-            loop {
-                if let Some(e) = pending.pop_front() {
-                    return Some((Ok(e), (rx, closing, pending, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                let next = tokio::select! {
-                    n = rx.recv() => n,
-                    _ = &mut closing => return None,
-                };
-                match next {
-                    Ok(e) => {
-                        ended = matches!(e, GroupEvent::Left { .. });
-                        if let Some((name, v)) = event_json(&e) {
-                            pending.push_back(Event::default().event(name).data(v.to_string()));
-                        }
+    Ok(sse::stream(
+        s.closing.clone(),
+        first,
+        rx,
+        |mut rx| async move {
+            let batch = match rx.recv().await {
+                Ok(e) => {
+                    let events = event_json(&e)
+                        .map(|(name, v)| Event::default().event(name).data(v.to_string()))
+                        .into_iter()
+                        .collect();
+                    if matches!(e, GroupEvent::Left { .. }) {
+                        Batch::last(events)
+                    } else {
+                        Batch::more(events)
                     }
-                    Err(RecvError::Lagged(n)) => pending.push_back(
-                        Event::default()
-                            .event("lagged")
-                            .data(json!({"type": "lagged", "missed": n}).to_string()),
-                    ),
-                    Err(RecvError::Closed) => return None,
                 }
-            }
+                Err(RecvError::Lagged(n)) => Batch::more(vec![
+                    Event::default()
+                        .event("lagged")
+                        .data(json!({"type": "lagged", "missed": n}).to_string()),
+                ]),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((rx, batch))
         },
-    );
-    Ok(Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
     ))
 }
 
@@ -498,46 +489,34 @@ async fn machine_feed(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     proto::check_name(&name).map_err(CrmCallError::from)?;
     let feed = crm::attach(&s.handle, name).await?;
-    let closing = Box::pin(ApiState::closed(s.closing.clone()));
     let h = s.handle.clone();
-    let stream =
-        futures_util::stream::unfold(
-            (feed, closing, std::collections::VecDeque::new(), false),
-            move |(mut feed, mut closing, mut pending, mut ended)| {
-                let h = h.clone();
-                async move {
-                    loop {
-                        if let Some(e) = pending.pop_front() {
-                            return Some((Ok(e), (feed, closing, pending, ended)));
-                        }
-                        if ended {
-                            return None;
-                        }
-                        let next = tokio::select! {
-                            n = feed.next(&h) => n,
-                            _ = &mut closing => return None,
-                        };
-                        match next {
-                            Ok(events) => pending.extend(events.iter().map(|e| {
+    Ok(sse::stream(
+        s.closing.clone(),
+        Vec::new(),
+        feed,
+        move |mut feed| {
+            let h = h.clone();
+            async move {
+                let batch = match feed.next(&h).await {
+                    Ok(events) => Batch::more(
+                        events
+                            .iter()
+                            .map(|e| {
                                 let v = machine_event_json(e);
                                 let kind = v["type"].as_str().unwrap_or("apply").to_string();
                                 Event::default().event(kind).data(v.to_string())
-                            })),
-                            Err(e) => {
-                                ended = true;
-                                pending.push_back(Event::default().event("end").data(
-                                    json!({"type": "end", "reason": e.to_string()}).to_string(),
-                                ));
-                            }
-                        }
-                    }
-                }
-            },
-        );
-    Ok(Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => Batch::last(vec![
+                        Event::default()
+                            .event("end")
+                            .data(json!({"type": "end", "reason": e.to_string()}).to_string()),
+                    ]),
+                };
+                Some((feed, batch))
+            }
+        },
     ))
 }
 

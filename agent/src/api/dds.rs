@@ -3,6 +3,7 @@
 
 use super::ApiState;
 use super::error::{ApiError, parse_body};
+use super::sse::{self, Batch};
 use super::tables::parse_zone;
 use crate::dds::{self, DdsCallError, Next, proto};
 use axum::Json;
@@ -11,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use base64::Engine;
 use futures_util::Stream;
@@ -19,7 +20,6 @@ use proto::{ChannelInfo, CloseReason, DdsError, Delivery, SendError, SlowPolicy}
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::time::Duration;
 
 /// Largest publish body: a message of [`proto::MAX_MESSAGE`] bytes as
 /// base64 in its JSON object.
@@ -244,55 +244,39 @@ async fn subscribe(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let q = q?;
     let sub = dds::subscribe(&s.handle, name, q.0.from_start).await?;
-    let closing = Box::pin(ApiState::closed(s.closing.clone()));
-    let pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
-    let stream = futures_util::stream::unfold(
-        (sub, closing, pending, false),
-        |(mut sub, mut closing, mut pending, mut ended)| async move {
-            loop {
-                if let Some(e) = pending.pop_front() {
-                    return Some((Ok(e), (sub, closing, pending, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                let next = tokio::select! {
-                    n = sub.next() => n,
-                    _ = &mut closing => return None,
-                };
-                match next {
-                    Ok(Next::Messages(ms)) => {
-                        pending.extend(ms.iter().map(|m| {
+    Ok(sse::stream(
+        s.closing.clone(),
+        Vec::new(),
+        sub,
+        |mut sub| async move {
+            let batch = match sub.next().await.ok()? {
+                Next::Messages(ms) => Batch::more(
+                    ms.iter()
+                        .map(|m| {
                             Event::default()
                                 .event("message")
                                 .data(message(m).to_string())
-                        }));
-                    }
-                    Ok(Next::Missed(n)) => pending.push_back(
+                        })
+                        .collect(),
+                ),
+                Next::Missed(n) => Batch::more(vec![
+                    Event::default()
+                        .event("lagged")
+                        .data(json!({ "missed": n }).to_string()),
+                ]),
+                Next::Closed(r) => {
+                    let reason = match r {
+                        CloseReason::TooSlow => "too_slow",
+                        CloseReason::Unsubscribed => "unsubscribed",
+                    };
+                    Batch::last(vec![
                         Event::default()
-                            .event("lagged")
-                            .data(json!({ "missed": n }).to_string()),
-                    ),
-                    Ok(Next::Closed(r)) => {
-                        let reason = match r {
-                            CloseReason::TooSlow => "too_slow",
-                            CloseReason::Unsubscribed => "unsubscribed",
-                        };
-                        pending.push_back(
-                            Event::default()
-                                .event("closed")
-                                .data(json!({ "reason": reason }).to_string()),
-                        );
-                        ended = true;
-                    }
-                    Err(_) => return None,
+                            .event("closed")
+                            .data(json!({ "reason": reason }).to_string()),
+                    ])
                 }
-            }
+            };
+            Some((sub, batch))
         },
-    );
-    Ok(Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
     ))
 }

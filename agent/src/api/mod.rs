@@ -17,6 +17,7 @@ mod evn;
 mod guard;
 mod history;
 mod metrics;
+mod sse;
 mod tables;
 mod watch;
 

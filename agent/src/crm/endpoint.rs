@@ -5,7 +5,7 @@
 
 use super::{CrmCallError, CrmGlue, join, proto, with_crm};
 use crate::node::NodeHandle;
-use proto::{CrmError, Endpoint, External, GroupInfo, KvStore, Mode, Reply, Request};
+use proto::{Crm, CrmError, Endpoint, External, Group, GroupInfo, KvStore, Mode, Reply, Request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,19 +114,7 @@ pub async fn request(
     let g: Arc<str> = group.as_str().into();
     let data = Request { client, seq, op }.encode();
     let rx = with_crm(h, move |c, _, glue: &mut CrmGlue, now| {
-        let group = c
-            .group_mut(&g)
-            .ok_or_else(|| CrmError::UnknownGroup(g.to_string()))?;
-        if group.replica().is_none() {
-            return Err(CrmCallError::NotServing(g.to_string()));
-        }
-        let external = group.replica_as::<External>().is_some();
-        if external != (kind == ServeKind::External) {
-            return Err(CrmCallError::OtherService {
-                group: g.to_string(),
-                asked: kind.name(),
-            });
-        }
+        serving(c, &g, kind)?;
         if glue.waiting.len() >= MAX_WAITING {
             return Err(CrmCallError::Busy(MAX_WAITING));
         }
@@ -152,6 +140,27 @@ pub async fn request(
         Some(Reply::Stale { last }) => Err(CrmCallError::Stale { client, seq, last }),
         None => Err(no_reply()),
     }
+}
+
+/// `group` at this agent, which must serve it as `kind`.
+pub(super) fn serving<'a>(
+    c: &'a mut Crm,
+    group: &str,
+    kind: ServeKind,
+) -> Result<&'a mut Group, CrmCallError> {
+    let g = c
+        .group_mut(group)
+        .ok_or_else(|| CrmError::UnknownGroup(group.to_string()))?;
+    if g.replica().is_none() {
+        return Err(CrmCallError::NotServing(group.to_string()));
+    }
+    if g.replica_as::<External>().is_some() != (kind == ServeKind::External) {
+        return Err(CrmCallError::OtherService {
+            group: group.to_string(),
+            asked: kind.name(),
+        });
+    }
+    Ok(g)
 }
 
 /// Drops the waiters of a request given up on.

@@ -8,10 +8,11 @@
 //! refused, so two processes never answer for one member. Every session
 //! starts from the replicated base state and the whole log after it.
 
-use super::{CrmCallError, CrmGlue, with_crm};
+use super::endpoint::serving;
+use super::{CrmCallError, CrmGlue, ServeKind, with_crm};
 use crate::node::NodeHandle;
 use crate::row::Micros;
-use armillary_proto::crm::{Crm, CrmError, External, Logged, Reply};
+use armillary_proto::crm::{Crm, External, Logged, Reply};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +62,8 @@ pub struct MachineFeed {
 pub async fn attach(h: &NodeHandle, group: String) -> Result<MachineFeed, CrmCallError> {
     with_crm(h, move |c, _, glue: &mut CrmGlue, _| {
         let name: Arc<str> = group.as_str().into();
-        external(c, &group)?.restart();
+        // The session's first feed starts the process from the base.
+        external(c, &group)?;
         glue.sessions += 1;
         let session = glue.sessions;
         let slot = glue.machines.entry(name.clone()).or_insert_with(|| Slot {
@@ -84,10 +86,6 @@ pub async fn attach(h: &NodeHandle, group: String) -> Result<MachineFeed, CrmCal
 }
 
 impl MachineFeed {
-    pub fn session(&self) -> u64 {
-        self.session
-    }
-
     /// The next events for the process, waiting until there are some.
     /// Fails once the session is replaced or this agent left the group.
     pub async fn next(&mut self, h: &NodeHandle) -> Result<Vec<MachineEvent>, CrmCallError> {
@@ -165,25 +163,15 @@ pub async fn answer(
         if glue.machines.get(&name).map(|s| s.session) != Some(session) {
             return Err(CrmCallError::Superseded { group, session });
         }
-        let mut failed = None;
+        // The answers before a refused one stand, and their clients hear.
         for (at, reply) in replies {
-            match ext.answer(at, &reply) {
-                Ok((client, seq)) => {
-                    if let Some(waiters) = glue.waiting.remove(&(name.clone(), client, seq)) {
-                        let bytes = Reply::Done(reply).encode();
-                        for w in waiters {
-                            let _ = w.send(bytes.clone());
-                        }
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+            let (client, seq) = ext.answer(at, &reply)?;
+            if let Some(waiters) = glue.waiting.remove(&(name.clone(), client, seq)) {
+                let bytes = Reply::Done(reply).encode();
+                for w in waiters {
+                    let _ = w.send(bytes.clone());
                 }
             }
-        }
-        if let Some(e) = failed {
-            return Err(e.into());
         }
         if let Some((at, state)) = state {
             ext.take_state(at, state)?;
@@ -195,17 +183,9 @@ pub async fn answer(
 
 /// The external machine of `group` at this agent.
 fn external<'a>(c: &'a mut Crm, group: &str) -> Result<&'a mut External, CrmCallError> {
-    let g = c
-        .group_mut(group)
-        .ok_or_else(|| CrmError::UnknownGroup(group.to_string()))?;
-    if g.replica().is_none() {
-        return Err(CrmCallError::NotServing(group.to_string()));
-    }
-    g.replica_as::<External>()
-        .ok_or_else(|| CrmCallError::OtherService {
-            group: group.to_string(),
-            asked: "an external machine",
-        })
+    Ok(serving(c, group, ServeKind::External)?
+        .replica_as::<External>()
+        .expect("an external group runs an external machine"))
 }
 
 /// Leaves each of `groups` whose process fell so far behind (or never

@@ -36,7 +36,7 @@ pub enum CrmCallError {
     #[error("this agent is in group {0} but does not serve it; use a serving member")]
     NotServing(String),
     #[error(
-        "group {group} is not served by {asked} here; send it the requests of the service it runs"
+        "group {group} is not served by the {asked} service here; send it the requests of the service it runs"
     )]
     OtherService { group: String, asked: &'static str },
     #[error(
@@ -108,9 +108,7 @@ impl Glue for CrmGlue {
         };
         let mut delivered = BTreeSet::new();
         for e in crm.take_events() {
-            if let GroupEvent::Deliver { group, .. } = &e
-                && !delivered.contains(group)
-            {
+            if let GroupEvent::Deliver { group, .. } = &e {
                 delivered.insert(group.clone());
             }
             if let GroupEvent::Deliver {

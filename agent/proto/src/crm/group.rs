@@ -1346,11 +1346,7 @@ impl Group {
         let name = self.name.clone();
         let Some(p) = &mut self.proposal else { return };
         // A decision is sent again only once its fill could have arrived.
-        let fill: usize = p
-            .decision
-            .as_ref()
-            .map_or(0, |d| d.fill.iter().map(|e| e.data.len()).sum());
-        p.resend_at = now + self.cfg.phase_timeout / 5 + transfer_time(fill);
+        p.resend_at = now + self.cfg.phase_timeout / 5 + transfer_time(p.decision.as_ref());
         let (to, msg): (Vec<Arc<str>>, CrmMsg) = match &p.decision {
             None => (
                 self.view
@@ -1467,10 +1463,10 @@ impl Group {
             }
         };
         // The decision carries the fill: give it the time its bytes take.
-        let fill: usize = decision.fill.iter().map(|e| e.data.len()).sum();
+        let fill = transfer_time(Some(&decision));
         p.decision = Some(decision.clone());
-        p.deadline = now + self.cfg.phase_timeout + transfer_time(fill);
-        p.resend_at = now + self.cfg.phase_timeout / 5 + transfer_time(fill);
+        p.deadline = now + self.cfg.phase_timeout + fill;
+        p.resend_at = now + self.cfg.phase_timeout / 5 + fill;
         let ballot = p.ballot.clone();
         let to: Vec<MemberId> = p
             .promises
@@ -1765,16 +1761,17 @@ impl Group {
     }
 }
 
+/// How long a decision's fill takes to reach the members, at a rate
+/// (32 MB/s) an agent keeps even while loaded.
+fn transfer_time(d: Option<&Decision>) -> Micros {
+    let bytes: usize = d.map_or(0, |d| d.fill.iter().map(|e| e.data.len()).sum());
+    bytes as Micros / 32
+}
+
 /// The new view and its cut from a majority's promises: the promisers in
 /// rank order (less those leaving), then the joiners; the cut the union
 /// of what they delivered. A promiser whose report has a gap the others
 /// cannot fill is left out (it joins again).
-/// How long `bytes` of a flush take to reach the members, at a rate
-/// (32 MB/s) an agent keeps even while loaded.
-fn transfer_time(bytes: usize) -> Micros {
-    bytes as Micros / 32
-}
-
 fn cut(
     view: &View,
     n: u64,
