@@ -20,7 +20,7 @@ pub use endpoint::{ServeKind, join_with, listed, replica_snapshot, request, serv
 pub use machine::{MachineEvent, MachineFeed, answer, attach};
 
 /// Events one stream may fall behind by before it is told it lagged.
-const STREAM_QUEUE: usize = 8192;
+const STREAM_QUEUE: usize = 32_768;
 
 /// Why a CRM request failed.
 #[derive(Debug, thiserror::Error)]
@@ -260,24 +260,26 @@ pub async fn send(
     with_crm(h, move |c, _, _, now| Ok(c.send(now, &group, mode, data)?)).await
 }
 
-/// Sends as many of `batch` as the group takes now, in order; gives how
-/// many it took (the rest wait for the unstable ones to be held by all).
+/// Sends as many of `batch` as the group takes now, in order; gives back
+/// the rest, untouched (they wait for this member's window to open).
 pub async fn send_many(
     h: &NodeHandle,
     group: String,
     mode: Mode,
     batch: Vec<Vec<u8>>,
-) -> Result<usize, CrmCallError> {
+) -> Result<Vec<Vec<u8>>, CrmCallError> {
     with_crm(h, move |c, _, _, now| {
-        let mut sent = 0;
-        for data in batch {
-            match c.send(now, &group, mode, data) {
-                Ok(()) => sent += 1,
-                Err(CrmError::Send(proto::SendRefused::Full { .. })) => break,
-                Err(e) => return Err(e.into()),
+        let mut rest = batch.into_iter().peekable();
+        while let Some(data) = rest.peek() {
+            match c.refusal(&group, data.len())? {
+                None => {}
+                Some(proto::SendRefused::Full { .. }) => break,
+                Some(why) => return Err(CrmError::Send(why).into()),
             }
+            let data = rest.next().expect("peeked");
+            c.send(now, &group, mode, data)?;
         }
-        Ok(sent)
+        Ok(rest.collect())
     })
     .await
 }

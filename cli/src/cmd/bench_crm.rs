@@ -278,36 +278,32 @@ async fn multicast_run(
         senders.push(tokio::spawn(async move {
             let mut k = 0u64;
             let mut stuck_since: Option<Instant> = None;
-            let mut backlog: std::collections::VecDeque<Vec<u8>> = Default::default();
+            let mut backlog: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
             while k < n || !backlog.is_empty() {
                 while backlog.len() < BATCH && k < n {
                     let mut m = vec![0u8; size];
                     m[8..16].copy_from_slice(&((r as u64) << 40 | k).to_le_bytes());
                     m[16] = run;
-                    backlog.push_back(m);
+                    backlog.push(m);
                     k += 1;
                 }
                 // Each message is stamped when it is handed over.
                 let now = start.elapsed().as_micros() as u64;
-                let batch: Vec<Vec<u8>> = backlog
-                    .iter()
-                    .map(|m| {
-                        let mut m = m.clone();
-                        m[..8].copy_from_slice(&now.to_le_bytes());
-                        m
-                    })
-                    .collect();
-                let took = crm::send_many(&h, GROUP.into(), mode, batch)
+                for m in &mut backlog {
+                    m[..8].copy_from_slice(&now.to_le_bytes());
+                }
+                let offered = backlog.len();
+                backlog = crm::send_many(&h, GROUP.into(), mode, backlog)
                     .await
                     .map_err(failed)?;
-                backlog.drain(..took);
-                if took > 0 {
+                if backlog.len() < offered {
                     stuck_since = None;
                 } else if stuck_since.get_or_insert_with(Instant::now).elapsed() > IDLE {
                     return Err(stalled(&all, mode).await);
                 }
-                if took < BATCH {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
+                if !backlog.is_empty() {
+                    // The window is closed until the members' next reports.
+                    tokio::time::sleep(Duration::from_micros(500)).await;
                 }
             }
             Ok::<(), CliError>(())

@@ -34,6 +34,7 @@
 
 use super::log::Log;
 use super::member::{Ballot, MemberId, View};
+use super::window::Window;
 use super::wire::{CrmMsg, Decision, Entry, FlushState, MAX_DATA, MAX_MEMBERS, Mode, Stream};
 use crate::dds::codec::{Reader, Writer};
 use crate::dds::layer::Dest;
@@ -60,6 +61,10 @@ pub struct GroupConfig {
     /// Entries held unstable before sends are held back.
     pub max_unstable: usize,
     pub max_unstable_bytes: usize,
+    /// Own messages (and their bytes) a member may have that some member
+    /// does not hold yet: group-wide flow control (see `window`).
+    pub window: usize,
+    pub window_bytes: usize,
     /// A member that holds stability back past the bounds for this long
     /// is excluded.
     pub lag_grace: Micros,
@@ -90,6 +95,8 @@ impl Default for GroupConfig {
             join_retry: 300 * MS,
             max_unstable: 8192,
             max_unstable_bytes: 16 * 1024 * 1024,
+            window: 1024,
+            window_bytes: 4 * 1024 * 1024,
             lag_grace: 2_000 * MS,
             max_pending: 8192,
             leave_timeout: 2_000 * MS,
@@ -315,6 +322,8 @@ pub struct Group {
     /// one, and those not delivered yet.
     own_sent: [u64; 2],
     own_unseen: [VecDeque<OwnMsg>; 2],
+    /// Own messages of this view not yet held by every member.
+    window: Window,
     heard: Vec<Micros>,
     suspects: BTreeSet<MemberId>,
     joins: BTreeSet<MemberId>,
@@ -363,6 +372,7 @@ impl Group {
             streams: None,
             own_sent: [0; 2],
             own_unseen: [VecDeque::new(), VecDeque::new()],
+            window: Window::default(),
             heard: vec![0],
             suspects: BTreeSet::new(),
             joins: BTreeSet::new(),
@@ -495,32 +505,48 @@ impl Group {
         self.log.len()
     }
 
-    /// Sends `data` to every member in `mode`. While a view changes (or
-    /// the group is being joined) it waits and goes in the next view.
-    pub fn send(&mut self, now: Micros, mode: Mode, data: Vec<u8>) -> Result<(), SendRefused> {
-        if data.len() > MAX_DATA {
-            return Err(SendRefused::TooLarge { len: data.len() });
+    /// Why a message of `len` bytes would be refused now, if it would.
+    pub fn refusal(&self, len: usize) -> Option<SendRefused> {
+        if len > MAX_DATA {
+            return Some(SendRefused::TooLarge { len });
         }
         if matches!(self.phase, Phase::Left | Phase::Leaving) {
-            return Err(SendRefused::Left);
+            return Some(SendRefused::Left);
         }
         let held = self.log.len() + self.pending.len();
         if held >= self.cfg.max_unstable || self.log.bytes() >= self.cfg.max_unstable_bytes {
-            return Err(SendRefused::Full {
+            return Some(SendRefused::Full {
                 held,
                 max: self.cfg.max_unstable,
             });
         }
-        let data: Arc<[u8]> = data.into();
-        if self.can_send() && self.pending.is_empty() {
-            self.transmit(now, mode, data);
-        } else if self.pending.len() < self.cfg.max_pending {
-            self.pending.push_back((mode, data));
-        } else {
-            return Err(SendRefused::Full {
+        let own = self.window.len() + self.pending.len();
+        if own >= self.cfg.window || self.window.bytes() >= self.cfg.window_bytes {
+            return Some(SendRefused::Full {
+                held: own,
+                max: self.cfg.window,
+            });
+        }
+        if self.pending.len() >= self.cfg.max_pending {
+            return Some(SendRefused::Full {
                 held: self.pending.len(),
                 max: self.cfg.max_pending,
             });
+        }
+        None
+    }
+
+    /// Sends `data` to every member in `mode`. While a view changes (or
+    /// the group is being joined) it waits and goes in the next view.
+    pub fn send(&mut self, now: Micros, mode: Mode, data: Vec<u8>) -> Result<(), SendRefused> {
+        if let Some(why) = self.refusal(data.len()) {
+            return Err(why);
+        }
+        let data: Arc<[u8]> = data.into();
+        if self.window_open() && self.pending.is_empty() {
+            self.transmit(now, mode, data);
+        } else {
+            self.pending.push_back((mode, data));
         }
         self.pump(now);
         Ok(())
@@ -727,6 +753,8 @@ impl Group {
             } => {
                 if view == self.view.id && sender == Some(rank as usize) {
                     self.log.progress(rank as usize, &fifo, total);
+                    let me = self.my_rank();
+                    self.window.settle(&self.log, me);
                     self.hand_total(now);
                 } else {
                     self.stale(now, from, view);
@@ -913,6 +941,14 @@ impl Group {
         self.phase == Phase::Member && !self.frozen && self.streams.is_some()
     }
 
+    /// Whether a message can go to the stacks now: the view takes sends
+    /// and this member's window has room.
+    fn window_open(&self) -> bool {
+        self.can_send()
+            && self.window.len() < self.cfg.window
+            && self.window.bytes() < self.cfg.window_bytes
+    }
+
     fn my_rank(&self) -> usize {
         self.view.rank_of(&self.me).expect("a member of its view")
     }
@@ -988,6 +1024,7 @@ impl Group {
         match s.get(stream).send(now, w.finish()) {
             Ok(()) => {
                 self.own_sent[stream as usize] = seq;
+                self.window.sent(now, stream, data.len());
                 self.own_unseen[stream as usize].push_back((seq, mode, data));
                 self.stats.sent += 1;
             }
@@ -1002,7 +1039,7 @@ impl Group {
     fn pump(&mut self, now: Micros) {
         loop {
             let mut progressed = false;
-            while self.can_send() {
+            while self.window_open() {
                 let Some((mode, data)) = self.pending.pop_front() else {
                     break;
                 };
@@ -1112,13 +1149,21 @@ impl Group {
     /// Records a delivered entry and hands what is due to the application.
     fn record(&mut self, now: Micros, e: Entry) {
         let stream = e.stream;
-        if self.view.members[e.rank as usize] == self.me {
+        let own = self.view.members[e.rank as usize] == self.me;
+        if own {
             let unseen = &mut self.own_unseen[stream as usize];
             while unseen.front().is_some_and(|(s, _, _)| *s <= e.seq) {
                 unseen.pop_front();
             }
+            if stream == Stream::Total {
+                self.window.delivered_total(e.idx);
+            }
         }
         self.log.push(e.clone());
+        if own {
+            let me = self.my_rank();
+            self.window.settle(&self.log, me);
+        }
         match stream {
             Stream::Fifo => self.hand(e),
             Stream::Total => self.hand_total(now),
@@ -1170,6 +1215,20 @@ impl Group {
         for (r, m) in self.view.members.iter().enumerate() {
             if *m != self.me && now.saturating_sub(self.heard[r]) > self.cfg.suspect_after {
                 self.suspects.insert(m.clone());
+            }
+        }
+        // One of this member's messages unstable past the grace: whoever
+        // lacks it holds every sender back; it goes.
+        if !self.frozen
+            && self
+                .window
+                .oldest()
+                .is_some_and(|t| now.saturating_sub(t) > self.cfg.lag_grace)
+            && let Some(r) = self.log.laggard()
+        {
+            let m = self.view.members[r].clone();
+            if m != self.me {
+                self.suspects.insert(m);
             }
         }
         let over = self.log.len() >= self.cfg.max_unstable
@@ -1663,6 +1722,7 @@ impl Group {
         self.frozen = false;
         self.proposal = None;
         self.own_sent = [0; 2];
+        self.window = Window::default();
         self.lagging_since = None;
         self.minority_told = false;
         if matches!(self.phase, Phase::Joining | Phase::Minority) {

@@ -4,6 +4,7 @@
 //! - [`member`]: members, views and ballots.
 //! - [`wire`]: the messages between agents and their bounded codec.
 //! - [`log`]: what a member delivered in its view and what is unstable.
+//! - [`window`]: group-wide flow control, a member's own unstable messages.
 //! - [`group`]: one member's state machine of one group: delivery in
 //!   fifo, total and safe order over the view's DDS stacks, and the view
 //!   change (a flush decided by single-decree Paxos among the view).
@@ -26,6 +27,7 @@ pub mod linear;
 pub mod log;
 pub mod member;
 pub mod service;
+pub mod window;
 pub mod wire;
 
 #[cfg(test)]

@@ -203,6 +203,15 @@ impl Crm {
         Ok(())
     }
 
+    /// Why `name` would refuse a message of `len` bytes now, if it would.
+    pub fn refusal(&self, name: &str, len: usize) -> Result<Option<SendRefused>, CrmError> {
+        let g = self
+            .groups
+            .get(name)
+            .ok_or_else(|| CrmError::UnknownGroup(name.to_string()))?;
+        Ok(g.refusal(len))
+    }
+
     pub fn leave(&mut self, now: Micros, name: &str) -> Result<(), CrmError> {
         let g = self
             .groups
