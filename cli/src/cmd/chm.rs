@@ -438,9 +438,42 @@ fn watch(a: ChmWatchArgs) -> CliResult {
             Some(t) => q.push(("id", t)),
             None => {}
         }
-        let resp = client.stream(&["v1", "chm", "watch"], &q).await?;
         let mut lines = Lines::new(a.count);
-        read_events(resp, MAX_EVENT, |name, d| {
+        let mut resp = client.stream(&["v1", "chm", "watch"], &q).await?;
+        loop {
+            match read_events(resp, MAX_EVENT, |name, d| {
+                on_change(&a, &mut lines, name, d)
+            })
+            .await
+            {
+                Ok(()) => return Ok(()),
+                // Bad input stays bad; anything else is the agent gone.
+                Err(e) if e.exit_code() == 2 => return Err(e),
+                Err(e) => eprintln!("note: {e}; reconnecting"),
+            }
+            // The agent restarts (nothing of a watch is on disk): watch
+            // again once it answers, which also brings this agent back
+            // into a consensus component's group.
+            resp = loop {
+                tokio::time::sleep(RECONNECT).await;
+                match client.stream(&["v1", "chm", "watch"], &q).await {
+                    Ok(r) => break r,
+                    Err(e) if e.is_bad_input() => return Err(e.into()),
+                    Err(_) => {}
+                }
+            };
+            eprintln!("note: watching again");
+        }
+    })
+}
+
+/// How often a watch whose agent went away tries it again.
+const RECONNECT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Prints one event of a watch.
+fn on_change(a: &ChmWatchArgs, lines: &mut Lines, name: &str, d: &Value) -> Result<Flow, CliError> {
+    {
+        {
             match name {
                 "status" => {
                     let consensus = d["level"] == "consensus";
@@ -479,9 +512,8 @@ fn watch(a: ChmWatchArgs) -> CliResult {
                 _ => {}
             }
             Ok(Flow::More)
-        })
-        .await
-    })
+        }
+    }
 }
 
 #[derive(Args)]
