@@ -4,7 +4,8 @@
 //!
 //! - **Multicast.** Every member of one group sends `--messages` messages
 //!   of `--size` bytes in all, in fifo, total and safe mode in turn, as
-//!   fast as the group takes them; each message carries the time it was
+//!   fast as the group takes them (or at `--rate` messages a second, for
+//!   latency under a given load); each message carries the time it was
 //!   sent, so every member times each delivery. Fifo (no ordering across
 //!   senders) is the baseline the ordered modes are measured against.
 //! - **Crash to view.** A member is killed (the coordinator every other
@@ -43,6 +44,11 @@ pub struct CrmBenchArgs {
     /// Messages sent per mode, all members together.
     #[arg(long, default_value_t = 30_000)]
     messages: u64,
+    /// Messages per second, all members together (0: as fast as the
+    /// group takes them, which measures throughput and latency at
+    /// saturation; a rate below it measures latency under that load).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Message size in bytes (at least 24).
     #[arg(long, default_value_t = 1024)]
     size: usize,
@@ -102,6 +108,8 @@ struct Kv {
 #[derive(Serialize)]
 struct Figures {
     secure: bool,
+    /// The offered rate, all members together (0: as fast as taken).
+    rate: u64,
     operating_point: &'static str,
     multicast: Vec<Multicast>,
     crash_to_view: Option<CrashToView>,
@@ -156,6 +164,7 @@ pub fn run(a: CrmBenchArgs) -> CliResult {
         drop(churn);
         let fig = Figures {
             secure: a.cluster.secure,
+            rate: a.rate,
             operating_point: "a fifth of the sensors changing every second, root AFCs installed",
             multicast,
             crash_to_view,
@@ -275,12 +284,23 @@ async fn multicast_run(
         let n = per + u64::from((r as u64) < a.messages % members.len() as u64);
         let size = a.size;
         let all = members.clone();
+        let per_s = (a.rate > 0).then(|| a.rate as f64 / members.len() as f64);
         senders.push(tokio::spawn(async move {
             let mut k = 0u64;
             let mut stuck_since: Option<Instant> = None;
             let mut backlog: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+            let paced = Instant::now();
             while k < n || !backlog.is_empty() {
-                while backlog.len() < BATCH && k < n {
+                // Paced: only what is due by now; else as fast as taken.
+                let due = match per_s {
+                    Some(p) => n.min((p * paced.elapsed().as_secs_f64()) as u64 + 1),
+                    None => n,
+                };
+                if backlog.is_empty() && k >= due {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                while backlog.len() < BATCH && k < due {
                     let mut m = vec![0u8; size];
                     m[8..16].copy_from_slice(&((r as u64) << 40 | k).to_le_bytes());
                     m[16] = run;
