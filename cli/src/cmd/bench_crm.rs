@@ -289,11 +289,10 @@ async fn multicast_run(
             let mut k = 0u64;
             let mut stuck_since: Option<Instant> = None;
             let mut backlog: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
-            let paced = Instant::now();
             while k < n || !backlog.is_empty() {
                 // Paced: only what is due by now; else as fast as taken.
                 let due = match per_s {
-                    Some(p) => n.min((p * paced.elapsed().as_secs_f64()) as u64 + 1),
+                    Some(p) => n.min((p * start.elapsed().as_secs_f64()) as u64 + 1),
                     None => n,
                 };
                 if backlog.is_empty() && k >= due {

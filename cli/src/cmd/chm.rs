@@ -472,48 +472,44 @@ const RECONNECT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Prints one event of a watch.
 fn on_change(a: &ChmWatchArgs, lines: &mut Lines, name: &str, d: &Value) -> Result<Flow, CliError> {
-    {
-        {
-            match name {
-                "status" => {
-                    let consensus = d["level"] == "consensus";
-                    let line = if a.json {
-                        let mut v = json!({
-                            "id": d["id"], "status": d["status"], "previous": d["previous"],
-                            "time": d["time"], "zone": d["zone"],
-                            "level": if consensus { "consensus" } else { "weak" },
-                        });
-                        if consensus {
-                            v["epoch"] = d["epoch"].clone();
-                        }
-                        v.to_string()
-                    } else {
-                        let epoch = if consensus {
-                            format!("epoch {}  ", d["epoch"])
-                        } else {
-                            String::new()
-                        };
-                        format!(
-                            "{}  {}  {epoch}{} -> {}  {}  {}",
-                            text(&d["time"]),
-                            text(&d["id"]),
-                            text(&d["previous"]),
-                            text(&d["status"]),
-                            text(&d["zone"]),
-                            text(&d["reason"])
-                        )
-                    };
-                    return Ok(lines.print(&line));
+    match name {
+        "status" => {
+            let consensus = d["level"] == "consensus";
+            let line = if a.json {
+                let mut v = json!({
+                    "id": d["id"], "status": d["status"], "previous": d["previous"],
+                    "time": d["time"], "zone": d["zone"],
+                    "level": if consensus { "consensus" } else { "weak" },
+                });
+                if consensus {
+                    v["epoch"] = d["epoch"].clone();
                 }
-                "lagged" => eprintln!("note: missed {} changes (too slow)", d["missed"]),
-                "minority" => eprintln!(
-                    "note: this agent's side of the consensus group has no majority: no verdicts until it heals"
-                ),
-                _ => {}
-            }
-            Ok(Flow::More)
+                v.to_string()
+            } else {
+                let epoch = if consensus {
+                    format!("epoch {}  ", d["epoch"])
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{}  {}  {epoch}{} -> {}  {}  {}",
+                    text(&d["time"]),
+                    text(&d["id"]),
+                    text(&d["previous"]),
+                    text(&d["status"]),
+                    text(&d["zone"]),
+                    text(&d["reason"])
+                )
+            };
+            return Ok(lines.print(&line));
         }
+        "lagged" => eprintln!("note: missed {} changes (too slow)", d["missed"]),
+        "minority" => eprintln!(
+            "note: this agent's side of the consensus group has no majority: no verdicts until it heals"
+        ),
+        _ => {}
     }
+    Ok(Flow::More)
 }
 
 #[derive(Args)]

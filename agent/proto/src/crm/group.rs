@@ -520,10 +520,9 @@ impl Group {
                 max: self.cfg.max_unstable,
             });
         }
-        let own = self.window.len() + self.pending.len();
-        if own >= self.cfg.window || self.window.bytes() >= self.cfg.window_bytes {
+        if !self.window_room(self.pending.len()) {
             return Some(SendRefused::Full {
-                held: own,
+                held: self.window.len() + self.pending.len(),
                 max: self.cfg.window,
             });
         }
@@ -753,8 +752,7 @@ impl Group {
             } => {
                 if view == self.view.id && sender == Some(rank as usize) {
                     self.log.progress(rank as usize, &fifo, total);
-                    let me = self.my_rank();
-                    self.window.settle(&self.log, me);
+                    self.window.settle(&self.log);
                     self.hand_total(now);
                 } else {
                     self.stale(now, from, view);
@@ -944,9 +942,13 @@ impl Group {
     /// Whether a message can go to the stacks now: the view takes sends
     /// and this member's window has room.
     fn window_open(&self) -> bool {
-        self.can_send()
-            && self.window.len() < self.cfg.window
-            && self.window.bytes() < self.cfg.window_bytes
+        self.can_send() && self.window_room(0)
+    }
+
+    /// Whether this member's window takes `queued` more messages.
+    fn window_room(&self, queued: usize) -> bool {
+        self.window
+            .has_room(queued, self.cfg.window, self.cfg.window_bytes)
     }
 
     fn my_rank(&self) -> usize {
@@ -1161,8 +1163,7 @@ impl Group {
         }
         self.log.push(e.clone());
         if own {
-            let me = self.my_rank();
-            self.window.settle(&self.log, me);
+            self.window.settle(&self.log);
         }
         match stream {
             Stream::Fifo => self.hand(e),
@@ -1224,28 +1225,28 @@ impl Group {
                 .window
                 .oldest()
                 .is_some_and(|t| now.saturating_sub(t) > self.cfg.lag_grace)
-            && let Some(r) = self.log.laggard()
         {
-            let m = self.view.members[r].clone();
-            if m != self.me {
-                self.suspects.insert(m);
-            }
+            self.suspect_laggard();
         }
         let over = self.log.len() >= self.cfg.max_unstable
             || self.log.bytes() >= self.cfg.max_unstable_bytes;
         if !over {
             self.lagging_since = None;
         } else if let Some(since) = self.lagging_since {
-            if now.saturating_sub(since) > self.cfg.lag_grace
-                && let Some(r) = self.log.laggard()
-            {
-                let m = self.view.members[r].clone();
-                if m != self.me {
-                    self.suspects.insert(m);
-                }
+            if now.saturating_sub(since) > self.cfg.lag_grace {
+                self.suspect_laggard();
             }
         } else {
             self.lagging_since = Some(now);
+        }
+    }
+
+    /// Suspects the member holding stability back, unless it is this one.
+    fn suspect_laggard(&mut self) {
+        if let Some(r) = self.log.laggard()
+            && self.view.members[r] != self.me
+        {
+            self.suspects.insert(self.view.members[r].clone());
         }
     }
 

@@ -56,6 +56,11 @@ impl Log {
         self.bytes
     }
 
+    /// This member's rank in the view.
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
     /// Records a delivered entry (numbered by the caller as the next one).
     pub fn push(&mut self, e: Entry) {
         self.bytes += e.data.len();

@@ -18,7 +18,8 @@
 //!
 //! Invariants:
 //! - `sent[s]` holds, oldest first, the send time and size of each own
-//!   message of stream `s` numbered above `stable[s]`, in send order;
+//!   message of stream `s` not yet stable, in send order (for the fifo
+//!   stream: those numbered above `fifo_stable`);
 //! - `positions` holds the total-order positions of the own total-stream
 //!   messages delivered here and not yet stable, in order;
 //! - a record lives for one view: a new view starts it empty (the old
@@ -32,7 +33,7 @@ use std::collections::VecDeque;
 #[derive(Debug, Default)]
 pub struct Window {
     sent: [VecDeque<(Micros, usize)>; 2],
-    stable: [u64; 2],
+    fifo_stable: u64,
     positions: VecDeque<u64>,
     bytes: usize,
 }
@@ -49,11 +50,12 @@ impl Window {
         self.positions.push_back(position);
     }
 
-    /// Drops what `log` now knows every member holds; `me` is this
-    /// member's rank.
-    pub fn settle(&mut self, log: &Log, me: usize) {
-        let fifo = log.fifo_stable(me);
-        while self.stable[0] < fifo && self.pop(Stream::Fifo) {}
+    /// Drops what `log` now knows every member holds.
+    pub fn settle(&mut self, log: &Log) {
+        let fifo = log.fifo_stable(log.me());
+        while self.fifo_stable < fifo && self.pop(Stream::Fifo) {
+            self.fifo_stable += 1;
+        }
         let total = log.total_stable();
         while self.positions.front().is_some_and(|p| *p <= total) {
             self.positions.pop_front();
@@ -62,13 +64,16 @@ impl Window {
     }
 
     fn pop(&mut self, stream: Stream) -> bool {
-        let s = stream as usize;
-        let Some((_, len)) = self.sent[s].pop_front() else {
+        let Some((_, len)) = self.sent[stream as usize].pop_front() else {
             return false;
         };
         self.bytes -= len;
-        self.stable[s] += 1;
         true
+    }
+
+    /// Whether `queued` more messages fit beside those unstable.
+    pub fn has_room(&self, queued: usize, max: usize, max_bytes: usize) -> bool {
+        self.len() + queued < max && self.bytes < max_bytes
     }
 
     /// Own messages not yet held by every member.
@@ -86,12 +91,10 @@ impl Window {
 
     /// When the oldest own message not yet held by every member was sent.
     pub fn oldest(&self) -> Option<Micros> {
-        let a = self.sent[0].front().map(|(t, _)| *t);
-        let b = self.sent[1].front().map(|(t, _)| *t);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.sent
+            .iter()
+            .filter_map(|q| q.front().map(|(t, _)| *t))
+            .min()
     }
 }
 
@@ -127,13 +130,13 @@ mod tests {
         log.push(entry(Stream::Fifo, 0, 1));
         log.push(entry(Stream::Total, 0, 1));
         w.delivered_total(1);
-        w.settle(&log, 0);
+        w.settle(&log);
         assert_eq!(w.len(), 3, "delivered here, not yet at the other member");
         log.progress(1, &[1, 0], 0);
-        w.settle(&log, 0);
+        w.settle(&log);
         assert_eq!((w.len(), w.oldest()), (2, Some(20)));
         log.progress(1, &[1, 0], 1);
-        w.settle(&log, 0);
+        w.settle(&log);
         assert_eq!((w.len(), w.bytes(), w.oldest()), (1, 10, Some(30)));
     }
 
@@ -147,10 +150,10 @@ mod tests {
         log.push(entry(Stream::Total, 1, 2));
         w.delivered_total(2);
         log.progress(0, &[0, 0], 1);
-        w.settle(&log, 1);
+        w.settle(&log);
         assert_eq!(w.len(), 1, "only position 1 is stable");
         log.progress(0, &[0, 0], 2);
-        w.settle(&log, 1);
+        w.settle(&log);
         assert!(w.is_empty());
         assert_eq!(w.oldest(), None);
     }
